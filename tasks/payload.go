@@ -1,0 +1,80 @@
+package tasks
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// TypeUpdateOrganization is the asynq task type of an organization update.
+const TypeUpdateOrganization = "orgsync:update_organization"
+
+// PayloadVersion is the version of the payload this code writes. Workers read
+// every version up to this one; a newer one is dead-lettered with a reason that
+// says to upgrade the worker.
+const PayloadVersion = 1
+
+// Payload is what goes onto the queue: the update plus what the worker needs to
+// bound it. It never holds a secret.
+type Payload struct {
+	Version int `json:"v"`
+	Update
+	// EnqueuedAt starts the update's wall-clock budget (--max-age).
+	EnqueuedAt time.Time `json:"enqueued_at"`
+	// MaxRetry is the update's retry budget; 0 means the worker's default.
+	MaxRetry int `json:"max_retry,omitempty"`
+	// Run names the bulk run that enqueued the update, if any.
+	Run string `json:"run,omitempty"`
+	// Replays counts how often an operator re-enqueued it from the dead letters.
+	Replays int `json:"replays,omitempty"`
+}
+
+// MalformedError is why a task's payload cannot be processed; the handler
+// dead-letters such tasks at once.
+type MalformedError struct{ Reason string }
+
+func (e *MalformedError) Error() string { return "malformed task payload: " + e.Reason }
+
+// EncodePayload renders p as the task payload, stamping the current version.
+func EncodePayload(p Payload) ([]byte, error) {
+	p.Version = PayloadVersion
+	return json.Marshal(p)
+}
+
+// DecodePayload parses and validates a task payload.
+func DecodePayload(b []byte) (Payload, error) {
+	var p Payload
+	if err := json.Unmarshal(b, &p); err != nil {
+		return Payload{}, &MalformedError{Reason: "not JSON: " + jsonReason(err)}
+	}
+	switch {
+	case p.Version < 1:
+		return Payload{}, &MalformedError{Reason: "missing payload version"}
+	case p.Version > PayloadVersion:
+		return Payload{}, &MalformedError{Reason: fmt.Sprintf(
+			"payload version %d is newer than this worker understands (%d): upgrade the worker, then replay", p.Version, PayloadVersion)}
+	}
+	if err := p.Update.Validate(); err != nil {
+		return Payload{}, &MalformedError{Reason: err.Error()}
+	}
+	if p.IdempotencyKey == "" {
+		return Payload{}, &MalformedError{Reason: "idempotency_key: is required on the queue"}
+	}
+	if p.EnqueuedAt.IsZero() {
+		return Payload{}, &MalformedError{Reason: "enqueued_at: is required"}
+	}
+	if p.MaxRetry < 0 {
+		return Payload{}, &MalformedError{Reason: "max_retry: must not be negative"}
+	}
+	return p, nil
+}
+
+// rawExcerpt bounds raw bytes kept in a record (a malformed payload, an error body).
+func rawExcerpt(b []byte, n int) string {
+	b = bytes.ToValidUTF8(b, []byte("\uFFFD"))
+	if len(b) <= n {
+		return string(b)
+	}
+	return string(bytes.ToValidUTF8(b[:n], nil)) + fmt.Sprintf("...[%d bytes truncated]", len(b)-n)
+}

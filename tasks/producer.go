@@ -1,0 +1,164 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// DefaultQueue is the asynq queue updates go to unless told otherwise.
+const DefaultQueue = "orgsync"
+
+// DefaultTaskTimeout bounds one run of the handler (asynq's Timeout option):
+// one attempt plus its bookkeeping, well under asynq's 30-minute default.
+const DefaultTaskTimeout = 5 * time.Minute
+
+// asynqMaxRetry is the retry limit asynq itself sees. The handler keeps each
+// update's real budget in the ledger, so that a worker crash (which asynq counts
+// as a retry) never spends it and asynq never archives an update on its own;
+// this number only has to be out of reach.
+const asynqMaxRetry = 1_000_000
+
+// ErrDuplicate means an update with the same idempotency key was already
+// enqueued (pending, running, completed within the retention, or dead).
+var ErrDuplicate = errors.New("duplicate: an update with this idempotency key already exists")
+
+// Producer enqueues updates. It is safe for concurrent use.
+type Producer struct {
+	client *asynq.Client
+	store  *Store
+	now    func() time.Time
+	// Defaults applied to every enqueue; options override them.
+	queue     string
+	retention time.Duration
+}
+
+// ProducerOption configures a Producer.
+type ProducerOption func(*Producer)
+
+// WithDefaultQueue sets the queue used when an enqueue names none (default DefaultQueue).
+func WithDefaultQueue(q string) ProducerOption { return func(p *Producer) { p.queue = q } }
+
+// WithProducerClock injects the clock (tests).
+func WithProducerClock(now func() time.Time) ProducerOption {
+	return func(p *Producer) { p.now = now }
+}
+
+// NewProducer returns a Producer that enqueues through the store's Redis
+// connection. The result retention defaults to the store's result TTL.
+func NewProducer(store *Store, opts ...ProducerOption) *Producer {
+	p := &Producer{
+		client:    asynq.NewClientFromRedisClient(store.rdb),
+		store:     store,
+		now:       time.Now,
+		queue:     DefaultQueue,
+		retention: store.ttl,
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+// Close releases the producer; the Redis connection belongs to the caller.
+func (p *Producer) Close() error { return p.client.Close() }
+
+// EnqueueOption adjusts one enqueue.
+type EnqueueOption func(*enqueueConfig)
+
+type enqueueConfig struct {
+	queue     string
+	maxRetry  int
+	processAt time.Time
+	retention time.Duration
+	run       string
+	replay    bool // the dead letter is being replayed: its record does not block
+}
+
+// InQueue sends the update to queue q.
+func InQueue(q string) EnqueueOption { return func(c *enqueueConfig) { c.queue = q } }
+
+// WithMaxRetry sets the update's retry budget (0: the worker's default).
+func WithMaxRetry(n int) EnqueueOption { return func(c *enqueueConfig) { c.maxRetry = n } }
+
+// At delays the update's first attempt until t.
+func At(t time.Time) EnqueueOption { return func(c *enqueueConfig) { c.processAt = t } }
+
+// WithRetention keeps the update's result for d after it completes.
+func WithRetention(d time.Duration) EnqueueOption { return func(c *enqueueConfig) { c.retention = d } }
+
+// InRun records the bulk run name in the payload.
+func InRun(name string) EnqueueOption { return func(c *enqueueConfig) { c.run = name } }
+
+// Enqueued describes an accepted (or duplicate) update.
+type Enqueued struct {
+	TaskID         string `json:"task_id"`
+	IdempotencyKey string `json:"idempotency_key"`
+	Queue          string `json:"queue"`
+	Status         string `json:"status"` // "enqueued" or "duplicate"
+}
+
+// Enqueue validates u and puts it on the queue. An update without a key gets
+// a fresh random one. A second enqueue of the same key returns the first one's
+// identity with an error that matches ErrDuplicate, and enqueues nothing.
+// Invalid input returns a *ValidationError and touches nothing.
+func (p *Producer) Enqueue(ctx context.Context, u Update, opts ...EnqueueOption) (Enqueued, error) {
+	if err := u.Validate(); err != nil {
+		return Enqueued{}, err
+	}
+	cfg := enqueueConfig{queue: p.queue, retention: p.retention}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.maxRetry < 0 {
+		return Enqueued{}, &ValidationError{Field: "max_retry", Reason: "must not be negative"}
+	}
+	if u.IdempotencyKey == "" {
+		u.IdempotencyKey = NewKey()
+	}
+	return p.enqueue(ctx, Payload{Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: cfg.maxRetry, Run: cfg.run}, cfg)
+}
+
+func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (Enqueued, error) {
+	id := TaskID(pl.IdempotencyKey)
+	out := Enqueued{TaskID: id, IdempotencyKey: pl.IdempotencyKey, Queue: cfg.queue, Status: "enqueued"}
+	// A dead update keeps its identity until an operator replays or purges it,
+	// even after asynq's capped archive has forgotten it.
+	dead := false
+	if !cfg.replay {
+		var err error
+		if dead, err = p.store.rdb.HExists(ctx, p.store.dlqRecords(), id).Result(); err != nil {
+			return Enqueued{}, fmt.Errorf("enqueue %s: check dead letters: %w", id, err)
+		}
+	}
+	if dead {
+		out.Status = "duplicate"
+		return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", id, ErrDuplicate, id)
+	}
+	b, err := EncodePayload(pl)
+	if err != nil {
+		return Enqueued{}, fmt.Errorf("encode payload: %w", err)
+	}
+	opts := []asynq.Option{
+		asynq.TaskID(id),
+		asynq.Queue(cfg.queue),
+		asynq.MaxRetry(asynqMaxRetry),
+		asynq.Timeout(DefaultTaskTimeout),
+		asynq.Retention(cfg.retention),
+	}
+	if !cfg.processAt.IsZero() {
+		opts = append(opts, asynq.ProcessAt(cfg.processAt))
+	}
+	_, err = p.client.EnqueueContext(ctx, asynq.NewTask(TypeUpdateOrganization, b), opts...)
+	switch {
+	case errors.Is(err, asynq.ErrTaskIDConflict):
+		out.Status = "duplicate"
+		return out, fmt.Errorf("enqueue %s: %w", id, ErrDuplicate)
+	case err != nil:
+		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,224 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DefaultResultTTL is how long results, attempt histories and the idempotency
+// ledger are kept (--result-ttl).
+const DefaultResultTTL = 7 * 24 * time.Hour
+
+// DefaultMaxAttemptsKept bounds the attempt history of one update.
+const DefaultMaxAttemptsKept = 50
+
+// Update states kept in the ledger.
+const (
+	StateCompleted = "completed"
+	StateDead      = "dead"
+)
+
+// Result is the stored answer to a completed update.
+type Result struct {
+	TaskID         string            `json:"task_id"`
+	IdempotencyKey string            `json:"idempotency_key"`
+	StatusCode     int               `json:"status_code"`
+	Header         map[string]string `json:"header,omitempty"`
+	// Body is the response body when it is JSON; BodyText holds any other body.
+	Body           json.RawMessage `json:"body,omitempty"`
+	BodyText       string          `json:"body_text,omitempty"`
+	Attempts       int             `json:"attempts"`
+	FirstAttemptAt time.Time       `json:"first_attempt_at"`
+	CompletedAt    time.Time       `json:"completed_at"`
+	// Replayed is set when Truto answered from its idempotency cache.
+	Replayed bool `json:"replayed,omitempty"`
+}
+
+// Attempt is one try of an update: a request sent, or a wait decided without sending.
+type Attempt struct {
+	At         time.Time `json:"at"`
+	Sent       bool      `json:"sent"`
+	StatusCode int       `json:"status_code,omitempty"`
+	LatencyMS  int64     `json:"latency_ms,omitempty"`
+	Class      string    `json:"class"`
+	Reason     string    `json:"reason"`
+	Message    string    `json:"message,omitempty"`
+	RateLimit  string    `json:"ratelimit,omitempty"`
+	RetryAfter string    `json:"retry_after,omitempty"`
+}
+
+// Record is what the ledger knows of one update.
+type Record struct {
+	TaskID         string    `json:"task_id"`
+	State          string    `json:"state,omitempty"`
+	Spent          int       `json:"spent"`
+	Attempts       int       `json:"attempts"`
+	FirstAttemptAt time.Time `json:"first_attempt_at,omitzero"`
+	LastAttemptAt  time.Time `json:"last_attempt_at,omitzero"`
+	LastError      string    `json:"last_error,omitempty"`
+	Result         *Result   `json:"result,omitempty"`
+}
+
+// Store holds orgsync's own records in Redis: the per-update ledger and
+// attempt history, account holds, and the dead letters. Every key starts with
+// the prefix, and keys that one script touches share a hash tag so that Redis
+// Cluster keeps them in one slot.
+type Store struct {
+	rdb         redis.UniversalClient
+	prefix      string
+	ttl         time.Duration
+	maxAttempts int
+	now         func() time.Time
+}
+
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithResultTTL sets how long results and ledger entries live (default DefaultResultTTL).
+func WithResultTTL(d time.Duration) StoreOption { return func(s *Store) { s.ttl = d } }
+
+// WithKeyPrefix sets the Redis key prefix (default "orgsync").
+func WithKeyPrefix(p string) StoreOption { return func(s *Store) { s.prefix = p } }
+
+// WithClock injects the clock (tests).
+func WithClock(now func() time.Time) StoreOption { return func(s *Store) { s.now = now } }
+
+// WithMaxAttemptsKept bounds each update's attempt history (default DefaultMaxAttemptsKept).
+func WithMaxAttemptsKept(n int) StoreOption { return func(s *Store) { s.maxAttempts = n } }
+
+// NewStore returns a Store on rdb.
+func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
+	s := &Store{rdb: rdb, prefix: "orgsync", ttl: DefaultResultTTL, maxAttempts: DefaultMaxAttemptsKept, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Redis returns the client the store uses.
+func (s *Store) Redis() redis.UniversalClient { return s.rdb }
+
+func (s *Store) recKey(taskID string) string { return s.prefix + ":{" + taskID + "}:rec" }
+func (s *Store) attKey(taskID string) string { return s.prefix + ":{" + taskID + "}:att" }
+
+// Get returns the ledger record of the update with task id taskID (State ""
+// and Attempts 0 when it has never been tried).
+func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
+	m, err := s.rdb.HGetAll(ctx, s.recKey(taskID)).Result()
+	if err != nil {
+		return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
+	}
+	r := Record{TaskID: taskID, State: m["state"], LastError: m["last_error"]}
+	r.Spent, _ = strconv.Atoi(m["spent"])
+	r.Attempts, _ = strconv.Atoi(m["attempts"])
+	r.FirstAttemptAt = parseTime(m["first_attempt"])
+	r.LastAttemptAt = parseTime(m["last_attempt"])
+	if raw := m["result"]; raw != "" {
+		var res Result
+		if err := json.Unmarshal([]byte(raw), &res); err == nil {
+			r.Result = &res
+		}
+	}
+	return r, nil
+}
+
+// Attempts returns the attempt history of an update, oldest first.
+func (s *Store) Attempts(ctx context.Context, taskID string) ([]Attempt, error) {
+	raw, err := s.rdb.LRange(ctx, s.attKey(taskID), 0, -1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read attempts of %s: %w", taskID, err)
+	}
+	out := make([]Attempt, 0, len(raw))
+	for _, r := range raw {
+		var a Attempt
+		if json.Unmarshal([]byte(r), &a) == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// recordAttempt appends a to the history and updates the counters; spend says
+// whether the attempt spends retry budget. It returns the budget spent so far.
+func (s *Store) recordAttempt(ctx context.Context, taskID string, a Attempt, spend bool, lastError string) (int, error) {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return 0, err
+	}
+	rec, att := s.recKey(taskID), s.attKey(taskID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSetNX(ctx, rec, "first_attempt", a.At.UTC().Format(time.RFC3339Nano))
+	pipe.HSet(ctx, rec, "last_attempt", a.At.UTC().Format(time.RFC3339Nano), "last_error", lastError)
+	if a.Sent {
+		pipe.HIncrBy(ctx, rec, "attempts", 1)
+	}
+	spent := pipe.HIncrBy(ctx, rec, "spent", boolInt(spend))
+	pipe.RPush(ctx, att, b)
+	pipe.LTrim(ctx, att, int64(-s.maxAttempts), -1)
+	pipe.PExpire(ctx, rec, s.ttl)
+	pipe.PExpire(ctx, att, s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, fmt.Errorf("record attempt of %s: %w", taskID, err)
+	}
+	return int(spent.Val()), nil
+}
+
+// complete marks the update done and stores its result.
+func (s *Store) complete(ctx context.Context, taskID string, res Result) error {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	rec := s.recKey(taskID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, rec, "state", StateCompleted, "result", b, "last_error", "")
+	pipe.PExpire(ctx, rec, s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("store result of %s: %w", taskID, err)
+	}
+	return nil
+}
+
+// markDead records that the update ended dead. The dead letter itself is
+// written first, by the caller, so that a crash in between leaves a dead letter
+// and a ledger that a re-run will complete, never the reverse.
+func (s *Store) markDead(ctx context.Context, taskID, reason string) error {
+	rec := s.recKey(taskID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, rec, "state", StateDead, "last_error", reason)
+	pipe.PExpire(ctx, rec, s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("mark %s dead: %w", taskID, err)
+	}
+	return nil
+}
+
+// resetForReplay gives the update a fresh budget and clears its final state;
+// its attempt history is kept.
+func (s *Store) resetForReplay(ctx context.Context, taskID string) error {
+	if err := s.rdb.HDel(ctx, s.recKey(taskID), "state", "spent", "result").Err(); err != nil {
+		return fmt.Errorf("reset ledger of %s: %w", taskID, err)
+	}
+	return nil
+}
+
+func parseTime(s string) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, s)
+	return t
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ErrNotFound is returned when a record does not exist.
+var ErrNotFound = errors.New("not found")

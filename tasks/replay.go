@@ -1,0 +1,80 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hibiken/asynq"
+)
+
+// ReplayOutcome says what happened to one dead letter in a replay.
+type ReplayOutcome struct {
+	TaskID         string `json:"task_id"`
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	Account        string `json:"account,omitempty"`
+	Status         string `json:"status"` // "replayed", "would_replay", "skipped"
+	Reason         string `json:"reason,omitempty"`
+}
+
+// ReplayOptions adjusts a replay.
+type ReplayOptions struct {
+	DryRun   bool // report what would go, change nothing
+	MaxRetry int  // the fresh budget; 0 keeps the update's own (or the worker default)
+	Queue    string
+}
+
+// Replay re-enqueues one dead letter with a fresh retry budget, a fresh
+// wall-clock budget and the same idempotency key, then removes the dead letter.
+// Each step can be repeated: a crash half-way leaves either the dead letter
+// (replay it again) or the re-enqueued task (the dead letter is then removed).
+func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (ReplayOutcome, error) {
+	out := ReplayOutcome{TaskID: d.TaskID, IdempotencyKey: d.IdempotencyKey, Account: d.Update.IntegratedAccountID}
+	if d.Class == ClassMalformed || d.IdempotencyKey == "" {
+		out.Status, out.Reason = "skipped", "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
+		return out, nil
+	}
+	if o.DryRun {
+		out.Status = "would_replay"
+		return out, nil
+	}
+	queue := o.Queue
+	if queue == "" {
+		queue = d.Queue
+	}
+	if queue == "" {
+		queue = p.queue
+	}
+	// asynq's archive (or completed set) still holds the task id: free it.
+	ins := asynq.NewInspectorFromRedisClient(p.store.rdb)
+	if d.Queue != "" {
+		if err := ins.DeleteTask(d.Queue, d.TaskID); err != nil &&
+			!errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+			return out, fmt.Errorf("replay %s: free the task id in asynq: %w", d.TaskID, err)
+		}
+	}
+	if err := p.store.resetForReplay(ctx, d.TaskID); err != nil {
+		return out, err
+	}
+	maxRetry := d.MaxRetry
+	if o.MaxRetry > 0 {
+		maxRetry = o.MaxRetry
+	}
+	u := d.Update
+	u.IdempotencyKey = d.IdempotencyKey
+	pl := Payload{Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1}
+	// Enqueue first, then remove the dead letter: a crash in between leaves
+	// both, and the next replay finds the task and only removes the record.
+	_, err := p.enqueue(ctx, pl, enqueueConfig{queue: queue, retention: p.retention, replay: true})
+	switch {
+	case errors.Is(err, ErrDuplicate):
+		out.Reason = "was already re-enqueued"
+	case err != nil:
+		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
+	}
+	if _, err := p.store.DeleteDeadLetter(context.WithoutCancel(ctx), d.TaskID); err != nil {
+		return out, fmt.Errorf("replay %s: re-enqueued, but removing its dead letter failed (replay it again to finish): %w", d.TaskID, err)
+	}
+	out.Status = "replayed"
+	return out, nil
+}
