@@ -29,7 +29,7 @@ type Policy struct {
 	MaxRetry      int           // retries that spend budget before an update is dead-lettered
 	RetryBase     time.Duration // first backoff
 	RetryCap      time.Duration // largest backoff
-	RetryJitter   float64       // ± fraction applied to each backoff
+	RetryJitter   float64       // ± fraction applied to each backoff; negative for none
 	MaxAge        time.Duration // wall-clock budget since enqueue; past it the update is dead-lettered as expired
 	ParkedRecheck time.Duration // how often a parked account's updates look again
 	InCallRetries int           // quick retries inside one run for connection-level failures (-1: none)
@@ -90,7 +90,9 @@ type WaitError struct {
 	Reason string
 }
 
-func (e *WaitError) Error() string { return "waiting " + e.Delay.Round(time.Millisecond).String() + ": " + e.Reason }
+func (e *WaitError) Error() string {
+	return "waiting " + e.Delay.Round(time.Millisecond).String() + ": " + e.Reason
+}
 
 // RetryError means an attempt failed transiently and spent budget; Spent
 // says how much of it has been spent so far.

@@ -1,0 +1,221 @@
+// Package worker assembles orgsync's worker: configuration from flags and
+// environment, the asynq server running the tasks handler against Truto, and
+// the admin HTTP endpoint. cmd/worker and cmd/demo both run it.
+package worker
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/orgsync/orgsync/internal/redisconn"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient"
+)
+
+// Defaults of the settings that are not the tasks policy's.
+const (
+	DefaultConcurrency      = 50
+	DefaultAdminAddr        = "127.0.0.1:9464"
+	DefaultShutdownTimeout  = 25 * time.Second
+	DefaultPollInterval     = time.Second
+	DefaultRetryPollInteval = time.Second
+)
+
+// Token is the Truto API token. It prints as [redacted] in every format.
+type Token struct{ v string }
+
+// Value returns the token itself, for the one place that needs it.
+func (t Token) Value() string { return t.v }
+
+// String redacts.
+func (t Token) String() string { return "[redacted]" }
+
+// GoString redacts.
+func (t Token) GoString() string { return "[redacted]" }
+
+// MarshalText redacts.
+func (t Token) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// Config is everything the worker is told. Flags win over environment.
+type Config struct {
+	RedisURL        string
+	Token           Token
+	BaseURL         string
+	Queues          []string
+	Concurrency     int
+	AdminAddr       string
+	Policy          tasks.Policy
+	AttemptTimeout  time.Duration
+	ResultTTL       time.Duration
+	ShutdownTimeout time.Duration
+	// PollInterval is how often an idle worker looks for new tasks (asynq TaskCheckInterval).
+	PollInterval time.Duration
+	// RetryPollInterval is how often due retries and waits are moved back to
+	// the queue (asynq DelayedTaskCheckInterval; its default of 5 s would make
+	// every wait up to 5 s longer).
+	RetryPollInterval time.Duration
+	LogLevel          string
+}
+
+// setting is one flag with its environment twin.
+type setting struct {
+	flag, env, def, usage string
+}
+
+var settings = []setting{
+	{"redis-url", "REDIS_URL", redisconn.DefaultURL, "Redis URL: " + redisconn.Forms},
+	{"token-file", "TRUTO_API_TOKEN_FILE", "", "file holding the Truto API token (else TRUTO_API_TOKEN)"},
+	{"base-url", "TRUTO_BASE_URL", trutoclient.DefaultBaseURL, "Truto API base URL (a path prefix is kept)"},
+	{"queues", "ORGSYNC_QUEUES", tasks.DefaultQueue, "comma-separated queues to serve, optionally NAME=PRIORITY"},
+	{"concurrency", "ORGSYNC_CONCURRENCY", strconv.Itoa(DefaultConcurrency), "updates run at once by this process"},
+	{"admin-addr", "ORGSYNC_ADMIN_ADDR", DefaultAdminAddr, "address of /healthz and /readyz; empty disables"},
+	{"retry-max", "ORGSYNC_RETRY_MAX", strconv.Itoa(tasks.DefaultMaxRetry), "retries that spend budget before an update is dead-lettered"},
+	{"retry-base", "ORGSYNC_RETRY_BASE", tasks.DefaultRetryBase.String(), "first retry backoff"},
+	{"retry-cap", "ORGSYNC_RETRY_CAP", tasks.DefaultRetryCap.String(), "largest retry backoff"},
+	{"attempt-timeout", "ORGSYNC_ATTEMPT_TIMEOUT", trutoclient.DefaultTimeout.String(), "time allowed for one PATCH"},
+	{"max-age", "ORGSYNC_MAX_AGE", tasks.DefaultMaxAge.String(), "wall-clock budget since enqueue; older updates are dead-lettered as expired"},
+	{"result-ttl", "ORGSYNC_RESULT_TTL", tasks.DefaultResultTTL.String(), "how long results and the idempotency ledger are kept"},
+	{"parked-recheck", "ORGSYNC_PARKED_RECHECK", tasks.DefaultParkedRecheck.String(), "how often updates of a parked account look again"},
+	{"shutdown-timeout", "ORGSYNC_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout.String(), "on SIGTERM, time for in-flight updates to finish before they are handed back"},
+	{"poll-interval", "ORGSYNC_POLL_INTERVAL", DefaultPollInterval.String(), "how often an idle worker looks for work"},
+	{"retry-poll-interval", "ORGSYNC_RETRY_POLL_INTERVAL", DefaultRetryPollInteval.String(), "how often due retries and waits are re-queued"},
+	{"log-level", "ORGSYNC_LOG_LEVEL", "info", "debug, info, warn or error"},
+}
+
+// ErrHelp is returned by LoadConfig when -h or --help was asked for.
+var ErrHelp = flag.ErrHelp
+
+// LoadConfig reads flags from args and their twins from env. A malformed
+// setting is an error naming the setting, the value and the expected form.
+func LoadConfig(args []string, env func(string) string, usage io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	vals := map[string]*string{}
+	for _, s := range settings {
+		def := s.def
+		if v := env(s.env); v != "" {
+			def = v
+		}
+		vals[s.flag] = fs.String(s.flag, def, s.usage+" (env "+s.env+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: the worker takes only flags (see --help)", fs.Arg(0))
+	}
+	var errs []error
+	get := func(name string) string { return strings.TrimSpace(*vals[name]) }
+	envOf := func(name string) string {
+		for _, s := range settings {
+			if s.flag == name {
+				return s.env
+			}
+		}
+		return ""
+	}
+	bad := func(name, form string) {
+		errs = append(errs, fmt.Errorf("--%s (%s) = %q: expected %s", name, envOf(name), get(name), form))
+	}
+	duration := func(name string, allowZero bool) time.Duration {
+		d, err := time.ParseDuration(get(name))
+		if err != nil || d < 0 || (!allowZero && d == 0) {
+			bad(name, "a positive duration such as 30s, 10m or 72h")
+		}
+		return d
+	}
+	integer := func(name string, lo int) int {
+		n, err := strconv.Atoi(get(name))
+		if err != nil || n < lo {
+			bad(name, fmt.Sprintf("a whole number >= %d", lo))
+		}
+		return n
+	}
+
+	c := Config{
+		RedisURL:          get("redis-url"),
+		BaseURL:           get("base-url"),
+		AdminAddr:         get("admin-addr"),
+		Concurrency:       integer("concurrency", 1),
+		AttemptTimeout:    duration("attempt-timeout", false),
+		ResultTTL:         duration("result-ttl", false),
+		ShutdownTimeout:   duration("shutdown-timeout", false),
+		PollInterval:      duration("poll-interval", false),
+		RetryPollInterval: duration("retry-poll-interval", false),
+		LogLevel:          get("log-level"),
+		Policy: tasks.Policy{
+			MaxRetry:      integer("retry-max", 0),
+			RetryBase:     duration("retry-base", false),
+			RetryCap:      duration("retry-cap", false),
+			MaxAge:        duration("max-age", false),
+			ParkedRecheck: duration("parked-recheck", false),
+		},
+	}
+	if c.Policy.MaxRetry == 0 {
+		c.Policy.MaxRetry = -1 // an explicit 0 means "no retries", not "the default"
+	}
+	if _, err := redisconn.Parse(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("--redis-url (REDIS_URL): %w", err))
+	}
+	for _, q := range strings.Split(get("queues"), ",") {
+		name, _, _ := strings.Cut(strings.TrimSpace(q), "=")
+		if name == "" {
+			bad("queues", "comma-separated queue names, e.g. orgsync or orgsync=6,bulk=1")
+			break
+		}
+		c.Queues = append(c.Queues, strings.TrimSpace(q))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "debug, info, warn or error")
+	}
+	tok, err := loadToken(get("token-file"), env)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.Token = tok
+	return c, errors.Join(errs...)
+}
+
+// loadToken reads the token from a file (trailing newline trimmed) or the environment.
+func loadToken(file string, env func(string) string) (Token, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return Token{}, fmt.Errorf("--token-file (TRUTO_API_TOKEN_FILE): %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return Token{}, fmt.Errorf("--token-file (TRUTO_API_TOKEN_FILE) %s is empty: put the Truto API token in it", file)
+		}
+		return Token{v: t}, nil
+	}
+	if t := strings.TrimSpace(env("TRUTO_API_TOKEN")); t != "" {
+		return Token{v: t}, nil
+	}
+	return Token{}, errors.New("no Truto API token: set TRUTO_API_TOKEN, or TRUTO_API_TOKEN_FILE / --token-file to a file holding it")
+}
+
+// QueuePriorities turns the Queues setting into asynq's map.
+func (c Config) QueuePriorities() map[string]int {
+	m := map[string]int{}
+	for _, q := range c.Queues {
+		name, prio, ok := strings.Cut(q, "=")
+		p, err := strconv.Atoi(prio)
+		if !ok || err != nil || p < 1 {
+			p = 1
+		}
+		m[name] = p
+	}
+	return m
+}
+
+// NewToken wraps a token value (the demo and tests).
+func NewToken(v string) Token { return Token{v: v} }

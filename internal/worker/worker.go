@@ -1,0 +1,244 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orgsync/orgsync/internal/redisconn"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient"
+)
+
+// Worker is one orgsync worker process's machinery.
+type Worker struct {
+	cfg      Config
+	rdb      redis.UniversalClient
+	ownsRDB  bool
+	store    *tasks.Store
+	handler  *tasks.Handler
+	server   *asynq.Server
+	logger   *slog.Logger
+	adminLn  net.Listener
+	admin    *http.Server
+	started  atomic.Bool
+	redisErr atomic.Pointer[string]
+}
+
+// Option adjusts how New builds a Worker.
+type Option func(*options)
+
+type options struct {
+	rdb      redis.UniversalClient
+	sender   tasks.Sender
+	logger   *slog.Logger
+	observer func(tasks.Event)
+}
+
+// WithRedis uses an existing Redis client (the demo's embedded Redis) instead of dialing REDIS_URL.
+func WithRedis(rdb redis.UniversalClient) Option { return func(o *options) { o.rdb = rdb } }
+
+// WithSender replaces the Truto client (tests).
+func WithSender(s tasks.Sender) Option { return func(o *options) { o.sender = s } }
+
+// WithLogger sets the structured logger (default: JSON on stderr at the configured level).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithObserver receives every handler Event (progress displays, metrics).
+func WithObserver(fn func(tasks.Event)) Option { return func(o *options) { o.observer = fn } }
+
+// New builds a worker from cfg. It connects to Redis (failing with a clear
+// message if it cannot) but starts nothing; Run does.
+func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
+	o := options{}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.logger == nil {
+		o.logger = slog.Default()
+	}
+	w := &Worker{cfg: cfg, logger: o.logger, rdb: o.rdb}
+	if w.rdb == nil {
+		rdb, err := redisconn.Open(ctx, cfg.RedisURL, 5*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		w.rdb, w.ownsRDB = rdb, true
+	}
+	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL))
+
+	sender := o.sender
+	if sender == nil {
+		c, err := trutoclient.New(cfg.Token.Value(),
+			trutoclient.WithBaseURL(cfg.BaseURL),
+			trutoclient.WithTimeout(cfg.AttemptTimeout),
+			trutoclient.WithMaxConnsPerHost(max(cfg.Concurrency, trutoclient.DefaultMaxConnsPerHost)))
+		if err != nil {
+			w.close()
+			return nil, err
+		}
+		sender = c
+	}
+	hopts := []tasks.HandlerOption{tasks.WithLogger(w.logger)}
+	if o.observer != nil {
+		hopts = append(hopts, tasks.WithObserver(o.observer))
+	}
+	w.handler = tasks.NewHandler(sender, w.store, cfg.Policy, hopts...)
+	policy := w.handler.Policy()
+
+	w.server = asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   cfg.QueuePriorities(),
+		RetryDelayFunc:           policy.RetryDelay,
+		IsFailure:                tasks.IsFailure,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		TaskCheckInterval:        cfg.PollInterval,
+		DelayedTaskCheckInterval: cfg.RetryPollInterval,
+		Logger:                   asynqLogger{w.logger},
+		LogLevel:                 asynqLevel(cfg.LogLevel),
+		HealthCheckFunc:          w.healthCheck,
+		HealthCheckInterval:      5 * time.Second,
+	})
+	if cfg.AdminAddr != "" {
+		ln, err := net.Listen("tcp", cfg.AdminAddr)
+		if err != nil {
+			w.close()
+			return nil, fmt.Errorf("--admin-addr (ORGSYNC_ADMIN_ADDR) %s: %w (another worker on this port? set a free address, or empty to disable)", cfg.AdminAddr, err)
+		}
+		w.adminLn = ln
+		w.admin = &http.Server{Handler: w.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	}
+	return w, nil
+}
+
+// Store returns the worker's record store.
+func (w *Worker) Store() *tasks.Store { return w.store }
+
+// AdminURL is the admin endpoint's base URL, or "" when disabled.
+func (w *Worker) AdminURL() string {
+	if w.adminLn == nil {
+		return ""
+	}
+	return "http://" + w.adminLn.Addr().String()
+}
+
+// Run serves until ctx is done, then drains: in-flight updates get
+// ShutdownTimeout to finish, after which asynq hands them back to the queue.
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.close()
+	mux := asynq.NewServeMux()
+	mux.Handle(tasks.TypeUpdateOrganization, w.handler)
+	if err := w.server.Start(mux); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	w.started.Store(true)
+	adminErr := make(chan error, 1)
+	if w.admin != nil {
+		go func() { adminErr <- w.admin.Serve(w.adminLn) }()
+	}
+	w.logger.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
+		"admin", w.AdminURL(), "base_url", w.cfg.BaseURL)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-adminErr:
+		err = fmt.Errorf("admin endpoint: %w", err)
+	}
+	w.logger.Info("stopping: draining in-flight updates", "timeout", w.cfg.ShutdownTimeout)
+	w.started.Store(false)
+	w.server.Shutdown()
+	if w.admin != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = w.admin.Shutdown(sctx)
+		cancel()
+	}
+	w.logger.Info("worker stopped")
+	return err
+}
+
+func (w *Worker) close() {
+	if w.adminLn != nil && w.admin == nil {
+		_ = w.adminLn.Close()
+	}
+	if w.ownsRDB && w.rdb != nil {
+		_ = w.rdb.Close()
+	}
+}
+
+func (w *Worker) healthCheck(err error) {
+	if err == nil {
+		w.redisErr.Store(nil)
+		return
+	}
+	msg := err.Error()
+	if w.redisErr.Swap(&msg) == nil {
+		w.logger.Error("Redis unreachable: updates pause until it is back", "error", msg)
+	}
+}
+
+func (w *Worker) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		_, _ = rw.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Type", "application/json")
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		var problems []string
+		if !w.started.Load() {
+			problems = append(problems, "handler not running")
+		}
+		if err := w.rdb.Ping(ctx).Err(); err != nil {
+			problems = append(problems, "redis: "+err.Error())
+		}
+		if len(problems) > 0 {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(rw, "{\"status\":\"unready\",\"problems\":%q}\n", problems)
+			return
+		}
+		_, _ = rw.Write([]byte(`{"status":"ready"}` + "\n"))
+	})
+	return mux
+}
+
+// asynqLogger sends asynq's own log lines through slog.
+type asynqLogger struct{ l *slog.Logger }
+
+func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...), "component", "asynq") }
+
+// Fatal logs at error level. asynq 0.26 never calls it from a running server;
+// stopping the process is main's decision, not a logger's.
+func (a asynqLogger) Fatal(args ...any) {
+	a.l.Error(fmt.Sprint(args...), "component", "asynq", "fatal", true)
+}
+
+func asynqLevel(l string) asynq.LogLevel {
+	switch l {
+	case "debug":
+		return asynq.DebugLevel
+	case "warn":
+		return asynq.WarnLevel
+	case "error":
+		return asynq.ErrorLevel
+	}
+	return asynq.InfoLevel
+}
+
+// NewLogger returns the worker's JSON logger on w at level.
+func NewLogger(w interface{ Write([]byte) (int, error) }, level string) *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lv}))
+}

@@ -1,0 +1,174 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// States an update can be in, as `enqueue status` reports them.
+const (
+	StatusPending   = "pending"
+	StatusScheduled = "scheduled"
+	StatusActive    = "active"
+	StatusRetry     = "retry"
+	StatusWaiting   = "waiting" // in asynq's retry set, but waiting without spending budget
+	StatusCompleted = "completed"
+	StatusDead      = "dead"
+)
+
+// Status is everything known about one update.
+type Status struct {
+	TaskID         string      `json:"task_id"`
+	IdempotencyKey string      `json:"idempotency_key,omitempty"`
+	Queue          string      `json:"queue,omitempty"`
+	State          string      `json:"state"`
+	Why            string      `json:"why,omitempty"`
+	Update         *Update     `json:"update,omitempty"`
+	NextAttemptAt  time.Time   `json:"next_attempt_at,omitzero"`
+	Attempts       int         `json:"attempts"`
+	Spent          int         `json:"retry_budget_spent"`
+	LastError      string      `json:"last_error,omitempty"`
+	Result         *Result     `json:"result,omitempty"`
+	DeadLetter     *DeadLetter `json:"dead_letter,omitempty"`
+	History        []Attempt   `json:"history,omitempty"`
+}
+
+// Status looks an update up by task id (or, when ref is not a task id, by
+// idempotency key) across asynq's queues, the ledger and the dead letters.
+// It returns ErrNotFound when nothing knows it.
+func (s *Store) Status(ctx context.Context, ref string, queues []string) (Status, error) {
+	taskID := ref
+	if !strings.HasPrefix(ref, "u_") || len(ref) != 34 {
+		taskID = TaskID(ref)
+	}
+	st := Status{TaskID: taskID}
+	rec, err := s.Get(ctx, taskID)
+	if err != nil {
+		return st, err
+	}
+	st.Attempts, st.Spent, st.LastError, st.Result = rec.Attempts, rec.Spent, rec.LastError, rec.Result
+	if st.History, err = s.Attempts(ctx, taskID); err != nil {
+		return st, err
+	}
+	if d, err := s.DeadLetter(ctx, taskID); err == nil {
+		st.State, st.DeadLetter, st.Queue = StatusDead, &d, d.Queue
+		st.IdempotencyKey, st.Why = d.IdempotencyKey, d.Reason
+		u := d.Update
+		st.Update = &u
+		return st, nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return st, err
+	}
+	if len(queues) == 0 {
+		queues = []string{DefaultQueue}
+	}
+	ins := asynq.NewInspectorFromRedisClient(s.rdb)
+	for _, q := range queues {
+		info, err := ins.GetTaskInfo(q, taskID)
+		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+			continue
+		}
+		if err != nil {
+			return st, fmt.Errorf("look up %s in queue %s: %w", taskID, q, err)
+		}
+		st.Queue, st.NextAttemptAt = q, info.NextProcessAt
+		if p, err := DecodePayload(info.Payload); err == nil {
+			u := p.Update
+			st.Update, st.IdempotencyKey = &u, p.IdempotencyKey
+		}
+		switch info.State {
+		case asynq.TaskStatePending:
+			st.State = StatusPending
+		case asynq.TaskStateScheduled:
+			st.State = StatusScheduled
+		case asynq.TaskStateActive:
+			st.State = StatusActive
+		case asynq.TaskStateRetry:
+			st.State = StatusRetry
+			if strings.HasPrefix(rec.LastError, "waiting: ") {
+				st.State, st.Why = StatusWaiting, strings.TrimPrefix(rec.LastError, "waiting: ")
+			} else {
+				st.Why = rec.LastError
+			}
+		case asynq.TaskStateCompleted:
+			st.State = StatusCompleted
+		case asynq.TaskStateArchived:
+			st.State, st.Why = StatusDead, info.LastErr
+		default:
+			st.State = info.State.String()
+		}
+		return st, nil
+	}
+	if rec.State == StateCompleted {
+		st.State = StatusCompleted // asynq's retention ended; the ledger remembers
+		return st, nil
+	}
+	if rec.Attempts == 0 && rec.State == "" {
+		return st, fmt.Errorf("update %s: %w", ref, ErrNotFound)
+	}
+	st.State = "unknown"
+	return st, nil
+}
+
+// Stats is the overview `enqueue stats` prints.
+type Stats struct {
+	Queues           []QueueStats   `json:"queues"`
+	DeadLetters      int64          `json:"dead_letters"`
+	DeadByStatus     map[string]int `json:"dead_by_status"`
+	DeadByClass      map[string]int `json:"dead_by_class"`
+	Holds            []Hold         `json:"account_holds"`
+	OldestDeadLetter time.Time      `json:"oldest_dead_letter,omitzero"`
+}
+
+// QueueStats counts one asynq queue's tasks by state.
+type QueueStats struct {
+	Queue     string `json:"queue"`
+	Paused    bool   `json:"paused"`
+	Pending   int    `json:"pending"`
+	Active    int    `json:"active"`
+	Scheduled int    `json:"scheduled"`
+	Retry     int    `json:"retry"`
+	Archived  int    `json:"archived"`
+	Completed int    `json:"completed"`
+	// LatencyMS is how long the oldest pending task has waited.
+	LatencyMS int64 `json:"oldest_pending_ms"`
+}
+
+// Stats gathers per-queue counts, dead letters by status and class, and account holds.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	out := Stats{DeadByStatus: map[string]int{}, DeadByClass: map[string]int{}}
+	ins := asynq.NewInspectorFromRedisClient(s.rdb)
+	queues, err := ins.Queues()
+	if err != nil {
+		return out, fmt.Errorf("list queues: %w", err)
+	}
+	for _, q := range queues {
+		qi, err := ins.GetQueueInfo(q)
+		if err != nil {
+			return out, fmt.Errorf("queue %s: %w", q, err)
+		}
+		out.Queues = append(out.Queues, QueueStats{Queue: q, Paused: qi.Paused, Pending: qi.Pending, Active: qi.Active,
+			Scheduled: qi.Scheduled, Retry: qi.Retry, Archived: qi.Archived, Completed: qi.Completed, LatencyMS: qi.Latency.Milliseconds()})
+	}
+	err = s.EachDeadLetter(ctx, Filter{}, func(d DeadLetter) error {
+		out.DeadLetters++
+		out.DeadByStatus[fmt.Sprint(d.StatusCode)]++
+		out.DeadByClass[d.Class]++
+		if out.OldestDeadLetter.IsZero() {
+			out.OldestDeadLetter = d.DeadAt
+		}
+		return nil
+	})
+	if err != nil {
+		return out, err
+	}
+	if out.Holds, err = s.Holds(ctx); err != nil {
+		return out, err
+	}
+	return out, nil
+}
