@@ -1,0 +1,178 @@
+package trutoclient
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxRetryAfter caps a delay read from Retry-After or ratelimit-reset, so that a hostile or broken
+// header cannot park an account for years.
+const MaxRetryAfter = 24 * time.Hour
+
+// Organization is Truto's unified organization object. Every field but ID may be missing.
+type Organization struct {
+	ID          string          `json:"id"`
+	Name        string          `json:"name,omitempty"`
+	PricingPlan string          `json:"pricing_plan,omitempty"`
+	Licenses    []License       `json:"licenses,omitempty"`
+	CreatedAt   string          `json:"created_at,omitempty"`
+	UpdatedAt   string          `json:"updated_at,omitempty"`
+	RemoteData  json.RawMessage `json:"remote_data,omitempty"`
+}
+
+// License is one license of an Organization.
+type License struct {
+	ID   string `json:"id,omitempty"`
+	Name string `json:"name,omitempty"`
+}
+
+// Response is what came back from one attempt, whatever the status.
+type Response struct {
+	// StatusCode is the HTTP status.
+	StatusCode int
+	// Header holds only the headers that matter (rate limits, Retry-After, Content-Type, request ids).
+	Header http.Header
+	// Body is the raw body: up to the response limit for 2xx, up to the error limit otherwise.
+	Body []byte
+	// RateLimit is parsed from the normalized ratelimit-* headers.
+	RateLimit RateLimit
+	// Latency runs from sending the request to reading the body.
+	Latency time.Duration
+}
+
+// RateLimit is Truto's normalized rate-limit headers, present only when the provider gives them.
+type RateLimit struct {
+	// Limit is ratelimit-limit as sent, e.g. "110;w=10".
+	Limit string
+	// Remaining is ratelimit-remaining, valid when HasRemaining.
+	Remaining    int
+	HasRemaining bool
+	// Reset is ratelimit-reset (time until the window reopens), valid when HasReset.
+	Reset    time.Duration
+	HasReset bool
+}
+
+// keptHeaders are the response headers a Response keeps; anything ending in -Request-Id is kept too.
+var keptHeaders = map[string]bool{
+	"Retry-After":         true,
+	"Ratelimit-Limit":     true,
+	"Ratelimit-Remaining": true,
+	"Ratelimit-Reset":     true,
+	"Content-Type":        true,
+	"X-Request-Id":        true,
+	"X-Truto-Request-Id":  true,
+	"Cf-Ray":              true,
+	// Idempotent-Replayed: true marks an answer served from an idempotency cache
+	// (Stripe's convention, which Truto's guides describe).
+	"Idempotent-Replayed": true,
+}
+
+func filterHeader(h http.Header) http.Header {
+	out := make(http.Header)
+	for k, v := range h {
+		ck := http.CanonicalHeaderKey(k)
+		if keptHeaders[ck] || strings.HasSuffix(ck, "-Request-Id") {
+			out[ck] = append([]string(nil), v...)
+		}
+	}
+	return out
+}
+
+// readResponse reads a bounded body, drains a bounded remainder and closes it, so the connection
+// can be reused. It always returns a Response; the error is a read failure or ErrResponseTooLarge.
+func readResponse(hr *http.Response, maxErrorBody, maxResponseBody int64) (*Response, error) {
+	defer hr.Body.Close()
+	resp := &Response{
+		StatusCode: hr.StatusCode,
+		Header:     filterHeader(hr.Header),
+		RateLimit:  parseRateLimit(hr.Header),
+	}
+	limit := maxErrorBody
+	if is2xx(hr.StatusCode) {
+		limit = maxResponseBody
+	}
+	body, err := io.ReadAll(io.LimitReader(hr.Body, limit+1))
+	if int64(len(body)) > limit {
+		body = body[:limit]
+		if is2xx(hr.StatusCode) && err == nil {
+			err = fmt.Errorf("%w (%d bytes)", ErrResponseTooLarge, limit)
+		}
+	}
+	resp.Body = body
+	if err != nil {
+		return resp, err
+	}
+	_, _ = io.CopyN(io.Discard, hr.Body, discardLimit)
+	return resp, nil
+}
+
+func parseRateLimit(h http.Header) RateLimit {
+	var rl RateLimit
+	rl.Limit = h.Get("Ratelimit-Limit")
+	if n, ok := parseSeconds(h.Get("Ratelimit-Remaining")); ok && n <= math.MaxInt32 {
+		rl.Remaining, rl.HasRemaining = int(n), true
+	}
+	if n, ok := parseSeconds(h.Get("Ratelimit-Reset")); ok {
+		rl.Reset, rl.HasReset = secondsToDuration(n), true
+	}
+	return rl
+}
+
+// parseSeconds reads a non-negative integer, ignoring parameters after ';' or ',' (the draft
+// RateLimit header syntax allows them).
+func parseSeconds(v string) (int64, bool) {
+	if i := strings.IndexAny(v, ";,"); i >= 0 {
+		v = v[:i]
+	}
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange && v[0] != '-' {
+			return math.MaxInt64, true
+		}
+		return 0, false
+	}
+	if n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+func secondsToDuration(n int64) time.Duration {
+	if n >= int64(MaxRetryAfter/time.Second) {
+		return MaxRetryAfter
+	}
+	return time.Duration(n) * time.Second
+}
+
+// parseRetryAfter reads Retry-After as delay-seconds or an HTTP-date relative to now.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if n, ok := parseSeconds(v); ok && !strings.ContainsAny(v, ";,") {
+		return secondsToDuration(n), true
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0, false
+	}
+	d := t.Sub(now)
+	switch {
+	case d < 0:
+		return 0, true
+	case d > MaxRetryAfter:
+		return MaxRetryAfter, true
+	}
+	return d, true
+}
