@@ -1,0 +1,297 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
+)
+
+const testToken = "tok_integration_3f9c1e"
+
+// pipeline is a real Redis, the fake Truto and a running worker.
+type pipeline struct {
+	t        *testing.T
+	redis    *redistest.Server
+	rdb      *redis.Client
+	fake     *trutotest.Server
+	store    *tasks.Store
+	producer *tasks.Producer
+	worker   *Worker
+	stop     context.CancelFunc
+	done     chan error
+	mu       sync.Mutex
+	events   map[string]int
+}
+
+func testConfig(redisURL, baseURL string) Config {
+	return Config{
+		RedisURL: redisURL, Token: NewToken(testToken), BaseURL: baseURL, Queues: []string{tasks.DefaultQueue},
+		Concurrency: 50, AdminAddr: "127.0.0.1:0", AttemptTimeout: 5 * time.Second, ResultTTL: time.Hour,
+		ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond, RetryPollInterval: 200 * time.Millisecond,
+		LogLevel: "warn", Policy: tasks.Policy{RetryBase: 200 * time.Millisecond, RetryCap: time.Second},
+	}
+}
+
+func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) *pipeline {
+	t.Helper()
+	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}}
+	p.rdb = p.redis.Client()
+	p.fake = trutotest.NewServer(testToken, trutotest.WithFaults(faults), trutotest.WithSeed(1))
+	t.Cleanup(p.fake.Close)
+	cfg := testConfig(p.redis.URL(), p.fake.URL)
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	p.store = tasks.NewStore(p.rdb, tasks.WithResultTTL(cfg.ResultTTL))
+	p.producer = tasks.NewProducer(p.store)
+	t.Cleanup(func() { _ = p.producer.Close() })
+	w, err := New(context.Background(), cfg, WithLogger(NewLogger(io.Discard, "error")), WithObserver(func(e tasks.Event) {
+		p.mu.Lock()
+		p.events[e.Outcome]++
+		p.mu.Unlock()
+	}))
+	if err != nil {
+		t.Fatalf("worker.New: %v", err)
+	}
+	p.worker = w
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop, p.done = cancel, make(chan error, 1)
+	go func() { p.done <- w.Run(ctx) }()
+	t.Cleanup(p.shutdown)
+	return p
+}
+
+func (p *pipeline) shutdown() {
+	if p.stop == nil {
+		return
+	}
+	p.stop()
+	if err := <-p.done; err != nil {
+		p.t.Errorf("worker.Run: %v", err)
+	}
+	p.stop = nil
+}
+
+// enqueue puts n updates on the queue, one organization each, bodies numbered.
+func (p *pipeline) enqueue(n int, account func(i int) string) []string {
+	p.t.Helper()
+	keys := make([]string, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 16)
+	for i := 0; i < n; i++ {
+		keys[i] = fmt.Sprintf("it-%06d", i)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			u := tasks.Update{ID: fmt.Sprintf("org-%06d", i), IntegratedAccountID: account(i), IdempotencyKey: keys[i],
+				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"n":%d}}`, i, i))}
+			if _, err := p.producer.Enqueue(context.Background(), u); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		p.t.Fatalf("enqueue: %v", err)
+	}
+	return keys
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, status := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, status)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition
+	}
+}
+
+func (p *pipeline) states(keys []string) map[string]int {
+	p.t.Helper()
+	out := map[string]int{}
+	ctx := context.Background()
+	pipe := p.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.HGet(ctx, "orgsync:{"+tasks.TaskID(k)+"}:rec", "state")
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, c := range cmds {
+		out[c.Val()]++
+	}
+	return out
+}
+
+// TestPipelineEveryUpdateAppliedOnce runs updates through transient faults
+// (errors before and after applying, connection resets) and checks, from the
+// fake's own counts, that every update applied exactly once.
+func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
+	t.Parallel()
+	faults := trutotest.Faults{
+		ErrorRates:      map[int]float64{500: 0.05, 503: 0.05, 408: 0.02},
+		AfterApplyRates: map[int]float64{502: 0.05, 504: 0.03},
+	}
+	p := startPipeline(t, faults, nil)
+	const n = 1500
+	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%02d", i%15) })
+	waitFor(t, "every update completed", 2*time.Minute, func() (bool, string) {
+		st := p.states(keys)
+		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
+	})
+	stats := p.fake.Stats()
+	byKey := p.fake.EffectsByKey()
+	lost, dup := 0, 0
+	for _, k := range keys {
+		switch byKey[k] {
+		case 0:
+			lost++
+		case 1:
+		default:
+			dup++
+		}
+	}
+	if lost != 0 || dup != 0 || stats.DuplicateEffects != 0 || stats.Effects != n || stats.KeyConflicts != 0 || stats.Unkeyed != 0 {
+		t.Errorf("lost %d, duplicated %d; fake stats %+v; want every one of %d applied exactly once", lost, dup, stats, n)
+	}
+	if got := p.fake.OutOfOrder("seq"); got != 0 {
+		t.Errorf("out-of-order effects = %d, want 0", got)
+	}
+	if dl, _ := p.store.CountDeadLetters(context.Background()); dl != 0 {
+		t.Errorf("dead letters = %d, want 0", dl)
+	}
+	t.Logf("fake: %d requests, %d effects, %d idempotent replays, by status %v", stats.Requests, stats.Effects, stats.Replays, stats.ByStatus)
+	// A stored result is readable by task id.
+	st, err := p.store.Status(context.Background(), tasks.TaskID(keys[0]), nil)
+	if err != nil || st.State != tasks.StatusCompleted || st.Result == nil || st.Result.StatusCode != 200 {
+		t.Errorf("status of the first update = %+v, %v", st, err)
+	}
+	// The admin endpoint answers.
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(p.worker.AdminURL() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("GET %s = %d, want 200", path, resp.StatusCode)
+		}
+	}
+	p.assertNoToken()
+}
+
+// assertNoToken searches every key and value in Redis for the API token.
+func (p *pipeline) assertNoToken() {
+	p.t.Helper()
+	ctx := context.Background()
+	iter := p.rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	n := 0
+	for iter.Next(ctx) {
+		key := iter.Val()
+		n++
+		if strings.Contains(key, testToken) {
+			p.t.Fatalf("the API token appears in Redis key %q", key)
+		}
+		dump, err := p.rdb.Dump(ctx, key).Result()
+		if err != nil {
+			continue // expired between SCAN and DUMP
+		}
+		if strings.Contains(dump, testToken) {
+			p.t.Fatalf("the API token appears in the value of Redis key %q", key)
+		}
+	}
+	if n == 0 {
+		p.t.Fatal("no keys scanned: the token search proved nothing")
+	}
+}
+
+// TestDeadLettersBeyondAsynqArchiveCap dead-letters more updates than asynq's
+// archive keeps (10,000 per queue), finds every one in orgsync's own store,
+// then replays them all once the upstream is fixed.
+func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
+	t.Parallel()
+	faults := trutotest.Faults{AccountStatus: map[string]int{"acct-bad": 422}}
+	p := startPipeline(t, faults, nil)
+	const n = 10_050
+	keys := p.enqueue(n, func(int) string { return "acct-bad" })
+	ctx := context.Background()
+	waitFor(t, "every update dead-lettered", 4*time.Minute, func() (bool, string) {
+		c, err := p.store.CountDeadLetters(ctx)
+		return err == nil && c == n, fmt.Sprintf("%d dead letters, err %v", c, err)
+	})
+	ins := asynq.NewInspectorFromRedisClient(p.rdb)
+	qi, err := ins.GetQueueInfo(tasks.DefaultQueue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qi.Archived > 10_000 {
+		t.Logf("asynq archive holds %d (its cap is 10,000)", qi.Archived)
+	}
+	found := map[string]bool{}
+	err = p.store.EachDeadLetter(ctx, tasks.Filter{Account: "acct-bad", StatusCode: 422}, func(d tasks.DeadLetter) error {
+		found[d.IdempotencyKey] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !found[k] {
+			t.Fatalf("dead letter of %s missing (found %d of %d); asynq's archive holds %d", k, len(found), n, qi.Archived)
+		}
+	}
+	t.Logf("%d dead letters in orgsync's store; asynq's archive holds %d", len(found), qi.Archived)
+	if p.fake.Stats().Effects != 0 {
+		t.Fatalf("fake applied %d effects for a 422 account", p.fake.Stats().Effects)
+	}
+
+	// Fix the upstream and replay everything.
+	p.fake.UpdateFaults(func(f *trutotest.Faults) { f.AccountStatus = nil })
+	replayed := 0
+	err = p.store.EachDeadLetter(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
+		out, err := p.producer.Replay(ctx, d, tasks.ReplayOptions{})
+		if err != nil {
+			return err
+		}
+		if out.Status == "replayed" {
+			replayed++
+		}
+		return nil
+	})
+	if err != nil || replayed != n {
+		t.Fatalf("replayed %d of %d: %v", replayed, n, err)
+	}
+	waitFor(t, "every replayed update completed", 4*time.Minute, func() (bool, string) {
+		st := p.states(keys)
+		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
+	})
+	stats := p.fake.Stats()
+	if stats.Effects != n || stats.DuplicateEffects != 0 {
+		t.Errorf("after replay: fake stats %+v; want %d effects, no duplicates", stats, n)
+	}
+	if c, _ := p.store.CountDeadLetters(ctx); c != 0 {
+		t.Errorf("%d dead letters left after replay, want 0", c)
+	}
+}
