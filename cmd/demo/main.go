@@ -1,0 +1,352 @@
+// Command demo runs the whole of orgsync in one process on embedded defaults:
+// an in-process Redis (miniredis), the fake Truto on loopback with a scripted
+// outage, rate limits and a few organizations that refuse their update, a few
+// thousand updates enqueued through the real producer and processed by the real
+// worker, a report, and a replay of the dead letters once the fake is "fixed".
+//
+// It needs nothing installed but Go:
+//
+//	go run ./cmd/demo [--updates 3000] [--accounts 20] [--outage 3s] [--bad-orgs 12]
+//
+// The narrative and live progress go to stderr when it is a terminal; stdout
+// gets one JSON report, so `go run ./cmd/demo | jq` works.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/term"
+
+	"github.com/orgsync/orgsync/internal/worker"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	tty := term.IsTerminal(int(os.Stderr.Fd()))
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, tty); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(2)
+	}
+}
+
+type settings struct {
+	updates, accounts, badOrgs, concurrency int
+	outage, outageAfter, timeout            time.Duration
+	accountLimit                            int
+}
+
+func parse(args []string, stderr io.Writer) (settings, error) {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	s := settings{}
+	fs.IntVar(&s.updates, "updates", 3000, "updates to enqueue (one organization each)")
+	fs.IntVar(&s.accounts, "accounts", 20, "integrated accounts they are spread over")
+	fs.IntVar(&s.badOrgs, "bad-orgs", 12, "organizations the fake answers 422 until it is fixed")
+	fs.IntVar(&s.concurrency, "concurrency", 50, "worker concurrency")
+	fs.DurationVar(&s.outage, "outage", 3*time.Second, "length of the upstream outage (503s); 0 for none")
+	fs.DurationVar(&s.outageAfter, "outage-after", 1500*time.Millisecond, "when the outage starts, after processing begins")
+	fs.IntVar(&s.accountLimit, "account-limit", 100, "fake's per-account limit per 10 s (Truto's is 50); 0 for none")
+	fs.DurationVar(&s.timeout, "timeout", 3*time.Minute, "give up if the run has not finished by then")
+	if err := fs.Parse(args); err != nil {
+		return s, err
+	}
+	switch {
+	case s.updates < 1:
+		return s, fmt.Errorf("--updates %d: expected at least 1", s.updates)
+	case s.accounts < 1:
+		return s, fmt.Errorf("--accounts %d: expected at least 1", s.accounts)
+	case s.badOrgs < 0 || s.badOrgs > s.updates:
+		return s, fmt.Errorf("--bad-orgs %d: expected 0..--updates", s.badOrgs)
+	case s.concurrency < 1:
+		return s, fmt.Errorf("--concurrency %d: expected at least 1", s.concurrency)
+	}
+	return s, nil
+}
+
+// tally counts the handler's events.
+type tally struct {
+	completed, retried, waited, dead atomic.Int64
+	mu                               sync.Mutex
+	deadWhy                          map[string]int
+}
+
+func (t *tally) observe(e tasks.Event) {
+	switch e.Outcome {
+	case tasks.OutcomeCompleted:
+		t.completed.Add(1)
+	case tasks.OutcomeRetry:
+		t.retried.Add(1)
+	case tasks.OutcomeWaiting:
+		t.waited.Add(1)
+	case tasks.OutcomeDead:
+		t.dead.Add(1)
+		t.mu.Lock()
+		t.deadWhy[e.Reason]++
+		t.mu.Unlock()
+	}
+}
+
+// Report is the JSON the demo prints on stdout.
+type Report struct {
+	Updates     int             `json:"updates"`
+	Phase1      PhaseReport     `json:"first_pass"`
+	Phase2      PhaseReport     `json:"after_replay"`
+	DeadReasons map[string]int  `json:"dead_letter_reasons"`
+	Fake        trutotest.Stats `json:"fake_truto"`
+	Lost        int             `json:"lost"`
+	Duplicates  int             `json:"duplicate_effects"`
+	OutOfOrder  int             `json:"out_of_order_effects"`
+	Seconds     float64         `json:"seconds"`
+}
+
+// PhaseReport is the state at the end of one pass.
+type PhaseReport struct {
+	Applied      int64   `json:"applied"`
+	Retried      int64   `json:"retried"`
+	Waited       int64   `json:"waited"`
+	DeadLettered int64   `json:"dead_lettered"`
+	Seconds      float64 `json:"seconds"`
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool) error {
+	s, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	say := func(format string, a ...any) {
+		if tty {
+			fmt.Fprintf(stderr, format+"\n", a...)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	start := time.Now()
+
+	mr, err := miniredis.Run()
+	if err != nil {
+		return fmt.Errorf("start the embedded Redis: %w", err)
+	}
+	defer mr.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+
+	const token = "demo-token-not-a-secret"
+	bad := map[string]int{}
+	for i := 0; i < s.badOrgs; i++ {
+		bad[orgID(i*(s.updates/max(s.badOrgs, 1)))] = 422
+	}
+	faults := trutotest.Faults{
+		OrgStatus:    bad,
+		AccountLimit: trutotest.Limit{Requests: s.accountLimit, Window: trutotest.Duration(10 * time.Second)},
+		Latency:      trutotest.Duration(5 * time.Millisecond), LatencyJitter: trutotest.Duration(10 * time.Millisecond),
+	}
+	fake := trutotest.NewServer(token, trutotest.WithFaults(faults))
+	defer fake.Close()
+
+	say("orgsync demo: everything below runs in this process.")
+	say("  Redis:      embedded (miniredis) at %s", mr.Addr())
+	say("  Truto:      the fake at %s; per-account limit %d/10s, %d organizations answer 422, a %s outage of 503s %s into the run",
+		fake.URL, s.accountLimit, s.badOrgs, s.outage, s.outageAfter)
+
+	store := tasks.NewStore(rdb)
+	producer := tasks.NewProducer(store)
+	defer producer.Close()
+
+	say("\n1. Enqueueing %d updates over %d accounts through the real producer (tasks.Producer)...", s.updates, s.accounts)
+	keys, err := enqueueAll(ctx, producer, s)
+	if err != nil {
+		return err
+	}
+	say("   enqueued %d in %.1fs", len(keys), time.Since(start).Seconds())
+
+	t := &tally{deadWhy: map[string]int{}}
+	cfg := worker.Config{
+		Token: worker.NewToken(token), BaseURL: fake.URL, Queues: []string{tasks.DefaultQueue},
+		Concurrency: s.concurrency, AttemptTimeout: 5 * time.Second, ResultTTL: tasks.DefaultResultTTL,
+		ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond, RetryPollInterval: 250 * time.Millisecond,
+		LogLevel: "error",
+	}
+	w, err := worker.New(ctx, cfg, worker.WithRedis(rdb), worker.WithObserver(t.observe),
+		worker.WithLogger(worker.NewLogger(io.Discard, "error")))
+	if err != nil {
+		return err
+	}
+	wctx, stopWorker := context.WithCancel(ctx)
+	workerDone := make(chan error, 1)
+	go func() { workerDone <- w.Run(wctx) }()
+	defer func() { stopWorker(); <-workerDone }()
+
+	say("\n2. The real worker (internal/worker, tasks.Handler, trutoclient) processes them, concurrency %d.", s.concurrency)
+	if s.outage > 0 {
+		time.AfterFunc(s.outageAfter, func() {
+			fake.StartOutage(trutotest.Outage503, s.outage)
+			say("\n   !! upstream outage: the fake answers 503 for %s; updates retry with backoff under the same key", s.outage)
+		})
+	}
+	p1start := time.Now()
+	if err := waitSettled(ctx, store, t, int64(s.updates), fake, tty, stderr); err != nil {
+		return err
+	}
+	rep := Report{Updates: s.updates, DeadReasons: map[string]int{}}
+	rep.Phase1 = PhaseReport{Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
+		DeadLettered: t.dead.Load(), Seconds: time.Since(p1start).Seconds()}
+	t.mu.Lock()
+	for k, v := range t.deadWhy {
+		rep.DeadReasons[k] = v
+	}
+	t.mu.Unlock()
+	say("\n   first pass: %d applied, %d retries after transient failures, %d waits (rate limits), %d dead-lettered, in %.1fs",
+		rep.Phase1.Applied, rep.Phase1.Retried, rep.Phase1.Waited, rep.Phase1.DeadLettered, rep.Phase1.Seconds)
+	for why, n := range rep.DeadReasons {
+		say("   dead-lettered %d x %s", n, why)
+	}
+
+	say("\n3. The bad organizations are fixed upstream; replaying the dead letters (same idempotency keys, fresh budget)...")
+	fake.UpdateFaults(func(f *trutotest.Faults) { f.OrgStatus = nil })
+	replayed := 0
+	err = store.EachDeadLetter(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
+		out, err := producer.Replay(ctx, d, tasks.ReplayOptions{})
+		if err == nil && out.Status == "replayed" {
+			replayed++
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	say("   replayed %d", replayed)
+	p2start := time.Now()
+	t.dead.Store(0)
+	if err := waitSettled(ctx, store, t, int64(s.updates), fake, tty, stderr); err != nil {
+		return err
+	}
+	rep.Phase2 = PhaseReport{Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
+		DeadLettered: t.dead.Load(), Seconds: time.Since(p2start).Seconds()}
+
+	rep.Fake = fake.Stats()
+	byKey := fake.EffectsByKey()
+	for _, k := range keys {
+		switch n := byKey[k]; {
+		case n == 0:
+			rep.Lost++
+		case n > 1:
+			rep.Duplicates += n - 1
+		}
+	}
+	rep.Duplicates += rep.Fake.DuplicateEffects
+	rep.OutOfOrder = fake.OutOfOrder("seq")
+	rep.Seconds = time.Since(start).Seconds()
+
+	say("\n4. What the fake Truto saw:")
+	say("   %d requests; by status %s", rep.Fake.Requests, statusLine(rep.Fake.ByStatus))
+	say("   %d effects for %d updates: lost %d, duplicate effects %d, out-of-order effects %d", rep.Fake.Effects, s.updates, rep.Lost, rep.Duplicates, rep.OutOfOrder)
+	say("   %d answers came from Truto's idempotency cache: retries of requests that had already applied", rep.Fake.Replays)
+	say("\nDone in %.1fs. Next: `go test ./...`, then README.md \"Running it for real\".", rep.Seconds)
+
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		return err
+	}
+	if rep.Lost != 0 || rep.Duplicates != 0 || rep.OutOfOrder != 0 || rep.Phase2.Applied != int64(s.updates) {
+		return fmt.Errorf("the run did not come out right: lost %d, duplicates %d, out of order %d, applied %d of %d",
+			rep.Lost, rep.Duplicates, rep.OutOfOrder, rep.Phase2.Applied, s.updates)
+	}
+	return nil
+}
+
+func orgID(i int) string { return fmt.Sprintf("org-%06d", i) }
+
+func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, error) {
+	keys := make([]string, s.updates)
+	var wg sync.WaitGroup
+	var firstErr atomic.Pointer[error]
+	sem := make(chan struct{}, 16)
+	for i := 0; i < s.updates; i++ {
+		keys[i] = fmt.Sprintf("demo-%06d", i)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			u := tasks.Update{
+				ID: orgID(i), IntegratedAccountID: fmt.Sprintf("acct-%03d", i%s.accounts), IdempotencyKey: keys[i],
+				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","sync":%d}}`, i, i)),
+			}
+			if _, err := p.Enqueue(ctx, u); err != nil {
+				firstErr.CompareAndSwap(nil, &err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return nil, fmt.Errorf("enqueue: %w", *e)
+	}
+	return keys, nil
+}
+
+// waitSettled waits until every update is applied or dead, redrawing a
+// progress line on a terminal.
+func waitSettled(ctx context.Context, store *tasks.Store, t *tally, n int64, fake *trutotest.Server, tty bool, stderr io.Writer) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		dead, err := store.CountDeadLetters(ctx)
+		if err != nil {
+			return err
+		}
+		done := t.completed.Load()
+		if tty {
+			st := fake.Stats()
+			fmt.Fprintf(stderr, "\r   applied %5d/%d  retried %4d  waiting %4d  dead %3d | fake: %5d requests, 429s %4d, 503s %4d   ",
+				done, n, t.retried.Load(), t.waited.Load(), dead, st.Requests, st.RateLimited, st.ByStatus[503])
+		}
+		if done+dead >= n {
+			if tty {
+				fmt.Fprintln(stderr)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gave up waiting (%d applied, %d dead of %d): %w; try a larger --timeout", done, dead, n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+func statusLine(m map[int]int) string {
+	codes := make([]int, 0, len(m))
+	for c := range m {
+		codes = append(codes, c)
+	}
+	sort.Ints(codes)
+	parts := make([]string, 0, len(codes))
+	for _, c := range codes {
+		name := fmt.Sprint(c)
+		if c == 0 {
+			name = "reset"
+		}
+		parts = append(parts, fmt.Sprintf("%s: %d", name, m[c]))
+	}
+	return strings.Join(parts, ", ")
+}

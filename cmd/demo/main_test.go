@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+// TestDemoRunsClean runs a small demo with every fault on and checks its report.
+func TestDemoRunsClean(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"--updates", "400", "--accounts", "4", "--bad-orgs", "5", "--account-limit", "60",
+		"--outage", "1s", "--outage-after", "100ms", "--timeout", "2m"}
+	if err := run(context.Background(), args, &stdout, &stderr, false); err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
+	}
+	if stderr.Len() != 0 {
+		t.Errorf("piped run wrote to stderr: %q", stderr.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("stdout is not the JSON report: %v\n%s", err, stdout.String())
+	}
+	if rep.Phase1.DeadLettered != 5 || rep.Phase2.Applied != 400 || rep.Lost != 0 || rep.Duplicates != 0 || rep.OutOfOrder != 0 {
+		t.Errorf("report = %+v; want 5 dead then all 400 applied, nothing lost or doubled", rep)
+	}
+	if rep.Fake.RateLimited == 0 {
+		t.Errorf("no 429s seen with a 60/10s limit on 100 updates per account: the limit fault did not fire")
+	}
+	if rep.Fake.ByStatus[503] == 0 {
+		t.Errorf("no 503s seen: the outage did not fire")
+	}
+}
+
+func TestDemoRefusesBadFlags(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"--updates", "0"}, {"--accounts", "-1"}, {"--bad-orgs", "9999"}, {"--nope"}} {
+		var out, errb bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := run(ctx, args, &out, &errb, false); err == nil {
+			t.Errorf("run(%v) = nil, want an error", args)
+		}
+		cancel()
+	}
+}
