@@ -423,3 +423,29 @@ func TestRetryDelay(t *testing.T) {
 		}
 	}
 }
+
+// After an operator purges a dead letter, the same key enqueued again is sent.
+func TestPurgeForgetsDeadState(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`})
+	task := e.task(sampleUpdate("acct-1"))
+	_ = e.run(task)
+	ctx := context.Background()
+	id := TaskID(taskKey(t, task))
+	d, err := e.store.DeadLetter(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := e.store.Purge(ctx, d); !ok || err != nil {
+		t.Fatalf("Purge = %v, %v", ok, err)
+	}
+	if err := e.run(task); err != nil {
+		t.Fatalf("after purge: %v", err)
+	}
+	if e.up.count() != 2 {
+		t.Errorf("upstream saw %d requests, want 2 (the purged update was not sent again)", e.up.count())
+	}
+	if _, err := e.store.DeadLetter(ctx, id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("dead letter after purge: %v, want not found", err)
+	}
+}

@@ -78,3 +78,24 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	out.Status = "replayed"
 	return out, nil
 }
+
+// Purge forgets a dead letter for good: the record, asynq's archived copy
+// (which would hold the task id), and the ledger's "dead" state, so that the
+// same idempotency key can be enqueued again and will be sent. A live task
+// under the same id (a replay in progress) is left alone. It reports whether
+// the record existed.
+func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
+	if d.Queue != "" {
+		ins := asynq.NewInspectorFromRedisClient(s.rdb)
+		info, err := ins.GetTaskInfo(d.Queue, d.TaskID)
+		if err == nil && info.State == asynq.TaskStateArchived {
+			if err := ins.DeleteTask(d.Queue, d.TaskID); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+				return false, fmt.Errorf("purge %s: delete asynq's archived copy: %w", d.TaskID, err)
+			}
+		}
+	}
+	if err := s.resetForReplay(ctx, d.TaskID); err != nil {
+		return false, err
+	}
+	return s.DeleteDeadLetter(ctx, d.TaskID)
+}

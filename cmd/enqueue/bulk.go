@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/orgsync/orgsync/tasks"
+)
+
+// maxLineBytes is the longest NDJSON line bulk reads: the largest body plus
+// generous room for the rest of the update.
+const maxLineBytes = tasks.MaxBodyBytes + 64<<10
+
+// bulkSummary is what `enqueue bulk` prints. Read counts non-blank lines, and
+// Read = Enqueued + Duplicates + Invalid + Failed.
+type bulkSummary struct {
+	Read       int64   `json:"read"`
+	Enqueued   int64   `json:"enqueued"`
+	Duplicates int64   `json:"duplicates"`
+	Invalid    int64   `json:"invalid"`
+	Failed     int64   `json:"failed"`
+	Seconds    float64 `json:"seconds"`
+	PerSecond  float64 `json:"per_second"`
+}
+
+// bulkFlags are the flags of `enqueue bulk`.
+type bulkFlags struct {
+	run         string
+	concurrency int
+	maxRetry    int
+}
+
+func (a *app) bulkCmd() *cobra.Command {
+	var f bulkFlags
+	c := &cobra.Command{
+		Use:   "bulk [FILE | -] [--run NAME]",
+		Short: "Enqueue every update of an NDJSON file (or stdin)",
+		Long: "Stream an NDJSON file of updates (one JSON object per line, the format of DESIGN.md) and\n" +
+			"enqueue the valid lines; each invalid line is reported on stderr with its number and reason.\n" +
+			"With --run NAME, lines without idempotency_key get a key derived from NAME, the line number and\n" +
+			"its content, so re-running the same file with the same NAME enqueues nothing twice.\n" +
+			"Exit 1 when any line was invalid, 2 when Redis failed.",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			if f.concurrency < 1 {
+				return usageError("--concurrency %d: must be at least 1", f.concurrency)
+			}
+			if f.maxRetry < 0 {
+				return usageError("--max-retry %d: must not be negative (0 is the worker's default)", f.maxRetry)
+			}
+			var src io.Reader = a.stdin
+			if len(args) == 1 && args[0] != "-" {
+				file, err := os.Open(args[0])
+				if err != nil {
+					return usageError("bulk: %w; give a readable NDJSON file, or - for stdin", err)
+				}
+				defer file.Close()
+				src = file
+			}
+			if err := a.connect(c.Context()); err != nil {
+				return err
+			}
+			sum, err := a.bulk(c.Context(), src, f)
+			if werr := a.writeJSON(sum); werr != nil && err == nil {
+				err = werr
+			}
+			switch {
+			case err != nil:
+				return &exitError{code: exitUsage, err: err}
+			case sum.Failed > 0:
+				return &exitError{code: exitUsage}
+			case sum.Invalid > 0:
+				return &exitError{code: exitRefused}
+			}
+			return nil
+		},
+	}
+	fl := c.Flags()
+	fl.StringVar(&f.run, "run", "", "name of this run: derives stable idempotency keys for lines without one")
+	fl.IntVar(&f.concurrency, "concurrency", 16, "enqueues in flight at once")
+	fl.IntVar(&f.maxRetry, "max-retry", 0, "retry budget of each update (0: the worker's default)")
+	return c
+}
+
+// bulkJob is one valid line on its way to the queue.
+type bulkJob struct {
+	line int
+	u    tasks.Update
+}
+
+// bulk reads src line by line and enqueues the valid lines with f.concurrency
+// workers. Memory stays flat: one line buffer, and a channel of at most
+// f.concurrency parsed updates. The first Redis failure stops the run (the
+// rest would fail the same way); the lines it leaves behind count as failed.
+func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary, error) {
+	start := time.Now()
+	var sum bulkSummary
+	var enqueued, duplicates, failed atomic.Int64
+
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var opts []tasks.EnqueueOption
+	if f.run != "" {
+		opts = append(opts, tasks.InRun(f.run))
+	}
+	if f.maxRetry > 0 {
+		opts = append(opts, tasks.WithMaxRetry(f.maxRetry))
+	}
+
+	bar := a.startProgress(-1, "enqueue", "lines")
+	jobs := make(chan bulkJob, f.concurrency)
+	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	for range f.concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				if wctx.Err() != nil {
+					failed.Add(1) // read, never sent: the run was stopped
+					continue
+				}
+				_, err := a.producer.Enqueue(wctx, j.u, opts...)
+				switch {
+				case err == nil:
+					enqueued.Add(1)
+				case errors.Is(err, tasks.ErrDuplicate):
+					duplicates.Add(1)
+				default:
+					failed.Add(1)
+					stopOnce.Do(func() {
+						a.logf("line %d: enqueue failed: %v", j.line, err)
+						a.logf("stopping: the lines not yet enqueued are counted as failed; %s", resumeHint(f.run))
+						cancel(err)
+					})
+				}
+			}
+		}()
+	}
+
+	readErr := a.readLines(wctx, src, f.run, &sum, &failed, bar, jobs)
+	close(jobs)
+	wg.Wait()
+	a.finishProgress(bar)
+
+	sum.Enqueued, sum.Duplicates, sum.Failed = enqueued.Load(), duplicates.Load(), failed.Load()
+	sum.Seconds = time.Since(start).Seconds()
+	if sum.Seconds > 0 {
+		sum.PerSecond = float64(sum.Read) / sum.Seconds
+	}
+	if readErr != nil {
+		return sum, fmt.Errorf("bulk: reading stopped after %d lines: %w; %s", sum.Read, readErr, resumeHint(f.run))
+	}
+	if err := context.Cause(ctx); err != nil {
+		return sum, fmt.Errorf("bulk: interrupted after %d lines: %w; %s", sum.Read, err, resumeHint(f.run))
+	}
+	return sum, nil
+}
+
+// resumeHint tells the user how to finish a run that stopped half-way.
+func resumeHint(run string) string {
+	if run != "" {
+		return fmt.Sprintf("re-run with the same --run %s to finish without enqueuing anything twice", run)
+	}
+	return "lines without idempotency_key got random keys, so re-running the file enqueues them again; use --run NAME next time"
+}
+
+// readLines parses src line by line, reports invalid lines and sends the
+// valid ones to jobs, until EOF or until ctx is done.
+func (a *app) readLines(ctx context.Context, src io.Reader, run string, sum *bulkSummary, failed *atomic.Int64, bar *progress, jobs chan<- bulkJob) error {
+	br := bufio.NewReaderSize(src, 64<<10)
+	var buf []byte
+	for lineNo := 1; ; lineNo++ {
+		line, tooLong, err := readLine(br, buf[:0], maxLineBytes)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !tooLong {
+			buf = line // reuse the buffer: ParseUpdate copies what it keeps
+		}
+		if !tooLong && len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		sum.Read++
+		bar.add(1)
+		if tooLong {
+			sum.Invalid++
+			a.logf("line %d: longer than %d bytes (the body limit is %d); skipped", lineNo, maxLineBytes, tasks.MaxBodyBytes)
+			continue
+		}
+		u, err := tasks.ParseUpdate(line)
+		if err != nil {
+			sum.Invalid++
+			a.logf("line %d: %v", lineNo, err)
+			continue
+		}
+		if u.IdempotencyKey == "" && run != "" {
+			u.IdempotencyKey = tasks.RunKey(run, lineNo, line)
+		}
+		select {
+		case jobs <- bulkJob{line: lineNo, u: u}:
+		case <-ctx.Done():
+			failed.Add(1) // read, never sent: the run was stopped
+			return nil
+		}
+	}
+}
+
+// readLine reads one line into buf, without its "\n" or "\r\n". A line longer
+// than max is consumed to its end and reported tooLong, without being kept.
+// err is io.EOF only when there is no line left.
+func readLine(r *bufio.Reader, buf []byte, max int) (line []byte, tooLong bool, err error) {
+	n := 0
+	for {
+		frag, err := r.ReadSlice('\n')
+		n += len(frag)
+		if !tooLong {
+			if n > max+2 { // room for "\r\n"
+				tooLong, buf = true, nil
+			} else {
+				buf = append(buf, frag...)
+			}
+		}
+		switch {
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF):
+			if n == 0 {
+				return nil, false, io.EOF
+			}
+		case err != nil:
+			return nil, false, err
+		}
+		if tooLong {
+			return nil, true, nil
+		}
+		buf = bytes.TrimSuffix(buf, []byte("\n"))
+		buf = bytes.TrimSuffix(buf, []byte("\r"))
+		if len(buf) > max {
+			return nil, true, nil
+		}
+		return buf, false, nil
+	}
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/orgsync/orgsync/tasks"
+)
+
+func TestStatus(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	u := tasks.Update{ID: "org1", IntegratedAccountID: "acc1", Body: json.RawMessage(`{"a":1}`), IdempotencyKey: "status-key"}
+	if _, err := f.producer.Enqueue(context.Background(), u); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		ref  string
+	}{
+		{"by task id", tasks.TaskID("status-key")},
+		{"by idempotency key", "status-key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := cli(t, f.srv, "", "status", tt.ref)
+			if r.code != 0 {
+				t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+			}
+			var got tasks.Status
+			decode(t, r, &got)
+			want := tasks.Status{TaskID: tasks.TaskID("status-key"), IdempotencyKey: "status-key", Queue: tasks.DefaultQueue,
+				State: tasks.StatusPending, Update: &u}
+			if diff := cmp.Diff(want, got, cmp.FilterPath(func(p cmp.Path) bool {
+				return p.Last().String() == ".NextAttemptAt" || p.Last().String() == ".Why"
+			}, cmp.Ignore())); diff != "" {
+				t.Errorf("status (-want +got):\n%s", diff)
+			}
+		})
+	}
+	t.Run("not found", func(t *testing.T) {
+		t.Parallel()
+		r := cli(t, f.srv, "", "status", "no-such-key")
+		if r.code != 1 || !strings.Contains(r.stderr, `"no-such-key"`) {
+			t.Errorf("exit %d stderr %q, want 1 naming the reference", r.code, r.stderr)
+		}
+	})
+}
+
+func TestStats(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for _, k := range []string{"s1", "s2"} {
+		if _, err := f.producer.Enqueue(context.Background(), tasks.Update{ID: k, IntegratedAccountID: "acc1", Body: json.RawMessage(`{}`), IdempotencyKey: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.putDeadLetters(t, deadLetter("d1", "acc1", "o1", 422, "permanent", time.Now()))
+	r := cli(t, f.srv, "", "stats")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	var got tasks.Stats
+	decode(t, r, &got)
+	if got.DeadLetters != 1 || got.DeadByStatus["422"] != 1 || got.DeadByClass["permanent"] != 1 {
+		t.Errorf("dead letter stats = %+v, want one 422 permanent", got)
+	}
+	if len(got.Queues) != 1 || got.Queues[0].Queue != tasks.DefaultQueue || got.Queues[0].Pending != 2 {
+		t.Errorf("queues = %+v, want %s with 2 pending", got.Queues, tasks.DefaultQueue)
+	}
+}
+
+func TestAccounts(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	if err := f.store.ParkAccount(ctx, "parked-acc", 401, "token revoked"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.PauseAccount(ctx, "limited-acc", time.Now().Add(time.Hour), 429, "rate limited"); err != nil {
+		t.Fatal(err)
+	}
+	list := func(t *testing.T) []string {
+		t.Helper()
+		r := cli(t, f.srv, "", "accounts", "list")
+		if r.code != 0 {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		var names []string
+		for _, h := range decodeLines[tasks.Hold](t, r) {
+			names = append(names, h.Account+"/"+h.Kind)
+		}
+		return names
+	}
+	if diff := cmp.Diff([]string{"parked-acc/parked", "limited-acc/rate_limited"}, list(t)); diff != "" {
+		t.Errorf("holds (-want +got):\n%s", diff)
+	}
+	type resumed struct {
+		Account string `json:"account"`
+		Resumed bool   `json:"resumed"`
+	}
+	for _, want := range []resumed{{"parked-acc", true}, {"parked-acc", false}} {
+		r := cli(t, f.srv, "", "accounts", "resume", "parked-acc")
+		if r.code != 0 {
+			t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+		}
+		var got resumed
+		decode(t, r, &got)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("resume (-want +got):\n%s", diff)
+		}
+	}
+	if diff := cmp.Diff([]string{"limited-acc/rate_limited"}, list(t)); diff != "" {
+		t.Errorf("holds after resume (-want +got):\n%s", diff)
+	}
+}
+
+func TestAccountsTable(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	if err := f.store.ParkAccount(context.Background(), "acc\x1b[31m", 401, "bad\ntoken"); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb strings.Builder
+	a := newApp(strings.NewReader(""), &out, &errb, nil)
+	a.stdoutTTY = true
+	if code := a.execute(context.Background(), []string{"--redis-url", f.srv.URL(), "accounts", "list"}); code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "ACCOUNT") || !strings.Contains(out.String(), "bad token") || strings.Contains(out.String(), "\x1b") {
+		t.Errorf("table = %q, want a header and control characters neutralised", out.String())
+	}
+}
+
+func TestQueuePauseResume(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	if _, err := f.producer.Enqueue(context.Background(), tasks.Update{ID: "o", IntegratedAccountID: "a", Body: json.RawMessage(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		Queue   string `json:"queue"`
+		Paused  bool   `json:"paused"`
+		Changed bool   `json:"changed"`
+	}
+	steps := []struct {
+		cmd  string
+		want answer
+	}{
+		{"pause", answer{tasks.DefaultQueue, true, true}},
+		{"pause", answer{tasks.DefaultQueue, true, false}},
+		{"resume", answer{tasks.DefaultQueue, false, true}},
+		{"resume", answer{tasks.DefaultQueue, false, false}},
+	}
+	for _, s := range steps {
+		r := cli(t, f.srv, "", "queue", s.cmd, tasks.DefaultQueue)
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d, stderr %q", s.cmd, r.code, r.stderr)
+		}
+		var got answer
+		decode(t, r, &got)
+		if diff := cmp.Diff(s.want, got); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", s.cmd, diff)
+		}
+		qi, err := f.ins.GetQueueInfo(tasks.DefaultQueue)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if qi.Paused != s.want.Paused {
+			t.Errorf("after %s: asynq says paused=%v", s.cmd, qi.Paused)
+		}
+	}
+}
+
+func TestConnection(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	const dead = "redis://127.0.0.1:1/0"
+	env := func(url string) func(string) string {
+		return func(k string) string {
+			if k == "REDIS_URL" {
+				return url
+			}
+			return ""
+		}
+	}
+	tests := []struct {
+		name     string
+		env      string
+		args     []string
+		wantCode int
+		want     string
+	}{
+		{"flag unreachable", "", []string{"--redis-url", dead, "stats"}, 2, "cannot reach Redis at " + dead},
+		{"env unreachable", dead, []string{"stats"}, 2, "the URL came from REDIS_URL"},
+		{"flag beats env", dead, []string{"--redis-url", f.srv.URL(), "stats"}, 0, ""},
+		{"env used", f.srv.URL(), []string{"stats"}, 0, ""},
+		{"unparseable url", "", []string{"--redis-url", "http://example.com", "stats"}, 2, "expected one of"},
+		{"bulk unreachable", "", []string{"--redis-url", dead, "bulk", "-"}, 2, "cannot reach Redis"},
+		{"bad result ttl", "", []string{"--redis-url", f.srv.URL(), "--result-ttl", "0s", "stats"}, 2, "--result-ttl"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := cliEnv(t, env(tt.env), "", tt.args...)
+			if r.code != tt.wantCode || !strings.Contains(r.stderr, tt.want) {
+				t.Errorf("exit %d stderr %q, want %d and %q", r.code, r.stderr, tt.wantCode, tt.want)
+			}
+			if tt.wantCode != 0 {
+				var got struct {
+					Error    string `json:"error"`
+					ExitCode int    `json:"exit_code"`
+				}
+				decode(t, r, &got)
+				if got.ExitCode != tt.wantCode || !strings.Contains(got.Error, tt.want) {
+					t.Errorf("stdout = %+v, want the error and exit code", got)
+				}
+			}
+		})
+	}
+}
