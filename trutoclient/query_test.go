@@ -145,7 +145,7 @@ func FuzzEncodeQuery(f *testing.F) {
 	f.Add("acc", "", false, "", "", "foo", "bar", "", 0.0)
 	f.Add("62f44730-dd91-461e-bd6a-aedd9e0ad79d", "unified", true, "licenses", "name", "a", "b c", "nested", 1e21)
 	f.Add("a&b=c;d", "raw", false, "x[]", "%", "k]", "v", "[", math.Inf(1))
-	f.Add("", "stream", true, "", "y", "", "", "", -0.0)
+	f.Add("", "stream", true, "", "y", "", "", "", math.Copysign(0, -1))
 	f.Add("\x00\xff", "bogus", false, "\n", "é", "ü", "\xff", "z", 5e-324)
 	f.Fuzz(func(t *testing.T, account, format string, ignore bool, ex1, ex2, key, val, nestedKey string, num float64) {
 		o := Options{ResponseFormat: format, IgnoreRemoteData: ignore}
