@@ -16,6 +16,11 @@ const (
 	HoldParked      = "parked"       // until an operator resumes the account
 )
 
+// AllAccounts is the account name of a hold on every account: Truto rejected
+// the API token itself, so no account can be served until an operator fixes
+// the token and runs `enqueue accounts resume '*'`.
+const AllAccounts = "*"
+
 // Hold is why an integrated account's updates are waiting.
 type Hold struct {
 	Account    string    `json:"account"`
@@ -81,24 +86,28 @@ func (s *Store) ResumeAccount(ctx context.Context, account string) (bool, error)
 	return n > 0, nil
 }
 
-// AccountHold returns the hold in force on the account, if any. Expired
-// rate-limit holds are reported as none.
+// AccountHold returns the hold in force on the account (or on all accounts),
+// if any. Expired rate-limit holds are reported as none.
 func (s *Store) AccountHold(ctx context.Context, account string) (Hold, bool, error) {
-	raw, err := s.rdb.HGet(ctx, s.holdsKey(), account).Result()
-	if err == redis.Nil {
-		return Hold{}, false, nil
-	}
+	raws, err := s.rdb.HMGet(ctx, s.holdsKey(), AllAccounts, account).Result()
 	if err != nil {
 		return Hold{}, false, fmt.Errorf("read hold of account %s: %w", account, err)
 	}
-	var sh storedHold
-	if err := json.Unmarshal([]byte(raw), &sh); err != nil {
-		return Hold{}, false, nil
+	for _, raw := range raws {
+		str, ok := raw.(string)
+		if !ok {
+			continue
+		}
+		var sh storedHold
+		if json.Unmarshal([]byte(str), &sh) != nil {
+			continue
+		}
+		if sh.Kind == HoldRateLimited && !sh.Until.After(s.now()) {
+			continue
+		}
+		return sh.Hold, true, nil
 	}
-	if sh.Kind == HoldRateLimited && !sh.Until.After(s.now()) {
-		return Hold{}, false, nil
-	}
-	return sh.Hold, true, nil
+	return Hold{}, false, nil
 }
 
 // Holds lists the accounts that are parked or rate limited now, parked first.

@@ -126,8 +126,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err != nil {
 		return err // Redis trouble: a failure, but our budget is untouched
 	}
-	switch rec.State {
-	case StateCompleted:
+	switch {
+	case rec.State == StateCompleted:
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
 		if rec.Result != nil {
 			h.writeResult(t, *rec.Result)
@@ -135,7 +135,14 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		ev.Outcome, ev.Class, ev.Reason = OutcomeCompleted, "skipped", "already completed"
 		h.observe(ev)
 		return nil
-	case StateDead:
+	case rec.State == StateDead || (rec.DeadLettered && !h.replayInProgress(ctx, taskID, p)):
+		// A dead letter exists: finish marking it (a crash may have come in
+		// between) and send nothing, so a dead update can never also apply.
+		if rec.State != StateDead {
+			if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, taskID, "dead-lettered") }); err != nil {
+				return err
+			}
+		}
 		ev.Outcome, ev.Class, ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
 		h.observe(ev)
 		return fmt.Errorf("already dead-lettered: %w", asynq.SkipRetry)
@@ -163,23 +170,28 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.wait(ctx, taskID, h.holdDelay(hold, now), "account "+hold.Kind+": "+hold.Reason, ev)
 	}
 
-	res, decision, sent, err := h.send(ctx, taskID, p)
-	if err != nil {
-		return err
-	}
-	ev.Sent, ev.Class, ev.StatusCode, ev.Reason = sent, decision.Class.String(), decision.StatusCode, decision.Reason
+	a := h.send(ctx, taskID, p)
+	decision, res := a.decision, a.res
+	ev.Sent, ev.Class, ev.StatusCode, ev.Reason = a.sent, decision.Class.String(), decision.StatusCode, decision.Reason
 	if res != nil {
 		ev.Latency = res.Latency
 	}
+	if decision.Class == trutoclient.ClassSuccess {
+		// Applied: record it whatever happens to this run's context, or the
+		// next run would send it again.
+		return h.complete(context.WithoutCancel(ctx), t, taskID, p, rec, a, ev)
+	}
+	if a.storeErr != nil {
+		return a.storeErr
+	}
 	if ctx.Err() != nil {
-		// The worker is stopping (or the task's deadline passed) mid-request: the
-		// answer is unknown, the key makes a re-send safe, and it is not the update's fault.
+		// The worker is stopping (or the lease or deadline ran out) mid-request:
+		// the answer is unknown, the key makes a re-send safe, and it is not the
+		// update's fault, so nothing was spent.
 		return h.wait(context.WithoutCancel(ctx), taskID, time.Second, "worker stopped mid-request", ev)
 	}
 
 	switch decision.Class {
-	case trutoclient.ClassSuccess:
-		return h.complete(ctx, t, taskID, p, res, decision, ev)
 	case trutoclient.ClassPermanent:
 		base.Class, base.StatusCode, base.Reason = decision.Class.String(), decision.StatusCode, decision.Reason
 		if res != nil {
@@ -187,27 +199,28 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		return h.deadLetter(ctx, h.withLedger(ctx, base), ev)
 	case trutoclient.ClassRateLimited:
-		until := now.Add(decision.Delay)
+		until := h.now().Add(decision.Delay) // from the answer, not from before the request
 		if err := h.store.PauseAccount(ctx, p.IntegratedAccountID, until, decision.StatusCode, decision.Reason); err != nil {
 			return err
 		}
 		h.logger.Info("account rate limited", "account", p.IntegratedAccountID, "until", until, "reason", decision.Reason)
 		return h.wait(ctx, taskID, decision.Delay, "rate limited: "+decision.Reason, ev)
 	case trutoclient.ClassAccountAttention:
-		if err := h.store.ParkAccount(ctx, p.IntegratedAccountID, decision.StatusCode, decision.Reason); err != nil {
+		account, what := p.IntegratedAccountID, "account parked"
+		if a.tokenRejected {
+			// Our token is bad: every account would get the same answer.
+			account, what = AllAccounts, "all accounts parked: the API token was rejected"
+		}
+		if err := h.store.ParkAccount(ctx, account, decision.StatusCode, decision.Reason); err != nil {
 			return err
 		}
-		h.logger.Warn("account parked: its updates wait until `enqueue accounts resume`",
-			"account", p.IntegratedAccountID, "status", decision.StatusCode, "reason", decision.Reason)
-		return h.wait(ctx, taskID, h.policy.ParkedRecheck, "account parked: "+decision.Reason, ev)
+		h.logger.Warn(what+"; its updates wait until `enqueue accounts resume "+account+"`",
+			"account", account, "status", decision.StatusCode, "reason", decision.Reason)
+		return h.wait(ctx, taskID, h.policy.ParkedRecheck, what+": "+decision.Reason, ev)
 	}
 
 	// Transient or possibly applied: the budget pays for it.
-	spent, err := h.store.rdb.HGet(ctx, h.store.recKey(taskID), "spent").Int()
-	if err != nil {
-		spent = 0
-	}
-	if spent > maxRetry {
+	if a.spent > maxRetry {
 		base.Class, base.StatusCode = ClassExhausted, decision.StatusCode
 		base.Reason = fmt.Sprintf("retry budget of %d spent; last failure: %s", maxRetry, decision.Reason)
 		if res != nil {
@@ -218,72 +231,89 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	ev.Outcome = OutcomeRetry
 	h.observe(ev)
-	return &RetryError{Spent: spent, Decision: decision}
+	return &RetryError{Spent: a.spent, Decision: decision}
+}
+
+// replayInProgress tells a replayed update from a dead one whose ledger was
+// not marked: a replay re-enqueues before it removes the dead letter, with a
+// higher replay count in the payload than in the dead letter.
+func (h *Handler) replayInProgress(ctx context.Context, taskID string, p Payload) bool {
+	d, err := h.store.DeadLetter(ctx, taskID)
+	return err == nil && p.Replays > d.Replays
+}
+
+// attempt is the outcome of one run's sending.
+type attempt struct {
+	res           *trutoclient.Response
+	decision      trutoclient.Decision
+	sent          int       // requests made
+	spent         int       // budget spent so far, after this run
+	first         time.Time // when this run's first request went out
+	tokenRejected bool      // a 401 that blames our API token, not the account
+	storeErr      error     // recording the attempt failed
 }
 
 // send makes the attempt, retrying connection-level failures a few times in
 // the same run. Every request is recorded in the attempt history; the run as a
-// whole spends at most one unit of budget.
-func (h *Handler) send(ctx context.Context, taskID string, p Payload) (*trutoclient.Response, trutoclient.Decision, int, error) {
+// whole spends at most one unit of budget, and none when the run's context
+// ended (a stopping worker is not the update's fault).
+func (h *Handler) send(ctx context.Context, taskID string, p Payload) attempt {
 	req := &trutoclient.UpdateOrganizationRequest{
 		ID: p.ID, IntegratedAccountID: p.IntegratedAccountID, Body: p.Body,
 		Options: p.Options, IdempotencyKey: p.IdempotencyKey,
 	}
-	var (
-		res      *trutoclient.Response
-		decision trutoclient.Decision
-		sent     int
-	)
+	var a attempt
 	backoff := retry.WithJitterPercent(20, retry.NewExponential(h.policy.InCallBase))
-	if h.policy.InCallRetries > 0 {
-		backoff = retry.WithMaxRetries(uint64(h.policy.InCallRetries), backoff)
-	} else {
-		backoff = retry.WithMaxRetries(0, backoff)
-	}
-	var storeErr error
+	backoff = retry.WithMaxRetries(uint64(max(h.policy.InCallRetries, 0)), backoff)
 	_ = retry.Do(ctx, backoff, func(ctx context.Context) error {
+		at := h.now().UTC()
+		if a.first.IsZero() {
+			a.first = at
+		}
 		_, r, err := h.sender.UpdateOrganization(ctx, req)
-		sent++
-		res, decision = r, trutoclient.Classify(r, err)
-		spend := decision.Class == trutoclient.ClassTransient || decision.Class == trutoclient.ClassPossiblyApplied
-		retryable := spend && r == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
-		a := Attempt{At: h.now().UTC(), Sent: true, StatusCode: decision.StatusCode, Class: decision.Class.String(), Reason: decision.Reason}
+		a.sent++
+		a.res, a.decision = r, trutoclient.Classify(r, err)
+		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
+		retryable := failed && r == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
+		rec := Attempt{At: at, Sent: true, StatusCode: a.decision.StatusCode, Class: a.decision.Class.String(), Reason: a.decision.Reason}
 		if r != nil {
-			a.LatencyMS = r.Latency.Milliseconds()
-			a.RateLimit = r.Header.Get("Ratelimit-Remaining")
-			a.RetryAfter = r.Header.Get("Retry-After")
+			rec.LatencyMS = r.Latency.Milliseconds()
+			rec.RateLimit = r.Header.Get("Ratelimit-Remaining")
+			rec.RetryAfter = r.Header.Get("Retry-After")
 		}
 		var apiErr *trutoclient.APIError
 		if errors.As(err, &apiErr) {
-			a.Message = truncate(apiErr.Message, 500)
+			rec.Message = truncate(apiErr.Message, 500)
+			a.tokenRejected = apiErr.StatusCode == 401 && !apiErr.IsRemoteError
 		}
 		lastErr := ""
-		if decision.Class != trutoclient.ClassSuccess {
-			lastErr = decision.Reason
+		if a.decision.Class != trutoclient.ClassSuccess {
+			lastErr = a.decision.Reason
 		}
-		// Only the final try of the run spends budget.
-		if _, err := h.store.recordAttempt(context.WithoutCancel(ctx), taskID, a, spend && (!retryable || sent > h.policy.InCallRetries), lastErr); err != nil {
-			storeErr = err
+		// Only the last try of the run spends, and only if the run was not cut short.
+		spend := failed && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
+		spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), taskID, rec, spend, lastErr)
+		if err != nil {
+			a.storeErr = err
 			return nil
 		}
+		a.spent = spent
 		if retryable {
-			return retry.RetryableError(errors.New(decision.Reason))
+			return retry.RetryableError(errors.New(a.decision.Reason))
 		}
 		return nil
 	})
-	if storeErr != nil {
-		return nil, decision, sent, storeErr
-	}
-	return res, decision, sent, nil
+	return a
 }
 
-func (h *Handler) complete(ctx context.Context, t *asynq.Task, taskID string, p Payload, res *trutoclient.Response, d trutoclient.Decision, ev Event) error {
-	rec, err := h.store.Get(ctx, taskID)
-	if err != nil {
-		return err
+func (h *Handler) complete(ctx context.Context, t *asynq.Task, taskID string, p Payload, rec Record, a attempt, ev Event) error {
+	res := a.res
+	first := rec.FirstAttemptAt
+	if first.IsZero() {
+		first = a.first
 	}
 	result := Result{TaskID: taskID, IdempotencyKey: p.IdempotencyKey, StatusCode: res.StatusCode,
-		Attempts: rec.Attempts, FirstAttemptAt: rec.FirstAttemptAt, CompletedAt: h.now().UTC(),
+		Attempts: rec.Attempts + a.sent, FirstAttemptAt: first, CompletedAt: h.now().UTC(),
 		Replayed: res.Header.Get("Idempotent-Replayed") == "true"}
 	if len(res.Header) > 0 {
 		result.Header = make(map[string]string, len(res.Header))
@@ -299,17 +329,34 @@ func (h *Handler) complete(ctx context.Context, t *asynq.Task, taskID string, p 
 	} else {
 		result.BodyText = rawExcerpt(body, MaxResultBody)
 	}
-	if err := h.store.complete(context.WithoutCancel(ctx), taskID, result); err != nil {
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.complete(ctx, taskID, result) }); err != nil {
+		// The update is applied but the ledger could not say so: the next run
+		// re-sends under the same key, and Truto's idempotency cache answers it.
+		h.logger.Error("update applied but its result could not be stored; it will be re-sent with the same idempotency key",
+			"task_id", taskID, "error", err.Error())
 		return err
 	}
 	h.writeResult(t, result)
-	if d.Delay > 0 {
+	if a.decision.Delay > 0 {
 		// The answer said the window is used up: hold the account for everyone.
-		_ = h.store.PauseAccount(ctx, p.IntegratedAccountID, h.now().Add(d.Delay), res.StatusCode, "ratelimit-remaining is 0")
+		_ = h.store.PauseAccount(ctx, p.IntegratedAccountID, h.now().Add(a.decision.Delay), res.StatusCode, "ratelimit-remaining is 0")
 	}
 	ev.Outcome = OutcomeCompleted
 	h.observe(ev)
 	return nil
+}
+
+// durably runs a ledger write that must not be lost to a passing Redis blip,
+// retrying it a few times in this run before giving up.
+func (h *Handler) durably(ctx context.Context, write func(context.Context) error) error {
+	ctx = context.WithoutCancel(ctx)
+	b := retry.WithMaxRetries(5, retry.WithJitterPercent(20, retry.NewExponential(50*time.Millisecond)))
+	return retry.Do(ctx, b, func(ctx context.Context) error {
+		if err := write(ctx); err != nil {
+			return retry.RetryableError(err)
+		}
+		return nil
+	})
 }
 
 func (h *Handler) writeResult(t *asynq.Task, r Result) {
@@ -325,7 +372,7 @@ func (h *Handler) writeResult(t *asynq.Task, r Result) {
 
 func (h *Handler) wait(ctx context.Context, taskID string, d time.Duration, reason string, ev Event) error {
 	// Shown by `enqueue status`; failure to write it changes nothing.
-	_ = h.store.rdb.HSet(ctx, h.store.recKey(taskID), "last_error", "waiting: "+reason).Err()
+	_ = h.store.noteWaiting(ctx, taskID, reason)
 	ev.Outcome = OutcomeWaiting
 	if ev.Reason == "" {
 		ev.Reason = reason
@@ -355,10 +402,12 @@ func (h *Handler) deadLetter(ctx context.Context, d DeadLetter, ev Event) error 
 	if d.DeadAt.IsZero() {
 		d.DeadAt = h.now().UTC()
 	}
-	if err := h.store.PutDeadLetter(ctx, d); err != nil {
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
 		return err // not SkipRetry: asynq retries, and the dead letter is written next time
 	}
-	if err := h.store.markDead(ctx, d.TaskID, d.Reason); err != nil {
+	// Once the dead letter exists, a later run sends nothing even if this
+	// mark is lost (ProcessTask checks for the dead letter itself).
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, d.TaskID, d.Reason) }); err != nil {
 		return err
 	}
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,

@@ -401,7 +401,7 @@ func TestRetryDelay(t *testing.T) {
 		err  error
 		want time.Duration
 	}{
-		{&WaitError{Delay: 7 * time.Second}, 7 * time.Second},
+		{&WaitError{Delay: 7 * time.Second}, 8 * time.Second}, // +1 s: asynq rounds retry times down to the second
 		{&RetryError{Spent: 1}, time.Second},
 		{&RetryError{Spent: 3}, 4 * time.Second},
 		{&RetryError{Spent: 20}, 10 * time.Second},
@@ -447,5 +447,129 @@ func TestPurgeForgetsDeadState(t *testing.T) {
 	}
 	if _, err := e.store.DeadLetter(ctx, id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("dead letter after purge: %v, want not found", err)
+	}
+}
+
+// blockingSender answers 200 after the caller's context is cancelled, as a
+// PATCH that landed just as the worker was told to stop.
+type blockingSender struct {
+	cancel context.CancelFunc
+	inner  Sender
+}
+
+func (b blockingSender) UpdateOrganization(ctx context.Context, req *trutoclient.UpdateOrganizationRequest) (*trutoclient.Organization, *trutoclient.Response, error) {
+	org, res, err := b.inner.UpdateOrganization(context.WithoutCancel(ctx), req)
+	b.cancel()
+	return org, res, err
+}
+
+func TestHandlerSuccessAsContextEndsIsKept(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{})
+	client, _ := trutoclient.New("tok", trutoclient.WithBaseURL(e.up.srv.URL))
+	ctx, cancel := context.WithCancel(context.Background())
+	h := NewHandler(blockingSender{cancel: cancel, inner: client}, e.store, Policy{}, WithHandlerClock(func() time.Time { return e.now }))
+	task := e.task(sampleUpdate("acct-1"))
+	if err := h.ProcessTask(ctx, task); err != nil {
+		t.Fatalf("ProcessTask: %v", err)
+	}
+	rec, _ := e.store.Get(context.Background(), TaskID(taskKey(t, task)))
+	if rec.State != StateCompleted {
+		t.Fatalf("a 2xx that arrived as the context ended was not recorded: %+v", rec)
+	}
+}
+
+func TestHandlerStoppingWorkerSpendsNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 500})
+	client, _ := trutoclient.New("tok", trutoclient.WithBaseURL(e.up.srv.URL))
+	ctx, cancel := context.WithCancel(context.Background())
+	h := NewHandler(blockingSender{cancel: cancel, inner: client}, e.store, Policy{}, WithHandlerClock(func() time.Time { return e.now }))
+	task := e.task(sampleUpdate("acct-1"))
+	err := h.ProcessTask(ctx, task)
+	var we *WaitError
+	if !errors.As(err, &we) {
+		t.Fatalf("err = %v, want a wait", err)
+	}
+	rec, _ := e.store.Get(context.Background(), TaskID(taskKey(t, task)))
+	if rec.Spent != 0 {
+		t.Errorf("a run cut short by a stopping worker spent %d budget, want 0", rec.Spent)
+	}
+}
+
+func TestHandlerRejectedTokenHoldsEveryAccount(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 401, body: `{"statusCode":401,"error":"Unauthorized","message":"Invalid API token"}`})
+	_ = e.run(e.task(sampleUpdate("acct-1")))
+	// Another account waits too, without a request.
+	if err := e.run(e.task(sampleUpdate("acct-2"))); !errors.As(err, new(*WaitError)) {
+		t.Fatalf("other account: err = %v, want a wait", err)
+	}
+	if e.up.count() != 1 {
+		t.Fatalf("upstream saw %d requests, want 1", e.up.count())
+	}
+	if ok, _ := e.store.ResumeAccount(context.Background(), AllAccounts); !ok {
+		t.Fatal("no hold on all accounts to resume")
+	}
+	if err := e.run(e.task(sampleUpdate("acct-2"))); err != nil {
+		t.Fatalf("after resume: %v", err)
+	}
+}
+
+func TestHandlerDeadLetterWithoutMarkSendsNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{})
+	task := e.task(sampleUpdate("acct-1"))
+	id := TaskID(taskKey(t, task))
+	// A crash between writing the dead letter and marking the ledger.
+	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: taskKey(t, task), DeadAt: e.now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.run(task); !errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("err = %v, want SkipRetry", err)
+	}
+	if e.up.count() != 0 {
+		t.Errorf("upstream saw %d requests for a dead-lettered update", e.up.count())
+	}
+	if rec, _ := e.store.Get(context.Background(), id); rec.State != StateDead {
+		t.Errorf("ledger state %q, want dead", rec.State)
+	}
+}
+
+func TestScheduledUpdateBudgetStartsWhenDue(t *testing.T) {
+	t.Parallel()
+	p, store, _ := newProducer(t)
+	at := time.Now().Add(96 * time.Hour)
+	got, err := p.Enqueue(context.Background(), sampleUpdate("a"), At(at))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := asynq.NewInspectorFromRedisClient(store.rdb).GetTaskInfo(DefaultQueue, got.TaskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, _ := DecodePayload(info.Payload)
+	if pl.EnqueuedAt.Before(at.Add(-time.Second)) {
+		t.Errorf("enqueued_at = %v for an update due %v: it would expire on arrival", pl.EnqueuedAt, at)
+	}
+}
+
+// A replayed update runs even while its dead letter is still there (replay
+// removes it only after the re-enqueue).
+func TestHandlerReplayedRunsBeforeDeadLetterRemoved(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{})
+	u := sampleUpdate("acct-1")
+	u.IdempotencyKey = "replayed-key"
+	id := TaskID(u.IdempotencyKey)
+	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: u.IdempotencyKey, DeadAt: e.now}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := EncodePayload(Payload{Update: u, EnqueuedAt: e.now, Replays: 1})
+	if err := e.run(asynq.NewTask(TypeUpdateOrganization, b)); err != nil {
+		t.Fatalf("replayed run: %v", err)
+	}
+	if e.up.count() != 1 {
+		t.Errorf("upstream saw %d requests, want 1", e.up.count())
 	}
 }

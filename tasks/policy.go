@@ -111,7 +111,10 @@ func (p Policy) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	var re *RetryError
 	switch {
 	case errors.As(err, &we):
-		return max(we.Delay, 0)
+		// asynq stores retry times in whole seconds, rounded down: without the
+		// extra second a wait could end up to a second early and find the
+		// account still held (or send into a still-closed window).
+		return max(we.Delay, 0) + time.Second
 	case errors.As(err, &re):
 		return p.Backoff(re.Spent)
 	case errors.Is(err, asynq.ErrLeaseExpired):

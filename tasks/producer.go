@@ -119,7 +119,13 @@ func (p *Producer) Enqueue(ctx context.Context, u Update, opts ...EnqueueOption)
 	if u.IdempotencyKey == "" {
 		u.IdempotencyKey = NewKey()
 	}
-	return p.enqueue(ctx, Payload{Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: cfg.maxRetry, Run: cfg.run}, cfg)
+	// The wall-clock budget starts when the update is due, not when it was
+	// scheduled: an update scheduled for next week must not expire on arrival.
+	start := p.now().UTC()
+	if cfg.processAt.After(start) {
+		start = cfg.processAt.UTC()
+	}
+	return p.enqueue(ctx, Payload{Update: u, EnqueuedAt: start, MaxRetry: cfg.maxRetry, Run: cfg.run}, cfg)
 }
 
 func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (Enqueued, error) {

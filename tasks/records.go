@@ -63,6 +63,8 @@ type Record struct {
 	LastAttemptAt  time.Time `json:"last_attempt_at,omitzero"`
 	LastError      string    `json:"last_error,omitempty"`
 	Result         *Result   `json:"result,omitempty"`
+	// DeadLettered says a dead letter exists for the update.
+	DeadLettered bool `json:"dead_lettered,omitempty"`
 }
 
 // Store holds orgsync's own records in Redis: the per-update ledger and
@@ -110,11 +112,15 @@ func (s *Store) attKey(taskID string) string { return s.prefix + ":{" + taskID +
 // Get returns the ledger record of the update with task id taskID (State ""
 // and Attempts 0 when it has never been tried).
 func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
-	m, err := s.rdb.HGetAll(ctx, s.recKey(taskID)).Result()
-	if err != nil {
+	// Not a transaction: the two keys live in different hash slots.
+	pipe := s.rdb.Pipeline()
+	all := pipe.HGetAll(ctx, s.recKey(taskID))
+	dead := pipe.HExists(ctx, s.dlqRecords(), taskID)
+	if _, err := pipe.Exec(ctx); err != nil {
 		return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
 	}
-	r := Record{TaskID: taskID, State: m["state"], LastError: m["last_error"]}
+	m := all.Val()
+	r := Record{TaskID: taskID, State: m["state"], LastError: m["last_error"], DeadLettered: dead.Val()}
 	r.Spent, _ = strconv.Atoi(m["spent"])
 	r.Attempts, _ = strconv.Atoi(m["attempts"])
 	r.FirstAttemptAt = parseTime(m["first_attempt"])
@@ -167,6 +173,16 @@ func (s *Store) recordAttempt(ctx context.Context, taskID string, a Attempt, spe
 		return 0, fmt.Errorf("record attempt of %s: %w", taskID, err)
 	}
 	return int(spent.Val()), nil
+}
+
+// noteWaiting records why the update is waiting, for `enqueue status`.
+func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
+	rec := s.recKey(taskID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, rec, "last_error", "waiting: "+reason)
+	pipe.PExpire(ctx, rec, s.ttl)
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // complete marks the update done and stores its result.

@@ -20,11 +20,11 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.LookupEnv, os.Stderr))
 }
 
 // run returns the exit code: 0 after a clean drain, 2 for bad settings or no Redis, 1 otherwise.
-func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) int {
+func run(ctx context.Context, args []string, env func(string) (string, bool), stderr io.Writer) int {
 	cfg, err := worker.LoadConfig(args, env, stderr)
 	if errors.Is(err, worker.ErrHelp) {
 		return 0

@@ -91,18 +91,18 @@ var settings = []setting{
 // ErrHelp is returned by LoadConfig when -h or --help was asked for.
 var ErrHelp = flag.ErrHelp
 
-// LoadConfig reads flags from args and their twins from env. A malformed
-// setting is an error naming the setting, the value and the expected form.
-func LoadConfig(args []string, env func(string) string, usage io.Writer) (Config, error) {
+// LoadConfig reads flags from args and, for each flag not given, its
+// environment twin through lookup (os.LookupEnv: a variable set to "" counts,
+// so ORGSYNC_ADMIN_ADDR= disables the admin endpoint). A malformed setting is
+// an error naming the setting, the value and the expected form. Usage text
+// shows only the built-in defaults, never the environment's values (a
+// REDIS_URL may hold a password).
+func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(usage)
 	vals := map[string]*string{}
 	for _, s := range settings {
-		def := s.def
-		if v := env(s.env); v != "" {
-			def = v
-		}
-		vals[s.flag] = fs.String(s.flag, def, s.usage+" (env "+s.env+")")
+		vals[s.flag] = fs.String(s.flag, s.def, s.usage+" (env "+s.env+")")
 	}
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
@@ -110,6 +110,14 @@ func LoadConfig(args []string, env func(string) string, usage io.Writer) (Config
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected argument %q: the worker takes only flags (see --help)", fs.Arg(0))
 	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, s := range settings {
+		if v, ok := lookup(s.env); ok && !given[s.flag] {
+			*vals[s.flag] = v
+		}
+	}
+	env := func(k string) string { v, _ := lookup(k); return v }
 	var errs []error
 	get := func(name string) string { return strings.TrimSpace(*vals[name]) }
 	envOf := func(name string) string {
