@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -20,6 +21,20 @@ const MaxResultBody = 1 << 20
 // Sender sends one Update Organization request; *trutoclient.Client is one.
 type Sender interface {
 	UpdateOrganization(ctx context.Context, req *trutoclient.UpdateOrganizationRequest) (*trutoclient.Organization, *trutoclient.Response, error)
+}
+
+// Limiter spaces requests to stay under Truto's limits, shared by every
+// worker (internal/ratelimit). Reserve either grants a slot wait from now
+// (at most a second or so), or refuses and says when the next one is.
+type Limiter interface {
+	Reserve(ctx context.Context, account string) (ok bool, wait time.Duration, err error)
+}
+
+// Breaker is a circuit breaker on upstream health, shared by every worker
+// (internal/circuit). While it is open, updates wait without spending budget.
+type Breaker interface {
+	Allow(ctx context.Context) (allow, probe bool, wait time.Duration, reason string, err error)
+	Record(ctx context.Context, failed, probe bool) error
 }
 
 // Event is what the handler reports after each run, for metrics and progress displays.
@@ -70,6 +85,8 @@ type Handler struct {
 	now     func() time.Time
 	logger  *slog.Logger
 	observe func(Event)
+	limiter Limiter
+	breaker Breaker
 }
 
 // HandlerOption configures a Handler.
@@ -80,6 +97,12 @@ func WithLogger(l *slog.Logger) HandlerOption { return func(h *Handler) { h.logg
 
 // WithObserver receives an Event after every run.
 func WithObserver(fn func(Event)) HandlerOption { return func(h *Handler) { h.observe = fn } }
+
+// WithLimiter spaces requests under shared rate limits before sending.
+func WithLimiter(l Limiter) HandlerOption { return func(h *Handler) { h.limiter = l } }
+
+// WithBreaker gates sending on a shared circuit breaker.
+func WithBreaker(b Breaker) HandlerOption { return func(h *Handler) { h.breaker = b } }
 
 // WithHandlerClock injects the clock (tests).
 func WithHandlerClock(now func() time.Time) HandlerOption { return func(h *Handler) { h.now = now } }
@@ -135,7 +158,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		ev.Outcome, ev.Class, ev.Reason = OutcomeCompleted, "skipped", "already completed"
 		h.observe(ev)
 		return nil
-	case rec.State == StateDead || (rec.DeadLettered && !h.replayInProgress(ctx, taskID, p)):
+	case rec.State == StateDead || (rec.DeadLettered && h.deadLetterIsCurrent(ctx, taskID, p)):
 		// A dead letter exists: finish marking it (a crash may have come in
 		// between) and send nothing, so a dead update can never also apply.
 		if rec.State != StateDead {
@@ -170,7 +193,26 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.wait(ctx, taskID, h.holdDelay(hold, now), "account "+hold.Kind+": "+hold.Reason, ev)
 	}
 
-	a := h.send(ctx, taskID, p)
+	probe := false
+	if h.breaker != nil {
+		allow, pr, wait, reason, err := h.breaker.Allow(ctx)
+		if err != nil {
+			return err
+		}
+		if !allow {
+			ev.Class = "circuit_open"
+			return h.wait(ctx, taskID, wait, reason, ev)
+		}
+		probe = pr
+	}
+	if ok, why, err := h.takeSlot(ctx, p.IntegratedAccountID); err != nil {
+		return err
+	} else if !ok {
+		ev.Class = "rate_limit"
+		return h.wait(ctx, taskID, why.Delay, why.Reason, ev)
+	}
+
+	a := h.send(ctx, taskID, p, probe)
 	decision, res := a.decision, a.res
 	ev.Sent, ev.Class, ev.StatusCode, ev.Reason = a.sent, decision.Class.String(), decision.StatusCode, decision.Reason
 	if res != nil {
@@ -234,12 +276,44 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return &RetryError{Spent: a.spent, Decision: decision}
 }
 
-// replayInProgress tells a replayed update from a dead one whose ledger was
-// not marked: a replay re-enqueues before it removes the dead letter, with a
-// higher replay count in the payload than in the dead letter.
-func (h *Handler) replayInProgress(ctx context.Context, taskID string, p Payload) bool {
+// takeSlot reserves a rate-limit slot for account and waits for it. When
+// the next slot is too far off it takes none and returns the wait to hand back.
+func (h *Handler) takeSlot(ctx context.Context, account string) (bool, *WaitError, error) {
+	if h.limiter == nil {
+		return true, nil, nil
+	}
+	ok, wait, err := h.limiter.Reserve(ctx, account)
+	if err != nil {
+		return false, nil, err
+	}
+	if !ok {
+		// Spread the waiting updates over the time to the slot and as much
+		// again, so they do not all come back at once.
+		d := wait + time.Duration(rand.Int64N(int64(wait)+1))
+		return false, &WaitError{Delay: d, Reason: fmt.Sprintf("rate limit: next slot for account %s in %s", account, wait.Round(time.Millisecond))}, nil
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false, &WaitError{Delay: time.Second, Reason: "worker stopped while waiting for a rate-limit slot"}, nil
+		case <-t.C:
+		}
+	}
+	return true, nil, nil
+}
+
+// deadLetterIsCurrent tells a dead update whose ledger was not marked from a
+// replayed one: a replay re-enqueues before it removes the dead letter, with a
+// higher replay count in the payload than in the dead letter (and the dead
+// letter may be gone by the time it is read).
+func (h *Handler) deadLetterIsCurrent(ctx context.Context, taskID string, p Payload) bool {
 	d, err := h.store.DeadLetter(ctx, taskID)
-	return err == nil && p.Replays > d.Replays
+	if err != nil {
+		return false // removed since (a replay finishing), or unreadable: not proof of death
+	}
+	return d.Replays >= p.Replays
 }
 
 // attempt is the outcome of one run's sending.
@@ -257,7 +331,7 @@ type attempt struct {
 // the same run. Every request is recorded in the attempt history; the run as a
 // whole spends at most one unit of budget, and none when the run's context
 // ended (a stopping worker is not the update's fault).
-func (h *Handler) send(ctx context.Context, taskID string, p Payload) attempt {
+func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool) attempt {
 	req := &trutoclient.UpdateOrganizationRequest{
 		ID: p.ID, IntegratedAccountID: p.IntegratedAccountID, Body: p.Body,
 		Options: p.Options, IdempotencyKey: p.IdempotencyKey,
@@ -266,6 +340,12 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload) attempt {
 	backoff := retry.WithJitterPercent(20, retry.NewExponential(h.policy.InCallBase))
 	backoff = retry.WithMaxRetries(uint64(max(h.policy.InCallRetries, 0)), backoff)
 	_ = retry.Do(ctx, backoff, func(ctx context.Context) error {
+		if a.sent > 0 {
+			// An in-call retry is a request like any other: it needs a slot.
+			if ok, _, err := h.takeSlot(ctx, p.IntegratedAccountID); err != nil || !ok {
+				return nil // no slot soon: end the run with the failure in hand
+			}
+		}
 		at := h.now().UTC()
 		if a.first.IsZero() {
 			a.first = at
@@ -274,6 +354,10 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload) attempt {
 		a.sent++
 		a.res, a.decision = r, trutoclient.Classify(r, err)
 		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
+		if h.breaker != nil && ctx.Err() == nil {
+			// Health is shared knowledge; a failure to record it changes nothing here.
+			_ = h.breaker.Record(context.WithoutCancel(ctx), failed, probe && a.sent == 1)
+		}
 		retryable := failed && r == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
 		rec := Attempt{At: at, Sent: true, StatusCode: a.decision.StatusCode, Class: a.decision.Class.String(), Reason: a.decision.Reason}
 		if r != nil {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orgsync/orgsync/internal/circuit"
+	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redisconn"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
@@ -61,6 +63,12 @@ type Config struct {
 	// every wait up to 5 s longer).
 	RetryPollInterval time.Duration
 	LogLevel          string
+	// Shared rate limits (internal/ratelimit); a zero Limit disables one.
+	AccountRate  ratelimit.Limit
+	TokenRate    ratelimit.Limit
+	RateHeadroom float64
+	// The shared circuit breaker (internal/circuit).
+	Circuit circuit.Config
 }
 
 // setting is one flag with its environment twin.
@@ -86,6 +94,14 @@ var settings = []setting{
 	{"poll-interval", "ORGSYNC_POLL_INTERVAL", DefaultPollInterval.String(), "how often an idle worker looks for work"},
 	{"retry-poll-interval", "ORGSYNC_RETRY_POLL_INTERVAL", DefaultRetryPollInteval.String(), "how often due retries and waits are re-queued"},
 	{"log-level", "ORGSYNC_LOG_LEVEL", "info", "debug, info, warn or error"},
+	{"account-rate", "ORGSYNC_ACCOUNT_RATE", ratelimit.DefaultAccountLimit.String(), "requests per integrated account, N/window, shared by all workers; 0 = no limit"},
+	{"token-rate", "ORGSYNC_TOKEN_RATE", ratelimit.DefaultTokenLimit.String(), "requests per API token, N/window, shared by all workers; 0 = no limit"},
+	{"rate-headroom", "ORGSYNC_RATE_HEADROOM", "0.05", "fraction of each rate limit left unused, for network jitter (0..0.5)"},
+	{"circuit-min-failures", "ORGSYNC_CIRCUIT_MIN_FAILURES", strconv.Itoa(circuit.DefaultMinFailures), "transient failures in the window before the circuit may open; 0 disables the breaker"},
+	{"circuit-threshold", "ORGSYNC_CIRCUIT_THRESHOLD", "0.5", "fraction of requests in the window failing that opens the circuit"},
+	{"circuit-window", "ORGSYNC_CIRCUIT_WINDOW", circuit.DefaultWindow.String(), "how far back the circuit breaker counts"},
+	{"circuit-probe-interval", "ORGSYNC_CIRCUIT_PROBE_INTERVAL", circuit.DefaultProbeInterval.String(), "while open, one probe request per interval"},
+	{"circuit-ramp", "ORGSYNC_CIRCUIT_RAMP", circuit.DefaultRamp.String(), "after closing, time over which the admitted share grows from 10% to 100%"},
 }
 
 // ErrHelp is returned by LoadConfig when -h or --help was asked for.
@@ -164,6 +180,36 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 			MaxAge:        duration("max-age", false),
 			ParkedRecheck: duration("parked-recheck", false),
 		},
+	}
+	rate := func(name string) ratelimit.Limit {
+		l, err := ratelimit.Parse(get(name))
+		if err != nil {
+			bad(name, "N/window such as 50/10s, or 0 for no limit")
+		}
+		return l
+	}
+	fraction := func(name string, lo, hi float64) float64 {
+		f, err := strconv.ParseFloat(get(name), 64)
+		if err != nil || f < lo || f > hi {
+			bad(name, fmt.Sprintf("a number from %g to %g", lo, hi))
+		}
+		return f
+	}
+	c.AccountRate, c.TokenRate = rate("account-rate"), rate("token-rate")
+	c.RateHeadroom = fraction("rate-headroom", 0, 0.5)
+	if c.RateHeadroom == 0 {
+		c.RateHeadroom = -1 // explicit 0: none (the limiter's zero means its default)
+	}
+	c.Circuit = circuit.Config{
+		MinFailures:   integer("circuit-min-failures", 0),
+		Threshold:     fraction("circuit-threshold", 0.01, 1),
+		Window:        duration("circuit-window", false),
+		ProbeInterval: duration("circuit-probe-interval", false),
+		Ramp:          duration("circuit-ramp", true),
+	}
+	c.Circuit.Disabled = c.Circuit.MinFailures == 0
+	if c.Circuit.Ramp == 0 {
+		c.Circuit.Ramp = -1 // explicit 0: no ramp
 	}
 	if c.Policy.MaxRetry == 0 {
 		c.Policy.MaxRetry = -1 // an explicit 0 means "no retries", not "the default"

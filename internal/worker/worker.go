@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +14,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/circuit"
+	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redisconn"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
@@ -24,6 +28,7 @@ type Worker struct {
 	ownsRDB  bool
 	store    *tasks.Store
 	handler  *tasks.Handler
+	breaker  *circuit.Breaker
 	server   *asynq.Server
 	logger   *slog.Logger
 	adminLn  net.Listener
@@ -86,7 +91,14 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 		}
 		sender = c
 	}
-	hopts := []tasks.HandlerOption{tasks.WithLogger(w.logger)}
+	w.breaker = circuit.New(w.rdb, cfg.Circuit)
+	hopts := []tasks.HandlerOption{
+		tasks.WithLogger(w.logger),
+		tasks.WithBreaker(breaker{w.breaker, w.logger}),
+		tasks.WithLimiter(ratelimit.New(w.rdb, ratelimit.Config{
+			Account: cfg.AccountRate, Token: cfg.TokenRate, TokenID: tokenID(cfg.Token.Value()), Headroom: cfg.RateHeadroom,
+		})),
+	}
 	if o.observer != nil {
 		hopts = append(hopts, tasks.WithObserver(o.observer))
 	}
@@ -208,6 +220,34 @@ func (w *Worker) adminHandler() http.Handler {
 		_, _ = rw.Write([]byte(`{"status":"ready"}` + "\n"))
 	})
 	return mux
+}
+
+// breaker adapts the shared circuit breaker to the handler and logs its turns.
+type breaker struct {
+	b      *circuit.Breaker
+	logger *slog.Logger
+}
+
+func (a breaker) Allow(ctx context.Context) (bool, bool, time.Duration, string, error) {
+	d, err := a.b.Allow(ctx)
+	return d.Allow, d.Probe, d.Wait, d.Reason, err
+}
+
+func (a breaker) Record(ctx context.Context, failed, probe bool) error {
+	opened, closed, err := a.b.Record(ctx, failed, probe)
+	switch {
+	case opened:
+		a.logger.Warn("circuit opened: most requests to Truto are failing; updates wait (no retry budget spent) while one probe per interval checks it")
+	case closed:
+		a.logger.Info("circuit closed: a probe succeeded; the backlog drains, ramping up")
+	}
+	return err
+}
+
+// tokenID names the API token's rate-limit bucket without revealing it.
+func tokenID(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:6])
 }
 
 // asynqLogger sends asynq's own log lines through slog.

@@ -1,0 +1,119 @@
+package circuit
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/orgsync/orgsync/internal/redistest"
+)
+
+func TestOpensProbesAndCloses(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	b := New(srv.Client(), Config{MinFailures: 5, Threshold: 0.5, ProbeInterval: 300 * time.Millisecond, Ramp: -1})
+
+	// Successes and a few failures: stays closed.
+	for i := 0; i < 10; i++ {
+		if _, _, err := b.Record(ctx, i%3 == 0, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := b.State(ctx); st.Open {
+		t.Fatalf("opened at 4 failures of 10 (threshold 50%%, min 5): %+v", st)
+	}
+	// A burst of failures: opens.
+	opened := false
+	for i := 0; i < 10 && !opened; i++ {
+		o, _, err := b.Record(ctx, true, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opened = o
+	}
+	if !opened {
+		t.Fatal("did not open after a run of failures")
+	}
+	// Open: exactly one probe per interval; everyone else waits.
+	probes, waits := 0, 0
+	var probe Decision
+	for i := 0; i < 50; i++ {
+		d, err := b.Allow(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case d.Probe:
+			probes++
+			probe = d
+		case !d.Allow:
+			waits++
+			if d.Wait <= 0 || d.Reason == "" {
+				t.Errorf("wait decision without a wait or reason: %+v", d)
+			}
+		default:
+			t.Errorf("open breaker allowed a non-probe: %+v", d)
+		}
+	}
+	// The first probe slot opens 1 s after opening; poll until it is handed out.
+	deadline := time.Now().Add(3 * time.Second)
+	for probes == 0 && time.Now().Before(deadline) {
+		d, _ := b.Allow(ctx)
+		if d.Probe {
+			probes, probe = 1, d
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition
+	}
+	if probes != 1 || !probe.Allow {
+		t.Fatalf("probes = %d, want exactly 1 (waits %d)", probes, waits)
+	}
+	// A failed probe keeps it open; a successful one closes it.
+	if _, closed, _ := b.Record(ctx, true, true); closed {
+		t.Fatal("a failed probe closed the breaker")
+	}
+	if _, closed, _ := b.Record(ctx, false, true); !closed {
+		t.Fatal("a successful probe did not close the breaker")
+	}
+	if d, _ := b.Allow(ctx); !d.Allow || d.Probe {
+		t.Errorf("after closing: %+v, want allowed", d)
+	}
+	if st, _ := b.State(ctx); st.Open || st.ClosedAt.IsZero() {
+		t.Errorf("state after close = %+v", st)
+	}
+}
+
+func TestRampAdmitsAGrowingFraction(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	b := New(srv.Client(), Config{MinFailures: 1, Threshold: 0.1, Ramp: time.Minute})
+	if o, _, _ := b.Record(ctx, true, false); !o {
+		t.Fatal("did not open")
+	}
+	if _, c, _ := b.Record(ctx, false, true); !c {
+		t.Fatal("did not close")
+	}
+	allowed := 0
+	for i := 0; i < 400; i++ {
+		d, err := b.Allow(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allow {
+			allowed++
+		}
+	}
+	// Right after closing about 10 % go through.
+	if allowed < 10 || allowed > 100 {
+		t.Errorf("%d of 400 admitted just after closing, want about 40", allowed)
+	}
+}
+
+func TestDisabled(t *testing.T) {
+	t.Parallel()
+	b := New(nil, Config{Disabled: true})
+	if d, err := b.Allow(context.Background()); !d.Allow || err != nil {
+		t.Errorf("disabled breaker: %+v %v", d, err)
+	}
+}
