@@ -330,7 +330,8 @@ type attempt struct {
 // send makes the attempt, retrying connection-level failures a few times in
 // the same run. Every request is recorded in the attempt history; the run as a
 // whole spends at most one unit of budget, and none when the run's context
-// ended (a stopping worker is not the update's fault).
+// ended (a stopping worker is not the update's fault) or the run was the open
+// circuit's probe.
 func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool) attempt {
 	req := &trutoclient.UpdateOrganizationRequest{
 		ID: p.ID, IntegratedAccountID: p.IntegratedAccountID, Body: p.Body,
@@ -375,7 +376,9 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 			lastErr = a.decision.Reason
 		}
 		// Only the last try of the run spends, and only if the run was not cut short.
-		spend := failed && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
+		// A probe of an open circuit is the breaker's question, not the update's
+		// failure: it spends nothing either.
+		spend := failed && !probe && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
 		spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), taskID, rec, spend, lastErr)
 		if err != nil {
 			a.storeErr = err

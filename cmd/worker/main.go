@@ -14,6 +14,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/orgsync/orgsync/internal/worker"
 )
 
@@ -34,6 +36,7 @@ func run(ctx context.Context, args []string, env func(string) (string, bool), st
 		return 2
 	}
 	logger := worker.NewLogger(stderr, cfg.LogLevel)
+	redis.SetLogger(&worker.RedisLogger{L: logger}) // keep stderr JSON
 	w, err := worker.New(ctx, cfg, worker.WithLogger(logger))
 	if err != nil {
 		logger.Error("cannot start", "error", err.Error())

@@ -23,7 +23,7 @@ const (
 	DefaultMinFailures   = 20
 	DefaultThreshold     = 0.5
 	DefaultProbeInterval = 2 * time.Second
-	DefaultRamp          = 10 * time.Second
+	DefaultRamp          = 5 * time.Second
 	DefaultMaxWait       = 15 * time.Second
 )
 

@@ -77,6 +77,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 		}
 		w.rdb, w.ownsRDB = rdb, true
 	}
+	w.rdb.AddHook(redisWatch{w})
 	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL))
 
 	sender := o.sender
@@ -94,7 +95,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.breaker = circuit.New(w.rdb, cfg.Circuit)
 	hopts := []tasks.HandlerOption{
 		tasks.WithLogger(w.logger),
-		tasks.WithBreaker(breaker{w.breaker, w.logger}),
+		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger, onClose: w.drainWaiting}),
 		tasks.WithLimiter(ratelimit.New(w.rdb, ratelimit.Config{
 			Account: cfg.AccountRate, Token: cfg.TokenRate, TokenID: tokenID(cfg.Token.Value()), Headroom: cfg.RateHeadroom,
 		})),
@@ -184,15 +185,55 @@ func (w *Worker) close() {
 	}
 }
 
+// healthCheck is told of every Redis health check (asynq's, every 5 s) and
+// every dial (redisWatch); it logs each change of Redis's reachability once.
 func (w *Worker) healthCheck(err error) {
 	if err == nil {
-		w.redisErr.Store(nil)
+		if prev := w.redisErr.Swap(nil); prev != nil {
+			w.logger.Info("Redis reachable again: updates resume", "after_error", *prev)
+		}
 		return
 	}
 	msg := err.Error()
 	if w.redisErr.Swap(&msg) == nil {
-		w.logger.Error("Redis unreachable: updates pause until it is back", "error", msg)
+		w.logger.Error("Redis unreachable: updates pause until it is back (nothing is lost: they stay in Redis)", "error", msg)
 	}
+}
+
+// redisWatch reports every connection attempt to the worker's health state,
+// so an outage shorter than asynq's 5-second health check is still logged.
+type redisWatch struct{ w *Worker }
+
+func (h redisWatch) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		h.w.healthCheck(err)
+		return conn, err
+	}
+}
+
+func (h redisWatch) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h redisWatch) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// RedisLogger sends go-redis's own log lines (connection pool trouble) through
+// slog, so that the worker's stderr stays JSON, at most one line a second
+// (a dead Redis makes go-redis log every failed dial). Install it with
+// redis.SetLogger(&worker.RedisLogger{L: logger}).
+type RedisLogger struct {
+	L    *slog.Logger
+	last atomic.Int64 // unix nanoseconds of the last line written
+}
+
+// Printf logs one go-redis line at warn level, dropping lines within a second of the last.
+func (r *RedisLogger) Printf(_ context.Context, format string, v ...any) {
+	now := time.Now().UnixNano()
+	if last := r.last.Load(); now-last < int64(time.Second) || !r.last.CompareAndSwap(last, now) {
+		return
+	}
+	r.L.Warn(fmt.Sprintf(format, v...), "component", "go-redis")
 }
 
 func (w *Worker) adminHandler() http.Handler {
@@ -224,8 +265,9 @@ func (w *Worker) adminHandler() http.Handler {
 
 // breaker adapts the shared circuit breaker to the handler and logs its turns.
 type breaker struct {
-	b      *circuit.Breaker
-	logger *slog.Logger
+	b       *circuit.Breaker
+	logger  *slog.Logger
+	onClose func()
 }
 
 func (a breaker) Allow(ctx context.Context) (bool, bool, time.Duration, string, error) {
@@ -240,8 +282,26 @@ func (a breaker) Record(ctx context.Context, failed, probe bool) error {
 		a.logger.Warn("circuit opened: most requests to Truto are failing; updates wait (no retry budget spent) while one probe per interval checks it")
 	case closed:
 		a.logger.Info("circuit closed: a probe succeeded; the backlog drains, ramping up")
+		if a.onClose != nil {
+			go a.onClose()
+		}
 	}
 	return err
+}
+
+// drainWaiting moves every waiting update of the worker's queues back to
+// pending at once, so an outage's backlog drains in seconds instead of each
+// update sleeping out its own wait; the circuit's ramp spreads the restart.
+func (w *Worker) drainWaiting() {
+	ins := asynq.NewInspectorFromRedisClient(w.rdb)
+	for q := range w.cfg.QueuePriorities() {
+		n, err := ins.RunAllRetryTasks(q)
+		if err != nil {
+			w.logger.Warn("could not hurry the waiting updates after the circuit closed; they return on their own", "queue", q, "error", err.Error())
+			continue
+		}
+		w.logger.Info("waiting updates moved back to the queue", "queue", q, "count", n)
+	}
 }
 
 // tokenID names the API token's rate-limit bucket without revealing it.

@@ -59,6 +59,9 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (f *Fake) finish(rec *RecordedRequest, ans answer) {
 	if !ans.abort {
 		rec.Status, rec.Answer = ans.status, ans.body
+		if len(ans.header) > 0 {
+			rec.AnswerHeader = ans.header.Clone()
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

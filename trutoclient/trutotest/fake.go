@@ -208,8 +208,9 @@ type RecordedRequest struct {
 	Body           []byte
 	Status         int // 0: connection reset or dropped without an answer
 	Answer         []byte
-	Account        string // integrated_account_id
-	OrgID          string // decoded organization id
+	AnswerHeader   http.Header // headers set on the answer (Retry-After, ratelimit-*), when any
+	Account        string      // integrated_account_id
+	OrgID          string      // decoded organization id
 	IdempotencyKey string
 }
 

@@ -1,0 +1,262 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/orgsync/orgsync/internal/ratelimit"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
+)
+
+// verdict checks the fake's counts for keys: every one applied exactly once,
+// nothing out of order, no dead letters; it returns the most budget any
+// update spent.
+func (p *pipeline) verdict(keys []string) (maxSpent int) {
+	p.t.Helper()
+	stats := p.fake.Stats()
+	byKey := p.fake.EffectsByKey()
+	lost, dup := 0, 0
+	for _, k := range keys {
+		switch byKey[k] {
+		case 0:
+			lost++
+		case 1:
+		default:
+			dup++
+		}
+	}
+	if lost != 0 || dup != 0 || stats.DuplicateEffects != 0 {
+		p.t.Errorf("lost %d, duplicated %d, fake %+v", lost, dup, stats)
+	}
+	if n := p.fake.OutOfOrder("seq"); n != 0 {
+		p.t.Errorf("out-of-order effects = %d", n)
+	}
+	if dl, _ := p.store.CountDeadLetters(context.Background()); dl != 0 {
+		p.t.Errorf("dead letters = %d, want 0", dl)
+	}
+	for _, k := range keys {
+		rec, err := p.store.Get(context.Background(), tasks.TaskID(k))
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		maxSpent = max(maxSpent, rec.Spent)
+	}
+	return maxSpent
+}
+
+func (p *pipeline) waitAllCompleted(keys []string, timeout time.Duration) {
+	p.t.Helper()
+	waitFor(p.t, "every update completed", timeout, func() (bool, string) {
+		st := p.states(keys)
+		return st[tasks.StateCompleted] == len(keys), fmt.Sprint(st)
+	})
+}
+
+// TestOutageMidRun: a 30-second outage in the middle of thousands of updates.
+// The circuit opens, updates wait without spending budget, none is
+// dead-lettered, and the backlog drains within seconds of recovery.
+func TestOutageMidRun(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, trutotest.Faults{Latency: trutotest.Duration(2 * time.Millisecond)}, func(c *Config) {
+		c.Policy = tasks.Policy{} // production backoff: 1 s doubling, 10 retries
+	})
+	const n = 3000
+	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%02d", i%30) })
+	waitFor(t, "a third applied", time.Minute, func() (bool, string) {
+		e := p.fake.Stats().Effects
+		return e >= n/3, fmt.Sprint(e)
+	})
+	const outage = 30 * time.Second
+	p.fake.StartOutage(trutotest.Outage503, outage)
+	before := p.fake.Stats()
+	outageEnd := time.Now().Add(outage)
+	p.waitAllCompleted(keys, 3*time.Minute)
+	drain := time.Since(outageEnd)
+	after := p.fake.Stats()
+	maxSpent := p.verdict(keys)
+	st, _ := p.worker.breaker.State(context.Background())
+	t.Logf("outage %s at %d effects: %d requests answered 503 during it; circuit closed %.1fs after the outage ended; drained %.1fs after it ended; max retry budget spent by one update: %d; circuit: %s",
+		outage, before.Effects, after.ByStatus[503]-before.ByStatus[503], st.ClosedAt.Sub(outageEnd).Seconds(), drain.Seconds(), maxSpent, st.Reason)
+	if maxSpent > 3 {
+		t.Errorf("an update spent %d of its budget during one outage; the circuit should have made them wait", maxSpent)
+	}
+}
+
+// TestOutageLongerThanRetrySchedule: the outage outlasts every update's whole
+// retry schedule (3 retries, 100-400 ms apart); without the breaker they would
+// all be dead-lettered.
+func TestOutageLongerThanRetrySchedule(t *testing.T) {
+	t.Parallel()
+	p := startPipeline(t, trutotest.Faults{}, func(c *Config) {
+		c.Policy = tasks.Policy{MaxRetry: 3, RetryBase: 100 * time.Millisecond, RetryCap: 400 * time.Millisecond}
+		c.Circuit.MinFailures = 10
+		c.Circuit.ProbeInterval = 500 * time.Millisecond
+		c.Circuit.MaxWait = 2 * time.Second
+	})
+	p.fake.StartOutage(trutotest.OutageReset, 12*time.Second)
+	const n = 600
+	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%d", i%6) })
+	p.waitAllCompleted(keys, 2*time.Minute)
+	maxSpent := p.verdict(keys)
+	t.Logf("12s of connection resets against a ~1s retry schedule: %d requests reset, 0 dead letters, max budget spent %d of 3",
+		p.fake.Stats().ByStatus[0], maxSpent)
+}
+
+// TestRateLimitStorm: the fake's per-account limit is tighter than the worker
+// knows, so 429s come; after each, no request reaches that account before the
+// Retry-After it was given, and nothing spends budget.
+func TestRateLimitStorm(t *testing.T) {
+	t.Parallel()
+	faults := trutotest.Faults{AccountLimit: trutotest.Limit{Requests: 10, Window: trutotest.Duration(2 * time.Second)}}
+	p := startPipeline(t, faults, nil) // the worker's own limits are off in testConfig
+	const n = 120
+	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%d", i%4) })
+	p.waitAllCompleted(keys, 2*time.Minute)
+	if p.verdict(keys) != 0 {
+		t.Error("a 429 spent retry budget")
+	}
+	reqs := p.fake.Requests()
+	early, storms := 0, 0
+	for i, r := range reqs {
+		if r.Status != 429 {
+			continue
+		}
+		storms++
+		var ra int
+		if _, err := fmt.Sscan(r.AnswerHeader.Get("Retry-After"), &ra); err != nil {
+			t.Fatalf("429 without a Retry-After: %v", r.AnswerHeader)
+		}
+		reset := r.Time.Add(time.Duration(ra) * time.Second)
+		for _, later := range reqs[i+1:] {
+			// Requests already in flight when the 429 was answered are not the
+			// worker's choice; 200 ms is far more than the fake's latency.
+			if later.Account == r.Account && later.Time.After(r.Time.Add(200*time.Millisecond)) && later.Time.Before(reset) {
+				early++
+			}
+		}
+	}
+	t.Logf("%d requests, %d answered 429; %d reached a throttled account before its reset", len(reqs), storms, early)
+	if storms == 0 {
+		t.Fatal("no 429s: the storm did not happen")
+	}
+	if early != 0 {
+		t.Errorf("%d requests reached a throttled account before its Retry-After", early)
+	}
+}
+
+// TestParkedAccountAmongHealthy: one account answers 401 (needs re-auth). Its
+// updates wait, none dead-lettered and none spending budget, while the other
+// accounts finish; resuming it after the fix applies the rest.
+func TestParkedAccountAmongHealthy(t *testing.T) {
+	t.Parallel()
+	faults := trutotest.Faults{AccountStatus: map[string]int{"acct-bad": 401}}
+	p := startPipeline(t, faults, func(c *Config) { c.Policy.ParkedRecheck = 300 * time.Millisecond })
+	const n = 400
+	account := func(i int) string {
+		if i%4 == 0 {
+			return "acct-bad"
+		}
+		return fmt.Sprintf("acct-%d", i%4)
+	}
+	keys := p.enqueue(n, account)
+	var good, bad []string
+	for i, k := range keys {
+		if account(i) == "acct-bad" {
+			bad = append(bad, k)
+		} else {
+			good = append(good, k)
+		}
+	}
+	p.waitAllCompleted(good, time.Minute)
+	ctx := context.Background()
+	hold, held, err := p.store.AccountHold(ctx, "acct-bad")
+	if err != nil || !held || hold.Kind != tasks.HoldParked {
+		t.Fatalf("acct-bad hold = %+v %v %v, want parked", hold, held, err)
+	}
+	sentBad := func() int {
+		c := 0
+		for _, r := range p.fake.Requests() {
+			if r.Account == "acct-bad" {
+				c++
+			}
+		}
+		return c
+	}
+	atPark := sentBad()
+	// Let every parked update look again at least twice: none may send.
+	p.mu.Lock()
+	waitsBefore := p.events[tasks.OutcomeWaiting]
+	p.mu.Unlock()
+	waitFor(t, "parked updates re-checking", time.Minute, func() (bool, string) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.events[tasks.OutcomeWaiting]-waitsBefore >= 2*len(bad), fmt.Sprint(p.events)
+	})
+	if got := sentBad(); got != atPark {
+		t.Errorf("a parked account got %d more requests", got-atPark)
+	}
+	if dl, _ := p.store.CountDeadLetters(ctx); dl != 0 {
+		t.Fatalf("%d dead letters for a parked account, want 0", dl)
+	}
+	// The account is re-authorized; the operator resumes it.
+	p.fake.UpdateFaults(func(f *trutotest.Faults) { f.AccountStatus = nil })
+	if ok, err := p.store.ResumeAccount(ctx, "acct-bad"); !ok || err != nil {
+		t.Fatalf("resume: %v %v", ok, err)
+	}
+	p.waitAllCompleted(bad, time.Minute)
+	if maxSpent := p.verdict(keys); maxSpent != 0 {
+		t.Errorf("parking spent budget: max %d", maxSpent)
+	}
+	t.Logf("parked account: %d requests before it was parked (in flight at the time), 0 after, 0 dead letters; %d healthy updates done meanwhile",
+		atPark, len(good))
+}
+
+// TestSharedLimitAcrossWorkers: three workers share tight per-account limits:
+// the fake never sees a limit exceeded, and the limit is used to at least 90 %.
+func TestSharedLimitAcrossWorkers(t *testing.T) {
+	t.Parallel()
+	lim := trutotest.Limit{Requests: 20, Window: trutotest.Duration(4 * time.Second)}
+	p := startPipeline(t, trutotest.Faults{AccountLimit: lim}, func(c *Config) {
+		c.AccountRate = ratelimit.Limit{Requests: 20, Window: 4 * time.Second}
+	})
+	// Two more workers on the same Redis.
+	for i := 0; i < 2; i++ {
+		cfg := testConfig(p.redis.URL(), p.fake.URL)
+		cfg.AdminAddr = ""
+		cfg.AccountRate = ratelimit.Limit{Requests: 20, Window: 4 * time.Second}
+		w, err := New(context.Background(), cfg, WithLogger(NewLogger(discard{}, "error")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	const accounts, perAccount = 3, 60
+	keys := p.enqueue(accounts*perAccount, func(i int) string { return fmt.Sprintf("acct-%d", i%accounts) })
+	start := time.Now()
+	p.waitAllCompleted(keys, 2*time.Minute)
+	took := time.Since(start)
+	p.verdict(keys)
+	stats := p.fake.Stats()
+	if stats.RateLimited != 0 {
+		t.Errorf("the fake answered %d 429s: the shared limit was exceeded", stats.RateLimited)
+	}
+	for a := 0; a < accounts; a++ {
+		acct := fmt.Sprintf("acct-%d", a)
+		peak := p.fake.AdmittedPerWindow(acct)
+		t.Logf("%s: peak %d requests in a %s window (limit %d)", acct, peak, time.Duration(lim.Window), lim.Requests)
+		if peak < lim.Requests*9/10 {
+			t.Errorf("%s used its limit to %d%%, want >= 90%%", acct, peak*100/lim.Requests)
+		}
+	}
+	t.Logf("3 workers, %d updates at 20 per 4s per account: %.1fs (the limit allows %.1fs)", len(keys), took.Seconds(), float64(perAccount)/20*4)
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
