@@ -43,6 +43,8 @@ type DeadLetter struct {
 	Run            string    `json:"run,omitempty"`
 	Replays        int       `json:"replays,omitempty"`
 	MaxRetry       int       `json:"max_retry,omitempty"`
+	// OrderSeq is the update's place in its organization's line when it died.
+	OrderSeq int64 `json:"order_seq,omitempty"`
 }
 
 func (s *Store) dlqRecords() string { return s.prefix + ":{dlq}:records" }

@@ -155,6 +155,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if rec.Result != nil {
 			h.writeResult(t, *rec.Result)
 		}
+		_ = h.store.leaveLine(ctx, p.Update, taskID, true, p.OrderSeq) // in case a crash came first
 		ev.Outcome, ev.Class, ev.Reason = OutcomeCompleted, "skipped", "already completed"
 		h.observe(ev)
 		return nil
@@ -166,6 +167,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 				return err
 			}
 		}
+		_ = h.store.leaveLine(ctx, p.Update, taskID, false, 0)
 		ev.Outcome, ev.Class, ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
 		h.observe(ev)
 		return fmt.Errorf("already dead-lettered: %w", asynq.SkipRetry)
@@ -176,7 +178,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		maxRetry = p.MaxRetry
 	}
 	base := DeadLetter{TaskID: taskID, Queue: queue, Update: p.Update, IdempotencyKey: p.IdempotencyKey,
-		EnqueuedAt: p.EnqueuedAt, Run: p.Run, Replays: p.Replays, MaxRetry: maxRetry,
+		EnqueuedAt: p.EnqueuedAt, Run: p.Run, Replays: p.Replays, MaxRetry: maxRetry, OrderSeq: p.OrderSeq,
 		Attempts: rec.Attempts, FirstAttemptAt: rec.FirstAttemptAt, LastAttemptAt: rec.LastAttemptAt}
 
 	now := h.now()
@@ -191,6 +193,19 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return err
 	} else if held {
 		return h.wait(ctx, taskID, h.holdDelay(hold, now), "account "+hold.Kind+": "+hold.Reason, ev)
+	}
+
+	// One at a time per organization, in enqueue order.
+	if p.OrderSeq > 0 {
+		head, err := h.store.ahead(ctx, p.Update, taskID, h.policy.OrphanGrace)
+		if err != nil {
+			return err
+		}
+		if head != "" {
+			ev.Class = "ordering"
+			d := DefaultOrderWait + time.Duration(rand.Int64N(int64(DefaultOrderWait)))
+			return h.wait(ctx, taskID, d, "waiting for the earlier update "+head+" of organization "+p.ID, ev)
+		}
 	}
 
 	probe := false
@@ -424,6 +439,10 @@ func (h *Handler) complete(ctx context.Context, t *asynq.Task, taskID string, p 
 		return err
 	}
 	h.writeResult(t, result)
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.leaveLine(ctx, p.Update, taskID, true, p.OrderSeq) }); err != nil {
+		// The next update of the organization clears a finished head itself.
+		h.logger.Warn("could not take a completed update out of its organization's line", "task_id", taskID, "error", err.Error())
+	}
 	if a.decision.Delay > 0 {
 		// The answer said the window is used up: hold the account for everyone.
 		_ = h.store.PauseAccount(ctx, p.IntegratedAccountID, h.now().Add(a.decision.Delay), res.StatusCode, "ratelimit-remaining is 0")
@@ -496,6 +515,10 @@ func (h *Handler) deadLetter(ctx context.Context, d DeadLetter, ev Event) error 
 	// mark is lost (ProcessTask checks for the dead letter itself).
 	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, d.TaskID, d.Reason) }); err != nil {
 		return err
+	}
+	if d.Update.ID != "" {
+		// A dead update must not hold back its organization's later updates.
+		_ = h.durably(ctx, func(ctx context.Context) error { return h.store.leaveLine(ctx, d.Update, d.TaskID, false, 0) })
 	}
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,
 		"class", d.Class, "status", d.StatusCode, "reason", d.Reason)

@@ -28,6 +28,9 @@ type Payload struct {
 	Run string `json:"run,omitempty"`
 	// Replays counts how often an operator re-enqueued it from the dead letters.
 	Replays int `json:"replays,omitempty"`
+	// OrderSeq is the update's place in its organization's line (see order.go);
+	// 0 for a payload written before ordering existed, which is not held back.
+	OrderSeq int64 `json:"order_seq,omitempty"`
 }
 
 // MalformedError is why a task's payload cannot be processed; the handler

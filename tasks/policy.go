@@ -34,6 +34,7 @@ type Policy struct {
 	ParkedRecheck time.Duration // how often a parked account's updates look again
 	InCallRetries int           // quick retries inside one run for connection-level failures (-1: none)
 	InCallBase    time.Duration // first of those quick retries' backoff
+	OrphanGrace   time.Duration // how long a line's head may lack an asynq task before it is cleared
 }
 
 func (p Policy) withDefaults() Policy {
@@ -63,6 +64,9 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.InCallBase <= 0 {
 		p.InCallBase = DefaultInCallBase
+	}
+	if p.OrphanGrace <= 0 {
+		p.OrphanGrace = DefaultOrphanGrace
 	}
 	return p
 }

@@ -22,6 +22,10 @@ const DefaultTaskTimeout = 5 * time.Minute
 // this number only has to be out of reach.
 const asynqMaxRetry = 1_000_000
 
+// lineKeyTTL keeps an organization's line and sequence counter alive; it is
+// refreshed at every enqueue and must outlive any queued update.
+const lineKeyTTL = 30 * 24 * time.Hour
+
 // ErrDuplicate means an update with the same idempotency key was already
 // enqueued (pending, running, completed within the retention, or dead).
 var ErrDuplicate = errors.New("duplicate: an update with this idempotency key already exists")
@@ -144,8 +148,22 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 		out.Status = "duplicate"
 		return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", id, ErrDuplicate, id)
 	}
+	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue, lineKeyTTL)
+	if err != nil {
+		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+	}
+	pl.OrderSeq = seq
+	// Leave the line again if the task does not reach asynq (a duplicate whose
+	// first copy already left it, or an error); an entry that stays behind
+	// after a crash here is cleared by the handler after DefaultOrphanGrace.
+	leave := func() {
+		if joined {
+			_ = p.store.leaveLine(context.WithoutCancel(ctx), pl.Update, id, false, 0)
+		}
+	}
 	b, err := EncodePayload(pl)
 	if err != nil {
+		leave()
 		return Enqueued{}, fmt.Errorf("encode payload: %w", err)
 	}
 	opts := []asynq.Option{
@@ -161,9 +179,11 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 	_, err = p.client.EnqueueContext(ctx, asynq.NewTask(TypeUpdateOrganization, b), opts...)
 	switch {
 	case errors.Is(err, asynq.ErrTaskIDConflict):
+		leave()
 		out.Status = "duplicate"
 		return out, fmt.Errorf("enqueue %s: %w", id, ErrDuplicate)
 	case err != nil:
+		leave()
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
 	return out, nil

@@ -22,6 +22,9 @@ type ReplayOptions struct {
 	DryRun   bool // report what would go, change nothing
 	MaxRetry int  // the fresh budget; 0 keeps the update's own (or the worker default)
 	Queue    string
+	// Force replays an update even though a newer update has been applied to
+	// the same organization since it died (its body would overwrite newer data).
+	Force bool
 }
 
 // Replay re-enqueues one dead letter with a fresh retry budget, a fresh
@@ -33,6 +36,18 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	if d.Class == ClassMalformed || d.IdempotencyKey == "" {
 		out.Status, out.Reason = "skipped", "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
 		return out, nil
+	}
+	if !o.Force && d.OrderSeq > 0 {
+		last, err := p.store.LastApplied(ctx, d.Update.IntegratedAccountID, d.Update.ID)
+		if err != nil {
+			return out, err
+		}
+		if last > d.OrderSeq {
+			out.Status = "skipped"
+			out.Reason = fmt.Sprintf("stale: a later update of organization %s has been applied since this one died; "+
+				"replaying it would overwrite newer data (use --force to replay anyway)", d.Update.ID)
+			return out, nil
+		}
 	}
 	if o.DryRun {
 		out.Status = "would_replay"

@@ -170,9 +170,9 @@ func statusCell(code int) string {
 // replayFlags are the flags of `dlq replay`.
 type replayFlags struct {
 	filterFlags
-	all, dryRun, verbose bool
-	rate                 string
-	maxRetry             int
+	all, dryRun, verbose, force bool
+	rate                        string
+	maxRetry                    int
 }
 
 // replaySummary is what `dlq replay` prints.
@@ -186,9 +186,11 @@ type replaySummary struct {
 func (a *app) dlqReplayCmd() *cobra.Command {
 	var rf replayFlags
 	c := &cobra.Command{
-		Use:   "replay (--all | TASK_ID...) [filters] [--dry-run] [--rate N/s]",
+		Use:   "replay (--all | TASK_ID...) [filters] [--dry-run] [--rate N/s] [--force]",
 		Short: "Re-enqueue dead letters with a fresh retry budget and the same idempotency key",
 		Long: "Re-enqueue dead letters with a fresh retry budget and the same idempotency key, then remove them.\n" +
+			"A dead letter older than an update since applied to the same organization is skipped as stale\n" +
+			"(its body would overwrite newer data) unless --force is given.\n" +
 			"Prints {\"replayed\", \"would_replay\", \"skipped\", \"failed\"}; --verbose lists each record on stderr.",
 		RunE: func(c *cobra.Command, ids []string) error {
 			if err := selection("replay", rf.all, ids); err != nil {
@@ -208,7 +210,7 @@ func (a *app) dlqReplayCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			opts := tasks.ReplayOptions{DryRun: rf.dryRun, MaxRetry: rf.maxRetry}
+			opts := tasks.ReplayOptions{DryRun: rf.dryRun, MaxRetry: rf.maxRetry, Force: rf.force}
 			if c.Flags().Changed("queue") {
 				opts.Queue = a.queue // otherwise each goes back to the queue it died in
 			}
@@ -219,6 +221,7 @@ func (a *app) dlqReplayCmd() *cobra.Command {
 	fl := c.Flags()
 	fl.BoolVar(&rf.all, "all", false, "every dead letter that matches the filters")
 	fl.BoolVar(&rf.dryRun, "dry-run", false, "report what would be replayed; change nothing")
+	fl.BoolVar(&rf.force, "force", false, "replay even updates a later update of the same organization has overtaken")
 	fl.BoolVar(&rf.verbose, "verbose", false, "print each record's outcome on stderr")
 	fl.StringVar(&rf.rate, "rate", "0", "at most this many replays per second, e.g. 50/s (0: unlimited)")
 	fl.IntVar(&rf.maxRetry, "max-retry", 0, "fresh retry budget (0: the update's own, else the worker's default)")

@@ -295,3 +295,5 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 		t.Errorf("%d dead letters left after replay, want 0", c)
 	}
 }
+
+func jsonRaw(s string) json.RawMessage { return json.RawMessage(s) }

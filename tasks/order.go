@@ -1,0 +1,154 @@
+package tasks
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+)
+
+// Ordering (DESIGN.md "Ordering"): updates to the same organization (same
+// account and id) apply in the order they were enqueued, and never two at
+// once. Each organization has a line in Redis: a sorted set of its pending
+// updates' task ids, scored by a per-organization sequence number taken at
+// enqueue. Only the head of the line is sent; the others wait without
+// spending budget. An update leaves the line when it completes or is
+// dead-lettered, so a dead update never blocks its successors.
+
+// DefaultOrphanGrace is how long an entry at the head of a line may have no
+// asynq task before it is taken for the leftover of a producer that crashed
+// between joining the line and enqueueing, and removed.
+const DefaultOrphanGrace = 5 * time.Minute
+
+// DefaultOrderWait is how long an update waits before looking at its line again.
+const DefaultOrderWait = time.Second
+
+func orderTag(account, id string) string {
+	sum := sha256.Sum256([]byte(account + "\x00" + id))
+	return "o_" + hex.EncodeToString(sum[:12])
+}
+
+type orderKeys struct{ seq, line, joined, last string }
+
+func (s *Store) orderKeys(account, id string) orderKeys {
+	base := s.prefix + ":{" + orderTag(account, id) + "}:"
+	return orderKeys{seq: base + "seq", line: base + "line", joined: base + "joined", last: base + "last_applied"}
+}
+
+// joinScript takes the next sequence number and joins the line, unless the
+// task is in it already. KEYS: seq, line, joined. ARGV: task id, queue,
+// now_ms, ttl_ms. Returns {seq, added}.
+var joinScript = redis.NewScript(`
+local cur = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if cur then return {tonumber(cur), 0} end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return {seq, 1}
+`)
+
+// joinLine puts the update in its organization's line and returns its sequence number.
+func (s *Store) joinLine(ctx context.Context, u Update, taskID, queue string, keep time.Duration) (seq int64, added bool, err error) {
+	k := s.orderKeys(u.IntegratedAccountID, u.ID)
+	res, err := joinScript.Run(ctx, s.rdb, []string{k.seq, k.line, k.joined},
+		taskID, queue, s.now().UnixMilli(), keep.Milliseconds()).Int64Slice()
+	if err != nil {
+		return 0, false, fmt.Errorf("join the line of organization %s: %w", u.ID, err)
+	}
+	return res[0], res[1] == 1, nil
+}
+
+// leaveLine removes the update from its organization's line; when applied,
+// it also records seq as the organization's last applied sequence number.
+func (s *Store) leaveLine(ctx context.Context, u Update, taskID string, applied bool, seq int64) error {
+	k := s.orderKeys(u.IntegratedAccountID, u.ID)
+	pipe := s.rdb.TxPipeline()
+	pipe.ZRem(ctx, k.line, taskID)
+	pipe.HDel(ctx, k.joined, taskID)
+	if applied && seq > 0 {
+		pipe.Eval(ctx, `local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 1`, []string{k.last}, seq, s.ttl.Milliseconds())
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("leave the line of organization %s: %w", u.ID, err)
+	}
+	return nil
+}
+
+// LastApplied returns the sequence number of the newest update applied to
+// the organization (0 when none is known).
+func (s *Store) LastApplied(ctx context.Context, account, id string) (int64, error) {
+	n, err := s.rdb.Get(ctx, s.orderKeys(account, id).last).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// ahead reports the update that must go before taskID, if any, clearing
+// heads that are already finished or orphaned. It returns "" when taskID may go.
+func (s *Store) ahead(ctx context.Context, u Update, taskID string, grace time.Duration) (string, error) {
+	k := s.orderKeys(u.IntegratedAccountID, u.ID)
+	for range 16 { // each pass removes one stale head; a bound against surprises
+		heads, err := s.rdb.ZRangeWithScores(ctx, k.line, 0, 0).Result()
+		if err != nil {
+			return "", fmt.Errorf("read the line of organization %s: %w", u.ID, err)
+		}
+		if len(heads) == 0 {
+			return "", nil // not in a line (enqueued before ordering, or removed as stale): go
+		}
+		head, _ := heads[0].Member.(string)
+		if head == taskID {
+			return "", nil
+		}
+		stale, err := s.staleHead(ctx, k, head, grace)
+		if err != nil {
+			return "", err
+		}
+		if !stale {
+			return head, nil
+		}
+		if err := s.rdb.ZRem(ctx, k.line, head).Err(); err != nil {
+			return "", err
+		}
+	}
+	return "", fmt.Errorf("the line of organization %s keeps changing: try again", u.ID)
+}
+
+// staleHead: the head finished without leaving the line (a crash in
+// between), or it never reached asynq (a producer crash) and is past grace.
+func (s *Store) staleHead(ctx context.Context, k orderKeys, head string, grace time.Duration) (bool, error) {
+	rec, err := s.Get(ctx, head)
+	if err != nil {
+		return false, err
+	}
+	if rec.State == StateCompleted || rec.State == StateDead {
+		return true, nil
+	}
+	joined, err := s.rdb.HGet(ctx, k.joined, head).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	queue, msStr, _ := strings.Cut(joined, "|")
+	ms, _ := strconv.ParseInt(msStr, 10, 64)
+	if s.now().Sub(time.UnixMilli(ms)) < grace {
+		return false, nil
+	}
+	_, err = asynq.NewInspectorFromRedisClient(s.rdb).GetTaskInfo(queue, head)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return true, nil
+	}
+	return false, err
+}

@@ -1,0 +1,110 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// enqueueTask enqueues u through the producer and returns the task as a worker would get it.
+func (e *env) enqueueTask(p *Producer, u Update) *asynq.Task {
+	e.t.Helper()
+	got, err := p.Enqueue(context.Background(), u)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, got.TaskID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return asynq.NewTask(TypeUpdateOrganization, info.Payload)
+}
+
+func orgUpdate(key, body string) Update {
+	return Update{ID: "org-7", IntegratedAccountID: "acct-1", Body: json.RawMessage(body), IdempotencyKey: key}
+}
+
+func TestOrderingOneAtATimeInEnqueueOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 500})
+	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	first := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
+	second := e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`))
+	other := e.enqueueTask(p, Update{ID: "org-8", IntegratedAccountID: "acct-1", Body: json.RawMessage(`{}`), IdempotencyKey: "k3"})
+
+	// The second cannot overtake the first, even while the first is retrying.
+	if err := e.run(first); !errors.As(err, new(*RetryError)) {
+		t.Fatalf("first: %v, want a retry (scripted 500)", err)
+	}
+	if err := e.run(second); !errors.As(err, new(*WaitError)) || e.lastEvent().Class != "ordering" {
+		t.Fatalf("second while first retries: %v (%+v), want an ordering wait", err, e.lastEvent())
+	}
+	// Another organization is not held back.
+	if err := e.run(other); err != nil {
+		t.Fatalf("other organization: %v", err)
+	}
+	if err := e.run(first); err != nil {
+		t.Fatalf("first, second try: %v", err)
+	}
+	if err := e.run(second); err != nil {
+		t.Fatalf("second after first: %v", err)
+	}
+	rec, _ := e.store.Get(context.Background(), TaskID("k2"))
+	if rec.Spent != 0 {
+		t.Errorf("waiting in line spent %d budget", rec.Spent)
+	}
+	last, err := e.store.LastApplied(context.Background(), "acct-1", "org-7")
+	if err != nil || last != 2 {
+		t.Errorf("LastApplied = %d, %v; want 2", last, err)
+	}
+}
+
+func TestOrderingDeadDoesNotBlockAndStaleReplayRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`})
+	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	first := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
+	second := e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`))
+	if err := e.run(first); !errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("first: %v, want dead", err)
+	}
+	if err := e.run(second); err != nil {
+		t.Fatalf("second after the first died: %v", err)
+	}
+	ctx := context.Background()
+	d, err := e.store.DeadLetter(ctx, TaskID("k1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Replay(ctx, d, ReplayOptions{})
+	if err != nil || out.Status != "skipped" {
+		t.Fatalf("replay of a stale dead letter = %+v, %v; want skipped", out, err)
+	}
+	out, err = p.Replay(ctx, d, ReplayOptions{Force: true})
+	if err != nil || out.Status != "replayed" {
+		t.Fatalf("forced replay = %+v, %v", out, err)
+	}
+}
+
+func TestOrderingOrphanHeadCleared(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{})
+	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	// A producer crashed after joining the line, before asynq had the task.
+	ghost := orgUpdate("ghost", `{}`)
+	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("ghost"), DefaultQueue, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	task := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
+	if err := e.run(task); !errors.As(err, new(*WaitError)) {
+		t.Fatalf("behind a fresh ghost: %v, want a wait", err)
+	}
+	e.now = e.now.Add(DefaultOrphanGrace + time.Second)
+	if err := e.run(task); err != nil {
+		t.Fatalf("after the grace: %v", err)
+	}
+}
