@@ -45,6 +45,8 @@ type DeadLetter struct {
 	MaxRetry       int       `json:"max_retry,omitempty"`
 	// OrderSeq is the update's place in its organization's line when it died.
 	OrderSeq int64 `json:"order_seq,omitempty"`
+	// OriginSeq is its first place in that line (kept across replays).
+	OriginSeq int64 `json:"origin_seq,omitempty"`
 }
 
 func (s *Store) dlqRecords() string { return s.prefix + ":{dlq}:records" }

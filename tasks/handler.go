@@ -155,7 +155,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if rec.Result != nil {
 			h.writeResult(t, *rec.Result)
 		}
-		_ = h.store.leaveLine(ctx, p.Update, taskID, true, p.OrderSeq) // in case a crash came first
+		_ = h.store.leaveLine(ctx, p.Update, taskID, true, p.origin()) // in case a crash came first
 		ev.Outcome, ev.Class, ev.Reason = OutcomeCompleted, "skipped", "already completed"
 		h.observe(ev)
 		return nil
@@ -178,7 +178,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		maxRetry = p.MaxRetry
 	}
 	base := DeadLetter{TaskID: taskID, Queue: queue, Update: p.Update, IdempotencyKey: p.IdempotencyKey,
-		EnqueuedAt: p.EnqueuedAt, Run: p.Run, Replays: p.Replays, MaxRetry: maxRetry, OrderSeq: p.OrderSeq,
+		EnqueuedAt: p.EnqueuedAt, Run: p.Run, Replays: p.Replays, MaxRetry: maxRetry, OrderSeq: p.OrderSeq, OriginSeq: p.origin(),
 		Attempts: rec.Attempts, FirstAttemptAt: rec.FirstAttemptAt, LastAttemptAt: rec.LastAttemptAt}
 
 	now := h.now()
@@ -192,6 +192,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if hold, held, err := h.store.AccountHold(ctx, p.IntegratedAccountID); err != nil {
 		return err
 	} else if held {
+		ev.Class = "account_" + hold.Kind
 		return h.wait(ctx, taskID, h.holdDelay(hold, now), "account "+hold.Kind+": "+hold.Reason, ev)
 	}
 
@@ -245,6 +246,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		// The worker is stopping (or the lease or deadline ran out) mid-request:
 		// the answer is unknown, the key makes a re-send safe, and it is not the
 		// update's fault, so nothing was spent.
+		ev.Class = "stopping"
 		return h.wait(context.WithoutCancel(ctx), taskID, time.Second, "worker stopped mid-request", ev)
 	}
 
@@ -439,7 +441,7 @@ func (h *Handler) complete(ctx context.Context, t *asynq.Task, taskID string, p 
 		return err
 	}
 	h.writeResult(t, result)
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.leaveLine(ctx, p.Update, taskID, true, p.OrderSeq) }); err != nil {
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.leaveLine(ctx, p.Update, taskID, true, p.origin()) }); err != nil {
 		// The next update of the organization clears a finished head itself.
 		h.logger.Warn("could not take a completed update out of its organization's line", "task_id", taskID, "error", err.Error())
 	}

@@ -67,7 +67,8 @@ func (s *Store) joinLine(ctx context.Context, u Update, taskID, queue string, ke
 }
 
 // leaveLine removes the update from its organization's line; when applied,
-// it also records seq as the organization's last applied sequence number.
+// it also records seq (the update's origin: its first place in the line) as
+// the organization's last applied sequence number, if it is the highest.
 func (s *Store) leaveLine(ctx context.Context, u Update, taskID string, applied bool, seq int64) error {
 	k := s.orderKeys(u.IntegratedAccountID, u.ID)
 	pipe := s.rdb.TxPipeline()

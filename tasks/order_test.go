@@ -108,3 +108,30 @@ func TestOrderingOrphanHeadCleared(t *testing.T) {
 		t.Fatalf("after the grace: %v", err)
 	}
 }
+
+// Replaying an organization's dead updates oldest first is not refused as
+// stale because the first replay applied (it is older data, not newer).
+func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`},
+		answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`})
+	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
+	e.now = e.now.Add(time.Second)
+	_ = e.run(e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`)))
+	ctx := context.Background()
+	for _, k := range []string{"k1", "k2"} {
+		d, err := e.store.DeadLetter(ctx, TaskID(k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := p.Replay(ctx, d, ReplayOptions{})
+		if err != nil || out.Status != "replayed" {
+			t.Fatalf("replay %s = %+v, %v", k, out, err)
+		}
+		info, _ := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, TaskID(k))
+		if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
+			t.Fatalf("replayed %s: %v", k, err)
+		}
+	}
+}

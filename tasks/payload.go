@@ -31,6 +31,18 @@ type Payload struct {
 	// OrderSeq is the update's place in its organization's line (see order.go);
 	// 0 for a payload written before ordering existed, which is not held back.
 	OrderSeq int64 `json:"order_seq,omitempty"`
+	// OriginSeq is the place the update first took in its organization's
+	// line; a replay keeps it, so a replayed old update still counts as old
+	// when deciding whether replaying another would overwrite newer data.
+	OriginSeq int64 `json:"origin_seq,omitempty"`
+}
+
+// origin is the update's first place in its organization's line.
+func (p Payload) origin() int64 {
+	if p.OriginSeq > 0 {
+		return p.OriginSeq
+	}
+	return p.OrderSeq
 }
 
 // MalformedError is why a task's payload cannot be processed; the handler

@@ -37,12 +37,16 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 		out.Status, out.Reason = "skipped", "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
 		return out, nil
 	}
-	if !o.Force && d.OrderSeq > 0 {
+	origin := d.OriginSeq
+	if origin == 0 {
+		origin = d.OrderSeq
+	}
+	if !o.Force && origin > 0 {
 		last, err := p.store.LastApplied(ctx, d.Update.IntegratedAccountID, d.Update.ID)
 		if err != nil {
 			return out, err
 		}
-		if last > d.OrderSeq {
+		if last > origin {
 			out.Status = "skipped"
 			out.Reason = fmt.Sprintf("stale: a later update of organization %s has been applied since this one died; "+
 				"replaying it would overwrite newer data (use --force to replay anyway)", d.Update.ID)
@@ -77,7 +81,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	}
 	u := d.Update
 	u.IdempotencyKey = d.IdempotencyKey
-	pl := Payload{Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1}
+	pl := Payload{Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
 	// Enqueue first, then remove the dead letter: a crash in between leaves
 	// both, and the next replay finds the task and only removes the record.
 	_, err := p.enqueue(ctx, pl, enqueueConfig{queue: queue, retention: p.retention, replay: true})

@@ -6,7 +6,7 @@
 //
 // It needs nothing installed but Go:
 //
-//	go run ./cmd/demo [--updates 3000] [--accounts 20] [--outage 3s] [--bad-orgs 12]
+//	go run ./cmd/demo [--updates 3000] [--per-org 3] [--accounts 20] [--outage 3s] [--bad-orgs 12]
 //
 // The narrative and live progress go to stderr when it is a terminal; stdout
 // gets one JSON report, so `go run ./cmd/demo | jq` works.
@@ -31,6 +31,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/term"
 
+	"github.com/orgsync/orgsync/internal/circuit"
+	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/worker"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
@@ -50,22 +52,27 @@ func main() {
 }
 
 type settings struct {
-	updates, accounts, badOrgs, concurrency int
-	outage, outageAfter, timeout            time.Duration
-	accountLimit                            int
+	updates, perOrg, accounts, badOrgs, concurrency int
+	outage, outageAfter, timeout                    time.Duration
+	accountLimit, tokenLimit                        int
 }
+
+// orgs is how many organizations the updates go to.
+func (s settings) orgs() int { return max(s.updates/s.perOrg, 1) }
 
 func parse(args []string, stderr io.Writer) (settings, error) {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	s := settings{}
-	fs.IntVar(&s.updates, "updates", 3000, "updates to enqueue (one organization each)")
+	fs.IntVar(&s.updates, "updates", 3000, "updates to enqueue")
+	fs.IntVar(&s.perOrg, "per-org", 3, "updates per organization (they must apply in enqueue order)")
 	fs.IntVar(&s.accounts, "accounts", 20, "integrated accounts they are spread over")
 	fs.IntVar(&s.badOrgs, "bad-orgs", 12, "organizations the fake answers 422 until it is fixed")
 	fs.IntVar(&s.concurrency, "concurrency", 50, "worker concurrency")
 	fs.DurationVar(&s.outage, "outage", 3*time.Second, "length of the upstream outage (503s); 0 for none")
 	fs.DurationVar(&s.outageAfter, "outage-after", 1500*time.Millisecond, "when the outage starts, after processing begins")
-	fs.IntVar(&s.accountLimit, "account-limit", 100, "fake's per-account limit per 10 s (Truto's is 50); 0 for none")
+	fs.IntVar(&s.accountLimit, "account-limit", 100, "per-account limit per 10 s, at the fake and in the worker (Truto's is 50); 0 for none")
+	fs.IntVar(&s.tokenLimit, "token-limit", 1500, "the fake's per-token limit per 10 s, which the worker is not told (Truto's is 500); 0 for none")
 	fs.DurationVar(&s.timeout, "timeout", 3*time.Minute, "give up if the run has not finished by then")
 	if err := fs.Parse(args); err != nil {
 		return s, err
@@ -75,8 +82,10 @@ func parse(args []string, stderr io.Writer) (settings, error) {
 		return s, fmt.Errorf("--updates %d: expected at least 1", s.updates)
 	case s.accounts < 1:
 		return s, fmt.Errorf("--accounts %d: expected at least 1", s.accounts)
-	case s.badOrgs < 0 || s.badOrgs > s.updates:
-		return s, fmt.Errorf("--bad-orgs %d: expected 0..--updates", s.badOrgs)
+	case s.perOrg < 1 || s.perOrg > s.updates:
+		return s, fmt.Errorf("--per-org %d: expected 1..--updates", s.perOrg)
+	case s.badOrgs < 0 || s.badOrgs > s.updates/s.perOrg:
+		return s, fmt.Errorf("--bad-orgs %d: expected 0..(--updates / --per-org)", s.badOrgs)
 	case s.concurrency < 1:
 		return s, fmt.Errorf("--concurrency %d: expected at least 1", s.concurrency)
 	}
@@ -88,6 +97,7 @@ type tally struct {
 	completed, retried, waited, dead atomic.Int64
 	mu                               sync.Mutex
 	deadWhy                          map[string]int
+	waitWhy                          map[string]int
 }
 
 func (t *tally) observe(e tasks.Event) {
@@ -98,6 +108,9 @@ func (t *tally) observe(e tasks.Event) {
 		t.retried.Add(1)
 	case tasks.OutcomeWaiting:
 		t.waited.Add(1)
+		t.mu.Lock()
+		t.waitWhy[e.Class]++
+		t.mu.Unlock()
 	case tasks.OutcomeDead:
 		t.dead.Add(1)
 		t.mu.Lock()
@@ -112,6 +125,7 @@ type Report struct {
 	Phase1      PhaseReport     `json:"first_pass"`
 	Phase2      PhaseReport     `json:"after_replay"`
 	DeadReasons map[string]int  `json:"dead_letter_reasons"`
+	WaitReasons map[string]int  `json:"wait_reasons"`
 	Fake        trutotest.Stats `json:"fake_truto"`
 	Lost        int             `json:"lost"`
 	Duplicates  int             `json:"duplicate_effects"`
@@ -153,11 +167,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	const token = "demo-token-not-a-secret"
 	bad := map[string]int{}
 	for i := 0; i < s.badOrgs; i++ {
-		bad[orgID(i*(s.updates/max(s.badOrgs, 1)))] = 422
+		bad[orgID(i*(s.orgs()/max(s.badOrgs, 1)))] = 422
 	}
 	faults := trutotest.Faults{
 		OrgStatus:    bad,
 		AccountLimit: trutotest.Limit{Requests: s.accountLimit, Window: trutotest.Duration(10 * time.Second)},
+		TokenLimit:   trutotest.Limit{Requests: s.tokenLimit, Window: trutotest.Duration(10 * time.Second)},
 		Latency:      trutotest.Duration(5 * time.Millisecond), LatencyJitter: trutotest.Duration(10 * time.Millisecond),
 	}
 	fake := trutotest.NewServer(token, trutotest.WithFaults(faults))
@@ -165,26 +180,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 
 	say("orgsync demo: everything below runs in this process.")
 	say("  Redis:      embedded (miniredis) at %s", mr.Addr())
-	say("  Truto:      the fake at %s; per-account limit %d/10s, %d organizations answer 422, a %s outage of 503s %s into the run",
-		fake.URL, s.accountLimit, s.badOrgs, s.outage, s.outageAfter)
+	say("  Truto:      the fake at %s; limits %d/10s per account and %d/10s per token, %d organizations answer 422,",
+		fake.URL, s.accountLimit, s.tokenLimit, s.badOrgs)
+	say("              and a %s outage of 503s starts %s into the run", s.outage, s.outageAfter)
+	say("  Worker:     told the per-account limit (it spaces requests to stay under it), not the token limit (it")
+	say("              learns that one from 429s); a circuit breaker; one update at a time per organization")
 
 	store := tasks.NewStore(rdb)
 	producer := tasks.NewProducer(store)
 	defer producer.Close()
 
-	say("\n1. Enqueueing %d updates over %d accounts through the real producer (tasks.Producer)...", s.updates, s.accounts)
+	say("\n1. Enqueueing %d updates (%d per organization, numbered) over %d accounts through the real producer (tasks.Producer)...",
+		s.updates, s.perOrg, s.accounts)
 	keys, err := enqueueAll(ctx, producer, s)
 	if err != nil {
 		return err
 	}
 	say("   enqueued %d in %.1fs", len(keys), time.Since(start).Seconds())
 
-	t := &tally{deadWhy: map[string]int{}}
+	t := &tally{deadWhy: map[string]int{}, waitWhy: map[string]int{}}
 	cfg := worker.Config{
 		Token: worker.NewToken(token), BaseURL: fake.URL, Queues: []string{tasks.DefaultQueue},
 		Concurrency: s.concurrency, AttemptTimeout: 5 * time.Second, ResultTTL: tasks.DefaultResultTTL,
 		ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond, RetryPollInterval: 250 * time.Millisecond,
-		LogLevel: "error",
+		LogLevel:    "error",
+		AccountRate: ratelimit.Limit{Requests: s.accountLimit, Window: 10 * time.Second},
 	}
 	w, err := worker.New(ctx, cfg, worker.WithRedis(rdb), worker.WithObserver(t.observe),
 		worker.WithLogger(worker.NewLogger(io.Discard, "error")))
@@ -200,23 +220,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	if s.outage > 0 {
 		time.AfterFunc(s.outageAfter, func() {
 			fake.StartOutage(trutotest.Outage503, s.outage)
-			say("\n   !! upstream outage: the fake answers 503 for %s; updates retry with backoff under the same key", s.outage)
+			say("\n   !! upstream outage: the fake answers 503 for %s; the circuit opens and updates wait (no budget spent) until a probe succeeds", s.outage)
 		})
 	}
 	p1start := time.Now()
-	if err := waitSettled(ctx, store, t, int64(s.updates), fake, tty, stderr); err != nil {
+	breaker := circuit.New(rdb, circuit.Config{})
+	if err := waitSettled(ctx, store, breaker, t, int64(s.updates), fake, tty, stderr); err != nil {
 		return err
 	}
-	rep := Report{Updates: s.updates, DeadReasons: map[string]int{}}
+	rep := Report{Updates: s.updates, DeadReasons: map[string]int{}, WaitReasons: map[string]int{}}
 	rep.Phase1 = PhaseReport{Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
 		DeadLettered: t.dead.Load(), Seconds: time.Since(p1start).Seconds()}
 	t.mu.Lock()
 	for k, v := range t.deadWhy {
 		rep.DeadReasons[k] = v
 	}
+	for k, v := range t.waitWhy {
+		rep.WaitReasons[k] = v
+	}
 	t.mu.Unlock()
-	say("\n   first pass: %d applied, %d retries after transient failures, %d waits (rate limits), %d dead-lettered, in %.1fs",
+	say("\n   first pass: %d applied, %d retries after transient failures, %d waits (no budget spent), %d dead-lettered, in %.1fs",
 		rep.Phase1.Applied, rep.Phase1.Retried, rep.Phase1.Waited, rep.Phase1.DeadLettered, rep.Phase1.Seconds)
+	say("   waits by reason: %s", waitLine(rep.WaitReasons))
 	for why, n := range rep.DeadReasons {
 		say("   dead-lettered %d x %s", n, why)
 	}
@@ -237,7 +262,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	say("   replayed %d", replayed)
 	p2start := time.Now()
 	t.dead.Store(0)
-	if err := waitSettled(ctx, store, t, int64(s.updates), fake, tty, stderr); err != nil {
+	if err := waitSettled(ctx, store, breaker, t, int64(s.updates), fake, tty, stderr); err != nil {
 		return err
 	}
 	rep.Phase2 = PhaseReport{Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
@@ -259,7 +284,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 
 	say("\n4. What the fake Truto saw:")
 	say("   %d requests; by status %s", rep.Fake.Requests, statusLine(rep.Fake.ByStatus))
-	say("   %d effects for %d updates: lost %d, duplicate effects %d, out-of-order effects %d", rep.Fake.Effects, s.updates, rep.Lost, rep.Duplicates, rep.OutOfOrder)
+	say("   %d effects for %d updates: lost %d, duplicate effects %d, out-of-order effects %d (of %d organizations with %d numbered updates each)",
+		rep.Fake.Effects, s.updates, rep.Lost, rep.Duplicates, rep.OutOfOrder, s.orgs(), s.perOrg)
 	say("   %d answers came from Truto's idempotency cache: retries of requests that had already applied", rep.Fake.Replays)
 	say("\nDone in %.1fs. Next: `go test ./...`, then README.md \"Running it for real\".", rep.Seconds)
 
@@ -277,36 +303,41 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 
 func orgID(i int) string { return fmt.Sprintf("org-%06d", i) }
 
+// enqueueAll enqueues round by round: update r of every organization, then
+// update r+1, so each organization's updates are enqueued in their numbered order.
 func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, error) {
-	keys := make([]string, s.updates)
-	var wg sync.WaitGroup
-	var firstErr atomic.Pointer[error]
+	keys := make([]string, 0, s.updates)
 	sem := make(chan struct{}, 16)
-	for i := 0; i < s.updates; i++ {
-		keys[i] = fmt.Sprintf("demo-%06d", i)
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(i int) {
-			defer func() { <-sem; wg.Done() }()
-			u := tasks.Update{
-				ID: orgID(i), IntegratedAccountID: fmt.Sprintf("acct-%03d", i%s.accounts), IdempotencyKey: keys[i],
-				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","sync":%d}}`, i, i)),
-			}
-			if _, err := p.Enqueue(ctx, u); err != nil {
-				firstErr.CompareAndSwap(nil, &err)
-			}
-		}(i)
-	}
-	wg.Wait()
-	if e := firstErr.Load(); e != nil {
-		return nil, fmt.Errorf("enqueue: %w", *e)
+	for r := 0; len(keys) < s.updates; r++ {
+		var wg sync.WaitGroup
+		var firstErr atomic.Pointer[error]
+		for o := 0; o < s.orgs() && len(keys) < s.updates; o++ {
+			key := fmt.Sprintf("demo-%06d-%d", o, r)
+			keys = append(keys, key)
+			sem <- struct{}{}
+			wg.Add(1)
+			go func(o int) {
+				defer func() { <-sem; wg.Done() }()
+				u := tasks.Update{
+					ID: orgID(o), IntegratedAccountID: fmt.Sprintf("acct-%03d", o%s.accounts), IdempotencyKey: key,
+					Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","round":%d}}`, r, r)),
+				}
+				if _, err := p.Enqueue(ctx, u); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}(o)
+		}
+		wg.Wait()
+		if e := firstErr.Load(); e != nil {
+			return nil, fmt.Errorf("enqueue: %w", *e)
+		}
 	}
 	return keys, nil
 }
 
 // waitSettled waits until every update is applied or dead, redrawing a
 // progress line on a terminal.
-func waitSettled(ctx context.Context, store *tasks.Store, t *tally, n int64, fake *trutotest.Server, tty bool, stderr io.Writer) error {
+func waitSettled(ctx context.Context, store *tasks.Store, breaker *circuit.Breaker, t *tally, n int64, fake *trutotest.Server, tty bool, stderr io.Writer) error {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -317,8 +348,12 @@ func waitSettled(ctx context.Context, store *tasks.Store, t *tally, n int64, fak
 		done := t.completed.Load()
 		if tty {
 			st := fake.Stats()
-			fmt.Fprintf(stderr, "\r   applied %5d/%d  retried %4d  waiting %4d  dead %3d | fake: %5d requests, 429s %4d, 503s %4d   ",
-				done, n, t.retried.Load(), t.waited.Load(), dead, st.Requests, st.RateLimited, st.ByStatus[503])
+			cs := "closed"
+			if c, err := breaker.State(ctx); err == nil && c.Open {
+				cs = "OPEN"
+			}
+			fmt.Fprintf(stderr, "\r   applied %5d/%d  retried %4d  waits %5d  dead %3d  circuit %-6s | fake: %5d requests, 429s %4d, 503s %4d ",
+				done, n, t.retried.Load(), t.waited.Load(), dead, cs, st.Requests, st.RateLimited, st.ByStatus[503])
 		}
 		if done+dead >= n {
 			if tty {
@@ -332,6 +367,19 @@ func waitSettled(ctx context.Context, store *tasks.Store, t *tally, n int64, fak
 		case <-tick.C:
 		}
 	}
+}
+
+func waitLine(m map[string]int) string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	parts := make([]string, 0, len(names))
+	for _, k := range names {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func statusLine(m map[int]int) string {

@@ -12,8 +12,8 @@ import (
 func TestDemoRunsClean(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"--updates", "400", "--accounts", "4", "--bad-orgs", "5", "--account-limit", "60",
-		"--outage", "1s", "--outage-after", "100ms", "--timeout", "2m"}
+	args := []string{"--updates", "400", "--per-org", "2", "--accounts", "4", "--bad-orgs", "5", "--account-limit", "60",
+		"--token-limit", "150", "--outage", "1s", "--outage-after", "100ms", "--timeout", "2m"}
 	if err := run(context.Background(), args, &stdout, &stderr, false); err != nil {
 		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
 	}
@@ -24,11 +24,11 @@ func TestDemoRunsClean(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		t.Fatalf("stdout is not the JSON report: %v\n%s", err, stdout.String())
 	}
-	if rep.Phase1.DeadLettered != 5 || rep.Phase2.Applied != 400 || rep.Lost != 0 || rep.Duplicates != 0 || rep.OutOfOrder != 0 {
-		t.Errorf("report = %+v; want 5 dead then all 400 applied, nothing lost or doubled", rep)
+	if rep.Phase1.DeadLettered != 10 || rep.Phase2.Applied != 400 || rep.Lost != 0 || rep.Duplicates != 0 || rep.OutOfOrder != 0 {
+		t.Errorf("report = %+v; want 10 dead (5 organizations x 2) then all 400 applied, nothing lost, doubled or reordered", rep)
 	}
-	if rep.Fake.RateLimited == 0 {
-		t.Errorf("no 429s seen with a 60/10s limit on 100 updates per account: the limit fault did not fire")
+	if rep.WaitReasons["ordering"] == 0 {
+		t.Errorf("no ordering waits with 2 updates per organization: %v", rep.WaitReasons)
 	}
 	if rep.Fake.ByStatus[503] == 0 {
 		t.Errorf("no 503s seen: the outage did not fire")
@@ -37,7 +37,7 @@ func TestDemoRunsClean(t *testing.T) {
 
 func TestDemoRefusesBadFlags(t *testing.T) {
 	t.Parallel()
-	for _, args := range [][]string{{"--updates", "0"}, {"--accounts", "-1"}, {"--bad-orgs", "9999"}, {"--nope"}} {
+	for _, args := range [][]string{{"--updates", "0"}, {"--accounts", "-1"}, {"--bad-orgs", "9999"}, {"--per-org", "0"}, {"--nope"}} {
 		var out, errb bytes.Buffer
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := run(ctx, args, &out, &errb, false); err == nil {
