@@ -46,12 +46,18 @@ func (t Token) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil 
 
 // Config is everything the worker is told. Flags win over environment.
 type Config struct {
-	RedisURL        string
-	Token           Token
-	BaseURL         string
-	Queues          []string
-	Concurrency     int
-	AdminAddr       string
+	RedisURL    string
+	Token       Token
+	BaseURL     string
+	Queues      []string
+	Concurrency int
+	AdminAddr   string
+	// AdminToken, when set, is the bearer token the admin endpoint asks for
+	// on everything but /healthz and /readyz.
+	AdminToken Token
+	// AdminUIWritable lets the queue UI change tasks and queues (delete, run,
+	// archive, pause); it is read-only otherwise.
+	AdminUIWritable bool
 	Policy          tasks.Policy
 	AttemptTimeout  time.Duration
 	ResultTTL       time.Duration
@@ -82,7 +88,9 @@ var settings = []setting{
 	{"base-url", "TRUTO_BASE_URL", trutoclient.DefaultBaseURL, "Truto API base URL (a path prefix is kept)"},
 	{"queues", "ORGSYNC_QUEUES", tasks.DefaultQueue, "comma-separated queues to serve, optionally NAME=PRIORITY"},
 	{"concurrency", "ORGSYNC_CONCURRENCY", strconv.Itoa(DefaultConcurrency), "updates run at once by this process"},
-	{"admin-addr", "ORGSYNC_ADMIN_ADDR", DefaultAdminAddr, "address of /healthz and /readyz; empty disables"},
+	{"admin-addr", "ORGSYNC_ADMIN_ADDR", DefaultAdminAddr, "address of the admin endpoint (health, /metrics, queue UI under /ui/, JSON API under /api/); empty disables"},
+	{"admin-token-file", "ORGSYNC_ADMIN_TOKEN_FILE", "", "file holding a bearer token the admin endpoint requires on all but /healthz and /readyz; empty: no token"},
+	{"admin-ui-writable", "ORGSYNC_ADMIN_UI_WRITABLE", "false", "let the queue UI under /ui/ delete, run, archive tasks and pause queues (true or false)"},
 	{"retry-max", "ORGSYNC_RETRY_MAX", strconv.Itoa(tasks.DefaultMaxRetry), "retries that spend budget before an update is dead-lettered"},
 	{"retry-base", "ORGSYNC_RETRY_BASE", tasks.DefaultRetryBase.String(), "first retry backoff"},
 	{"retry-cap", "ORGSYNC_RETRY_CAP", tasks.DefaultRetryCap.String(), "largest retry backoff"},
@@ -230,6 +238,19 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 	default:
 		bad("log-level", "debug, info, warn or error")
 	}
+	switch w, err := strconv.ParseBool(get("admin-ui-writable")); {
+	case err != nil:
+		bad("admin-ui-writable", "true or false")
+	default:
+		c.AdminUIWritable = w
+	}
+	if file := get("admin-token-file"); file != "" {
+		at, err := loadAdminToken(file)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.AdminToken = at
+	}
 	tok, err := loadToken(get("token-file"), env)
 	if err != nil {
 		errs = append(errs, err)
@@ -255,6 +276,33 @@ func loadToken(file string, env func(string) string) (Token, error) {
 		return Token{v: t}, nil
 	}
 	return Token{}, errors.New("no Truto API token: set TRUTO_API_TOKEN, or TRUTO_API_TOKEN_FILE / --token-file to a file holding it")
+}
+
+// loadAdminToken reads the admin endpoint's bearer token from file. The
+// errors name the file, never its content.
+func loadAdminToken(file string) (Token, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return Token{}, fmt.Errorf("--admin-token-file (ORGSYNC_ADMIN_TOKEN_FILE): %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return Token{}, fmt.Errorf("--admin-token-file (ORGSYNC_ADMIN_TOKEN_FILE) %s is empty: put a bearer token in it, or unset the setting to serve the admin endpoint without one", file)
+	}
+	if strings.ContainsFunc(t, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return Token{}, fmt.Errorf("--admin-token-file (ORGSYNC_ADMIN_TOKEN_FILE) %s: the token must be one line of printable characters without spaces", file)
+	}
+	return Token{v: t}, nil
+}
+
+// QueueNames are the served queues without their priorities.
+func (c Config) QueueNames() []string {
+	names := make([]string, 0, len(c.Queues))
+	for _, q := range c.Queues {
+		name, _, _ := strings.Cut(q, "=")
+		names = append(names, name)
+	}
+	return names
 }
 
 // QueuePriorities turns the Queues setting into asynq's map.

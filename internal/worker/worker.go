@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/admin"
 	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redisconn"
@@ -33,6 +35,8 @@ type Worker struct {
 	logger   *slog.Logger
 	adminLn  net.Listener
 	admin    *http.Server
+	metrics  *admin.Metrics // nil when the admin endpoint is disabled
+	ui       io.Closer      // the queue UI's own Redis connections; nil without a UI
 	started  atomic.Bool
 	redisErr atomic.Pointer[string]
 }
@@ -100,8 +104,14 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 			Account: cfg.AccountRate, Token: cfg.TokenRate, TokenID: tokenID(cfg.Token.Value()), Headroom: cfg.RateHeadroom,
 		})),
 	}
-	if o.observer != nil {
-		hopts = append(hopts, tasks.WithObserver(o.observer))
+	if cfg.AdminAddr != "" {
+		w.metrics = admin.NewMetrics(admin.MetricsConfig{
+			Store: w.store, Circuit: w.breaker, Inspector: asynq.NewInspectorFromRedisClient(w.rdb),
+			Queues: cfg.QueueNames(), Logger: w.logger,
+		})
+	}
+	if observe := w.observer(o.observer); observe != nil {
+		hopts = append(hopts, tasks.WithObserver(observe))
 	}
 	w.handler = tasks.NewHandler(sender, w.store, cfg.Policy, hopts...)
 	policy := w.handler.Policy()
@@ -126,7 +136,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 			return nil, fmt.Errorf("--admin-addr (ORGSYNC_ADMIN_ADDR) %s: %w (another worker on this port? set a free address, or empty to disable)", cfg.AdminAddr, err)
 		}
 		w.adminLn = ln
-		w.admin = &http.Server{Handler: w.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+		w.admin = &http.Server{Handler: w.adminHandler(o.rdb != nil), ReadHeaderTimeout: 5 * time.Second}
 	}
 	return w, nil
 }
@@ -179,6 +189,12 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) close() {
 	if w.adminLn != nil && w.admin == nil {
 		_ = w.adminLn.Close()
+	}
+	if w.metrics != nil {
+		w.metrics.Close()
+	}
+	if w.ui != nil {
+		_ = w.ui.Close()
 	}
 	if w.ownsRDB && w.rdb != nil {
 		_ = w.rdb.Close()
@@ -236,31 +252,58 @@ func (r *RedisLogger) Printf(_ context.Context, format string, v ...any) {
 	r.L.Warn(fmt.Sprintf(format, v...), "component", "go-redis")
 }
 
-func (w *Worker) adminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(rw http.ResponseWriter, _ *http.Request) {
-		rw.Header().Set("Content-Type", "application/json")
-		_, _ = rw.Write([]byte(`{"status":"ok"}` + "\n"))
+// observer combines the admin metrics with the caller's observer (nil when neither).
+func (w *Worker) observer(user func(tasks.Event)) func(tasks.Event) {
+	switch {
+	case w.metrics == nil:
+		return user
+	case user == nil:
+		return w.metrics.Observe
+	}
+	return func(e tasks.Event) {
+		w.metrics.Observe(e)
+		user(e)
+	}
+}
+
+// Metrics returns the worker's metrics, or nil when the admin endpoint is disabled.
+func (w *Worker) Metrics() *admin.Metrics { return w.metrics }
+
+// adminHandler builds the admin endpoint (internal/admin, docs/admin.md).
+// sharedRedis says the Redis client came from WithRedis: with no REDIS_URL
+// to connect the queue UI's own clients to, the UI is left out.
+func (w *Worker) adminHandler(sharedRedis bool) http.Handler {
+	var ui http.Handler
+	switch conn, err := redisconn.Parse(w.cfg.RedisURL); {
+	case sharedRedis && w.cfg.RedisURL == "":
+		w.logger.Info("queue UI (/ui/) left out: the worker was given a Redis client, not a REDIS_URL, and asynqmon needs a URL to connect to")
+	case err != nil:
+		w.logger.Warn("queue UI (/ui/) left out: REDIS_URL not understood", "error", err.Error())
+	default:
+		h, err := admin.NewUI(conn, w.cfg.AdminUIWritable)
+		if err != nil {
+			w.logger.Warn("queue UI (/ui/) left out", "error", err.Error())
+			break
+		}
+		ui, w.ui = h, h
+	}
+	return admin.NewHandler(admin.Options{
+		Store: w.store, Circuit: w.breaker, Queues: w.cfg.QueueNames(), Metrics: w.metrics, UI: ui,
+		Token: w.cfg.AdminToken.Value(), Ready: w.readiness, Logger: w.logger,
 	})
-	mux.HandleFunc("GET /readyz", func(rw http.ResponseWriter, r *http.Request) {
-		rw.Header().Set("Content-Type", "application/json")
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		var problems []string
-		if !w.started.Load() {
-			problems = append(problems, "handler not running")
-		}
-		if err := w.rdb.Ping(ctx).Err(); err != nil {
-			problems = append(problems, "redis: "+err.Error())
-		}
-		if len(problems) > 0 {
-			rw.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(rw, "{\"status\":\"unready\",\"problems\":%q}\n", problems)
-			return
-		}
-		_, _ = rw.Write([]byte(`{"status":"ready"}` + "\n"))
-	})
-	return mux
+}
+
+// readiness lists what keeps the worker from serving: its handler not
+// running, or Redis unreachable.
+func (w *Worker) readiness(ctx context.Context) []string {
+	var problems []string
+	if !w.started.Load() {
+		problems = append(problems, "handler not running")
+	}
+	if err := w.rdb.Ping(ctx).Err(); err != nil {
+		problems = append(problems, "redis: "+err.Error())
+	}
+	return problems
 }
 
 // breaker adapts the shared circuit breaker to the handler and logs its turns.

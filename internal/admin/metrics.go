@@ -1,0 +1,413 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/orgsync/orgsync/internal/circuit"
+	"github.com/orgsync/orgsync/tasks"
+)
+
+// DefaultScrapeTimeout bounds the Redis reads one scrape makes (queue sizes,
+// dead letters, holds, circuit state), so a slow Redis gives a partial scrape
+// rather than a hung one.
+const DefaultScrapeTimeout = 5 * time.Second
+
+// completionBacklog bounds the completions waiting for their enqueue time to
+// be looked up; beyond it completions are left out of the histogram (and
+// counted) rather than slowing the handler down.
+const completionBacklog = 4096
+
+// CircuitReader is the part of the circuit breaker the metrics read.
+type CircuitReader interface {
+	State(ctx context.Context) (circuit.State, error)
+}
+
+// MetricsConfig says where the scrape-time gauges come from. Nil sources
+// leave their metrics out.
+type MetricsConfig struct {
+	Store   *tasks.Store
+	Circuit CircuitReader
+	// Inspector reads queue sizes and, for the enqueue-to-completion
+	// histogram, the payload of a completed task.
+	Inspector *asynq.Inspector
+	Queues    []string
+	// ScrapeTimeout bounds each scrape's Redis reads (DefaultScrapeTimeout when 0).
+	ScrapeTimeout time.Duration
+	Logger        *slog.Logger
+	// Now is the clock (tests); time.Now when nil.
+	Now func() time.Time
+}
+
+// Metrics is the worker's Prometheus registry: counters fed by the handler's
+// events and gauges read from Redis at scrape time. Label values are bounded
+// (outcome, class, status, reason, queue, state, kind): no account or
+// organization ever becomes a label.
+type Metrics struct {
+	cfg      MetricsConfig
+	registry *prometheus.Registry
+
+	updates       *prometheus.CounterVec
+	attempts      *prometheus.CounterVec
+	latency       prometheus.Histogram
+	completion    prometheus.Histogram
+	waits         *prometheus.CounterVec
+	scrapeErrors  *prometheus.CounterVec
+	completionLag *prometheus.CounterVec
+
+	done      chan completion
+	pending   atomic.Int64 // completions queued or being resolved
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type completion struct {
+	taskID string
+	at     time.Time
+}
+
+// NewMetrics builds the registry and starts the goroutine that resolves
+// completions' enqueue times; Close stops it.
+func NewMetrics(cfg MetricsConfig) *Metrics {
+	if cfg.ScrapeTimeout <= 0 {
+		cfg.ScrapeTimeout = DefaultScrapeTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	// A queue named twice would be two identical series: a failed scrape.
+	cfg.Queues = slices.Compact(slices.Sorted(slices.Values(cfg.Queues)))
+	m := &Metrics{
+		cfg:      cfg,
+		registry: prometheus.NewRegistry(),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orgsync_updates_total",
+			Help: "Handler runs by outcome (completed, retry, waiting, dead) and class.",
+		}, []string{"outcome", "class"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orgsync_attempts_total",
+			Help: `Requests sent to Truto by HTTP status ("none": no HTTP answer, e.g. a connection error or timeout).`,
+		}, []string{"status"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "orgsync_upstream_latency_seconds",
+			Help:    "Latency of the last request of each run that sent one.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		completion: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "orgsync_enqueue_to_completion_seconds",
+			Help: "Time from enqueue to completion of completed updates.",
+			Buckets: []float64{.1, .5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600,
+				72 * 3600},
+		}),
+		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orgsync_waits_total",
+			Help: "Runs that waited without spending retry budget, by reason (ordering, rate_limit, circuit_open, account_hold, or a Truto answer's class).",
+		}, []string{"reason"}),
+		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orgsync_scrape_errors_total",
+			Help: "Scrape-time reads that failed or timed out, by source; their metrics are missing from that scrape.",
+		}, []string{"source"}),
+		completionLag: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "orgsync_completion_timing_skipped_total",
+			Help: "Completions left out of orgsync_enqueue_to_completion_seconds, by why (backlog full, task not found, lookup error).",
+		}, []string{"why"}),
+		done: make(chan completion, completionBacklog),
+		stop: make(chan struct{}),
+	}
+	m.registry.MustRegister(m.updates, m.attempts, m.latency, m.completion, m.waits, m.scrapeErrors, m.completionLag,
+		&stateCollector{m: m},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.wg.Add(1)
+	go m.resolveCompletions()
+	return m
+}
+
+// Registry returns the metrics' own registry (not Prometheus's global default).
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+// Handler serves the registry in Prometheus text format. A failed
+// scrape-time read drops only its own metrics (and counts the failure), so
+// one slow source never blanks the whole scrape.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{
+		ErrorHandling:       promhttp.ContinueOnError,
+		ErrorLog:            promLogger{m.cfg.Logger},
+		MaxRequestsInFlight: 4,
+		Timeout:             2 * m.cfg.ScrapeTimeout,
+	})
+}
+
+// Observe counts one handler event. It never blocks: it is called on the
+// handler's path.
+func (m *Metrics) Observe(e tasks.Event) {
+	class := e.Class
+	if class == "" {
+		class = "none"
+		if e.Outcome == tasks.OutcomeWaiting {
+			// The handler leaves the class empty when the account itself is held.
+			class = "account_hold"
+		}
+	}
+	outcome := e.Outcome
+	if outcome == "" {
+		outcome = "unknown"
+	}
+	m.updates.WithLabelValues(outcome, class).Inc()
+	if e.Outcome == tasks.OutcomeWaiting {
+		m.waits.WithLabelValues(class).Inc()
+	}
+	if e.Sent > 0 {
+		// Only connection-level failures (no HTTP answer) are retried within
+		// one run, so every request but the last had no status.
+		if e.Sent > 1 {
+			m.attempts.WithLabelValues("none").Add(float64(e.Sent - 1))
+		}
+		m.attempts.WithLabelValues(statusLabel(e.StatusCode)).Inc()
+		if e.Latency > 0 {
+			m.latency.Observe(e.Latency.Seconds())
+		}
+	}
+	if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" && e.TaskID != "" && m.cfg.Inspector != nil {
+		m.pending.Add(1)
+		select {
+		case m.done <- completion{taskID: e.TaskID, at: m.cfg.Now()}:
+		default:
+			m.pending.Add(-1)
+			m.completionLag.WithLabelValues("backlog_full").Inc()
+		}
+	}
+}
+
+// Close stops the enqueue-time lookups; completions still queued are dropped.
+func (m *Metrics) Close() {
+	m.closeOnce.Do(func() { close(m.stop) })
+	m.wg.Wait()
+}
+
+// resolveCompletions reads each completed task's enqueue time from its asynq
+// payload, off the handler's path: tasks.Event does not carry it, and the
+// task (retained after completion) still holds it.
+func (m *Metrics) resolveCompletions() {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case c := <-m.done:
+			if enq, why := m.enqueuedAt(c.taskID); why != "" {
+				m.completionLag.WithLabelValues(why).Inc()
+			} else {
+				m.completion.Observe(max(c.at.Sub(enq), 0).Seconds())
+			}
+			m.pending.Add(-1)
+		}
+	}
+}
+
+func (m *Metrics) enqueuedAt(taskID string) (time.Time, string) {
+	for _, q := range m.cfg.Queues {
+		info, err := m.cfg.Inspector.GetTaskInfo(q, taskID)
+		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+			continue
+		}
+		if err != nil {
+			return time.Time{}, "lookup_error"
+		}
+		p, err := tasks.DecodePayload(info.Payload)
+		if err != nil || p.EnqueuedAt.IsZero() {
+			return time.Time{}, "no_enqueue_time"
+		}
+		return p.EnqueuedAt, ""
+	}
+	return time.Time{}, "task_not_found"
+}
+
+// WaitIdle returns once every completion observed so far has been resolved
+// or ctx is done (tests, and a scrape that must see every completion).
+func (m *Metrics) WaitIdle(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for m.pending.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+func statusLabel(code int) string {
+	if code <= 0 || code > 999 {
+		return "none"
+	}
+	return strconv.Itoa(code)
+}
+
+var (
+	descCircuitOpen = prometheus.NewDesc("orgsync_circuit_open",
+		"1 while the shared circuit breaker is open (updates wait, one probe per interval), else 0.", nil, nil)
+	descQueueTasks = prometheus.NewDesc("orgsync_queue_tasks",
+		"asynq tasks per served queue and state (pending, active, scheduled, retry, archived, completed, aggregating).",
+		[]string{"queue", "state"}, nil)
+	descQueueLatency = prometheus.NewDesc("orgsync_queue_oldest_pending_seconds",
+		"How long the oldest pending task of a served queue has waited.", []string{"queue"}, nil)
+	descQueuePaused = prometheus.NewDesc("orgsync_queue_paused",
+		"1 while a served queue is paused, else 0.", []string{"queue"}, nil)
+	descDeadLetters = prometheus.NewDesc("orgsync_dead_letters",
+		"Dead letters in orgsync's own store (never trimmed, unlike asynq's archive).", nil, nil)
+	descHolds = prometheus.NewDesc("orgsync_account_holds",
+		"Integrated accounts whose updates wait, by kind (parked, rate_limited).", []string{"kind"}, nil)
+)
+
+// stateCollector reads the gauges from Redis at scrape time, each source
+// bounded by the scrape timeout.
+type stateCollector struct{ m *Metrics }
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCircuitOpen, descQueueTasks, descQueueLatency, descQueuePaused, descDeadLetters, descHolds} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ScrapeTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	run := func(source string, fn func(ctx context.Context) ([]prometheus.Metric, error)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := withTimeout(ctx, fn)
+			if err != nil {
+				m.scrapeErrors.WithLabelValues(source).Inc()
+				m.cfg.Logger.Warn("metrics: scrape-time read failed; its metrics are left out of this scrape",
+					"source", source, "error", err.Error())
+				return
+			}
+			for _, x := range out {
+				ch <- x
+			}
+		}()
+	}
+	if m.cfg.Circuit != nil {
+		run("circuit", func(ctx context.Context) ([]prometheus.Metric, error) {
+			st, err := m.cfg.Circuit.State(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return []prometheus.Metric{prometheus.MustNewConstMetric(descCircuitOpen, prometheus.GaugeValue, boolValue(st.Open))}, nil
+		})
+	}
+	if m.cfg.Store != nil {
+		run("dead_letters", func(ctx context.Context) ([]prometheus.Metric, error) {
+			n, err := m.cfg.Store.CountDeadLetters(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return []prometheus.Metric{prometheus.MustNewConstMetric(descDeadLetters, prometheus.GaugeValue, float64(n))}, nil
+		})
+		run("holds", func(ctx context.Context) ([]prometheus.Metric, error) {
+			holds, err := m.cfg.Store.Holds(ctx)
+			if err != nil {
+				return nil, err
+			}
+			byKind := map[string]int{tasks.HoldParked: 0, tasks.HoldRateLimited: 0}
+			for _, h := range holds {
+				if _, known := byKind[h.Kind]; known {
+					byKind[h.Kind]++
+				}
+			}
+			var out []prometheus.Metric
+			for kind, n := range byKind {
+				out = append(out, prometheus.MustNewConstMetric(descHolds, prometheus.GaugeValue, float64(n), kind))
+			}
+			return out, nil
+		})
+	}
+	if m.cfg.Inspector != nil {
+		run("queues", func(context.Context) ([]prometheus.Metric, error) { return queueMetrics(m.cfg.Inspector, m.cfg.Queues) })
+	}
+	wg.Wait()
+}
+
+// queueMetrics reads the served queues' sizes. A queue nothing was ever
+// enqueued to does not exist in asynq yet: it reports zeros.
+func queueMetrics(ins *asynq.Inspector, queues []string) ([]prometheus.Metric, error) {
+	known, err := ins.Queues()
+	if err != nil {
+		return nil, fmt.Errorf("list queues: %w", err)
+	}
+	var out []prometheus.Metric
+	for _, q := range queues {
+		info := &asynq.QueueInfo{Queue: q}
+		if slices.Contains(known, q) {
+			if info, err = ins.GetQueueInfo(q); err != nil {
+				return nil, fmt.Errorf("queue %s: %w", q, err)
+			}
+		}
+		gauge := func(state string, n int) prometheus.Metric {
+			return prometheus.MustNewConstMetric(descQueueTasks, prometheus.GaugeValue, float64(n), q, state)
+		}
+		out = append(out,
+			gauge("pending", info.Pending), gauge("active", info.Active), gauge("scheduled", info.Scheduled),
+			gauge("retry", info.Retry), gauge("archived", info.Archived), gauge("completed", info.Completed),
+			gauge("aggregating", info.Aggregating),
+			prometheus.MustNewConstMetric(descQueueLatency, prometheus.GaugeValue, info.Latency.Seconds(), q),
+			prometheus.MustNewConstMetric(descQueuePaused, prometheus.GaugeValue, boolValue(info.Paused), q))
+	}
+	return out, nil
+}
+
+// withTimeout runs fn and gives up waiting for it when ctx ends: asynq's
+// Inspector takes no context, so its calls cannot be cancelled, only
+// abandoned (they end on the Redis client's own timeouts).
+func withTimeout[T any](ctx context.Context, fn func(context.Context) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := fn(ctx)
+		ch <- result{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		var zero T
+		return zero, fmt.Errorf("scrape timeout: %w", ctx.Err())
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// promLogger sends promhttp's error lines through slog.
+type promLogger struct{ l *slog.Logger }
+
+func (p promLogger) Println(v ...any) { p.l.Warn(fmt.Sprint(v...), "component", "metrics") }

@@ -1,0 +1,385 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
+)
+
+const testAdminToken = "adm_integration_91b2f7"
+
+// adminClient GETs admin endpoints and keeps every body it saw, so a test
+// can search all of them for secrets at the end.
+type adminClient struct {
+	t      *testing.T
+	base   string
+	mu     sync.Mutex
+	bodies map[string]string
+}
+
+func (c *adminClient) get(path, token string) (int, string) {
+	c.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, c.base+path, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatalf("GET %s: read: %v", path, err)
+	}
+	c.mu.Lock()
+	c.bodies[fmt.Sprintf("GET %s (token %v) -> %d", path, token != "", resp.StatusCode)] = string(b)
+	c.mu.Unlock()
+	return resp.StatusCode, string(b)
+}
+
+// metrics scrapes /metrics and flattens the orgsync_ series into
+// "name{k=v,...}" -> value (a histogram gives its _count).
+func (c *adminClient) metrics() map[string]float64 {
+	c.t.Helper()
+	code, body := c.get("/metrics", testAdminToken)
+	if code != 200 {
+		c.t.Fatalf("GET /metrics: %d %s", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		c.t.Fatalf("parse /metrics: %v", err)
+	}
+	return flatten(mfs)
+}
+
+func flatten(mfs map[string]*dto.MetricFamily) map[string]float64 {
+	out := map[string]float64{}
+	for name, mf := range mfs {
+		if !strings.HasPrefix(name, "orgsync_") {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			sort.Strings(labels)
+			key := name + "{" + strings.Join(labels, ",") + "}"
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				out[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
+
+// only keeps the series whose name starts with one of prefixes.
+func only(all map[string]float64, prefixes ...string) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range all {
+		for _, p := range prefixes {
+			if strings.HasPrefix(k, p) {
+				out[k] = v
+			}
+		}
+	}
+	return out
+}
+
+// TestAdminEndpointAfterKnownRun runs 50 updates that succeed and 5 whose
+// organization answers 422, then checks /metrics against those exact counts,
+// the queue UI, the JSON API, the bearer token, and that no body shows a secret.
+func TestAdminEndpointAfterKnownRun(t *testing.T) {
+	t.Parallel()
+	const good, bad = 50, 5
+	badOrgs := map[string]int{}
+	for i := good; i < good+bad; i++ {
+		badOrgs[fmt.Sprintf("org-%06d", i)] = 422
+	}
+	p := startPipeline(t, trutotest.Faults{OrgStatus: badOrgs}, func(c *Config) { c.AdminToken = NewToken(testAdminToken) })
+	keys := p.enqueue(good+bad, func(i int) string { return fmt.Sprintf("acct-%d", i%5) })
+	waitFor(t, "50 completed and 5 dead", time.Minute, func() (bool, string) {
+		st := p.states(keys)
+		return st[tasks.StateCompleted] == good && st[tasks.StateDead] == bad, fmt.Sprint(st)
+	})
+	c := &adminClient{t: t, base: p.worker.AdminURL(), bodies: map[string]string{}}
+
+	// asynq marks a task done after the handler returns: wait for its books too.
+	var got map[string]float64
+	waitFor(t, "asynq's queue counts settle", 30*time.Second, func() (bool, string) {
+		got = c.metrics()
+		return got["orgsync_queue_tasks{queue=orgsync,state=completed}"] == good &&
+			got["orgsync_queue_tasks{queue=orgsync,state=archived}"] == bad, fmt.Sprint(only(got, "orgsync_queue_tasks"))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.worker.Metrics().WaitIdle(ctx); err != nil {
+		t.Fatalf("enqueue times not resolved: %v", err)
+	}
+	got = c.metrics()
+	want := map[string]float64{
+		"orgsync_updates_total{class=success,outcome=completed}": good,
+		"orgsync_updates_total{class=permanent,outcome=dead}":    bad,
+		"orgsync_attempts_total{status=200}":                     good,
+		"orgsync_attempts_total{status=422}":                     bad,
+		"orgsync_upstream_latency_seconds{}_count":               good + bad,
+		"orgsync_enqueue_to_completion_seconds{}_count":          good,
+		"orgsync_dead_letters{}":                                 bad,
+		"orgsync_circuit_open{}":                                 0,
+		"orgsync_account_holds{kind=parked}":                     0,
+		"orgsync_account_holds{kind=rate_limited}":               0,
+		"orgsync_queue_tasks{queue=orgsync,state=pending}":       0,
+		"orgsync_queue_tasks{queue=orgsync,state=active}":        0,
+		"orgsync_queue_tasks{queue=orgsync,state=scheduled}":     0,
+		"orgsync_queue_tasks{queue=orgsync,state=retry}":         0,
+		"orgsync_queue_tasks{queue=orgsync,state=archived}":      bad,
+		"orgsync_queue_tasks{queue=orgsync,state=completed}":     good,
+		"orgsync_queue_tasks{queue=orgsync,state=aggregating}":   0,
+		"orgsync_queue_paused{queue=orgsync}":                    0,
+	}
+	checked := only(got, "orgsync_updates_total", "orgsync_attempts_total", "orgsync_waits_total",
+		"orgsync_upstream_latency_seconds", "orgsync_enqueue_to_completion_seconds", "orgsync_dead_letters",
+		"orgsync_circuit_open", "orgsync_account_holds", "orgsync_queue_tasks", "orgsync_queue_paused")
+	if diff := cmp.Diff(want, checked); diff != "" {
+		t.Errorf("metrics after the run (-want +got):\n%s", diff)
+	}
+	if n := got["orgsync_completion_timing_skipped_total{why=task_not_found}"] + got["orgsync_scrape_errors_total{source=queues}"]; n != 0 {
+		t.Errorf("skipped timings or scrape errors: %v", got)
+	}
+	for k := range got {
+		if strings.Contains(k, "acct-") || strings.Contains(k, "org-") || strings.Contains(k, "it-") {
+			t.Errorf("series %s carries a per-account, per-organization or per-update label", k)
+		}
+	}
+
+	t.Run("token", func(t *testing.T) {
+		for _, tt := range []struct {
+			path  string
+			token string
+			want  int
+		}{
+			{"/healthz", "", 200}, {"/readyz", "", 200},
+			{"/metrics", "", 401}, {"/ui/", "", 401}, {"/api/stats", "", 401}, {"/api/status/it-000001", "", 401},
+			{"/metrics", "wrong", 401}, {"/api/deadletters", testToken, 401},
+			{"/metrics", testAdminToken, 200}, {"/api/stats", testAdminToken, 200},
+		} {
+			if code, body := c.get(tt.path, tt.token); code != tt.want {
+				t.Errorf("GET %s (token %q): %d, want %d; %s", tt.path, tt.token, code, tt.want, body)
+			}
+		}
+	})
+
+	t.Run("ui", func(t *testing.T) {
+		code, body := c.get("/ui/", testAdminToken)
+		if code != 200 || !strings.Contains(strings.ToLower(body), "<html") {
+			t.Errorf("GET /ui/: %d, %.200s", code, body)
+		}
+		code, body = c.get("/ui/api/queues", testAdminToken)
+		if code != 200 || !strings.Contains(body, `"orgsync"`) {
+			t.Errorf("GET /ui/api/queues: %d %.300s", code, body)
+		}
+		// Payloads render as indented JSON in the UI, not as one long line.
+		code, body = c.get("/ui/api/queues/orgsync/completed_tasks?page_size=5", testAdminToken)
+		if code != 200 || !strings.Contains(body, `\"integrated_account_id\": \"acct-`) {
+			t.Errorf("completed tasks in the UI: %d %.500s", code, body)
+		}
+	})
+
+	t.Run("json api", func(t *testing.T) {
+		code, body := c.get("/api/status/"+keys[3], testAdminToken)
+		var st tasks.Status
+		if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil {
+			t.Fatalf("status: %d %v %s", code, err, body)
+		}
+		if st.State != tasks.StatusCompleted || st.Result == nil || st.Result.StatusCode != 200 || st.IdempotencyKey != keys[3] {
+			t.Errorf("status of %s = %+v", keys[3], st)
+		}
+		if code, _ := c.get("/api/status/never-enqueued", testAdminToken); code != 404 {
+			t.Errorf("status of an unknown key: %d, want 404", code)
+		}
+		code, body = c.get("/api/deadletters?status=422&limit=10", testAdminToken)
+		if code != 200 {
+			t.Fatalf("deadletters: %d %s", code, body)
+		}
+		var orgs []string
+		for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
+			var d tasks.DeadLetter
+			if err := json.Unmarshal([]byte(line), &d); err != nil {
+				t.Fatalf("line %q: %v", line, err)
+			}
+			orgs = append(orgs, d.Update.ID)
+		}
+		sort.Strings(orgs)
+		if diff := cmp.Diff([]string{"org-000050", "org-000051", "org-000052", "org-000053", "org-000054"}, orgs); diff != "" {
+			t.Errorf("dead letters (-want +got):\n%s", diff)
+		}
+		code, body = c.get("/api/stats", testAdminToken)
+		var stats tasks.Stats
+		if err := json.Unmarshal([]byte(body), &stats); code != 200 || err != nil || stats.DeadLetters != bad || stats.DeadByStatus["422"] != bad {
+			t.Errorf("stats: %d %v %s", code, err, body)
+		}
+		if code, body := c.get("/api/accounts", testAdminToken); code != 200 || body != "{\"holds\":[]}\n" {
+			t.Errorf("accounts: %d %s", code, body)
+		}
+		if code, body := c.get("/api/circuit", testAdminToken); code != 200 || !strings.Contains(body, `"open":false`) {
+			t.Errorf("circuit: %d %s", code, body)
+		}
+	})
+
+	for what, body := range c.bodies {
+		for _, secret := range []string{testToken, testAdminToken} {
+			if strings.Contains(body, secret) {
+				t.Errorf("%s: the body shows a secret token", what)
+			}
+		}
+	}
+}
+
+// TestAdminWithoutRedisURL is the demo's case: a Redis client handed in, no
+// REDIS_URL. The queue UI is left out with a log line; the rest serves, and the
+// log never shows the admin token.
+func TestAdminWithoutRedisURL(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	fake := trutotest.NewServer(testToken)
+	t.Cleanup(fake.Close)
+	cfg := testConfig("", fake.URL)
+	cfg.AdminToken = NewToken(testAdminToken)
+	var logs syncBuffer
+	w, err := New(context.Background(), cfg, WithRedis(srv.Client()), WithLogger(NewLogger(&logs, "debug")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if strings.Contains(logs.String(), testAdminToken) || strings.Contains(logs.String(), testToken) {
+			t.Errorf("a token appears in the log")
+		}
+	}()
+	c := &adminClient{t: t, base: w.AdminURL(), bodies: map[string]string{}}
+	if code, _ := c.get("/ui/", testAdminToken); code != 404 {
+		t.Errorf("GET /ui/ without a REDIS_URL: %d, want 404 (no UI)", code)
+	}
+	if code, _ := c.get("/ui/", "bad"); code != 401 {
+		t.Errorf("GET /ui/ with a bad token: %d, want 401", code)
+	}
+	if code, body := c.get("/api/stats", testAdminToken); code != 200 {
+		t.Errorf("GET /api/stats: %d %s", code, body)
+	}
+	if !strings.Contains(logs.String(), "queue UI (/ui/) left out") {
+		t.Errorf("no log line says the UI was left out:\n%s", logs.String())
+	}
+}
+
+func TestAdminConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good", testAdminToken+"\n")
+	empty := write("empty", "\n")
+	spaced := write("spaced", "two words-"+testAdminToken)
+	tests := []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		wantToken string
+		wantUI    bool
+		wantErr   string
+	}{
+		{"defaults", nil, nil, "", false, ""},
+		{"flag", []string{"--admin-token-file", good, "--admin-ui-writable=true"}, nil, testAdminToken, true, ""},
+		{"env", nil, map[string]string{"ORGSYNC_ADMIN_TOKEN_FILE": good, "ORGSYNC_ADMIN_UI_WRITABLE": "1"}, testAdminToken, true, ""},
+		{"empty file", []string{"--admin-token-file", empty}, nil, "", false, "is empty"},
+		{"spaces", []string{"--admin-token-file", spaced}, nil, "", false, "without spaces"},
+		{"missing file", []string{"--admin-token-file", filepath.Join(dir, "nope")}, nil, "", false, "--admin-token-file"},
+		{"bad bool", nil, map[string]string{"ORGSYNC_ADMIN_UI_WRITABLE": "yes please"}, "", false, "--admin-ui-writable (ORGSYNC_ADMIN_UI_WRITABLE)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"TRUTO_API_TOKEN": "tok"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := LoadConfig(tt.args, lookupFrom(env), &bytes.Buffer{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), testAdminToken) {
+					t.Errorf("the error shows the token: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.AdminToken.Value() != tt.wantToken || c.AdminUIWritable != tt.wantUI {
+				t.Errorf("token %q ui writable %v, want %q %v", c.AdminToken.Value(), c.AdminUIWritable, tt.wantToken, tt.wantUI)
+			}
+			if s := fmt.Sprintf("%v %+v %#v", c, c, c); strings.Contains(s, testAdminToken) {
+				t.Errorf("the config prints the admin token")
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
