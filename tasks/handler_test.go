@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
@@ -571,5 +572,49 @@ func TestHandlerReplayedRunsBeforeDeadLetterRemoved(t *testing.T) {
 	}
 	if e.up.count() != 1 {
 		t.Errorf("upstream saw %d requests, want 1", e.up.count())
+	}
+}
+
+// TestAttemptHistoryThreeFailuresThenSuccess: an update that fails three
+// different ways and then succeeds shows every attempt in its status.
+func TestAttemptHistoryThreeFailuresThenSuccess(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{},
+		answer{status: 500, body: `{"statusCode":500,"error":"Internal Server Error","message":"Truto hiccup"}`},
+		answer{status: 429, header: map[string]string{"Retry-After": "3", "Ratelimit-Remaining": "0"}, body: `{"statusCode":429,"error":"Too Many Requests","message":"slow down"}`},
+		answer{status: 502, body: `bad gateway`},
+		answer{status: 200, header: map[string]string{"Ratelimit-Remaining": "41"}, body: `{"id":"org-1","name":"Acme"}`},
+	)
+	u := sampleUpdate("acct-1")
+	u.IdempotencyKey = "history-key"
+	task := e.task(u)
+	for i := 0; i < 4; i++ {
+		_ = e.run(task)
+		e.now = e.now.Add(5 * time.Second) // past every backoff and the 429's hold
+	}
+	st, err := e.store.Status(context.Background(), "history-key", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		Status           int
+		Class, RateLimit string
+	}
+	var got []row
+	for _, a := range st.History {
+		got = append(got, row{a.StatusCode, a.Class, a.RateLimit})
+		if !a.Sent || a.At.IsZero() || a.Reason == "" {
+			t.Errorf("attempt %+v lacks time, sent or reason", a)
+		}
+	}
+	want := []row{{500, "transient", ""}, {429, "rate_limited", "0"}, {502, "possibly_applied", ""}, {200, "success", "41"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("history (-want +got):\n%s", diff)
+	}
+	if st.History[0].Message != "Truto hiccup" || st.History[1].RetryAfter != "3" {
+		t.Errorf("history lost Truto's message or Retry-After: %+v", st.History[:2])
+	}
+	if st.State != StatusCompleted || st.Result == nil || st.Result.Attempts != 4 || st.Spent != 2 {
+		t.Errorf("status = state %s, result %+v, spent %d; want completed after 4 attempts, 2 spent (the 429 spent none)", st.State, st.Result, st.Spent)
 	}
 }

@@ -123,7 +123,23 @@ type Stats struct {
 	DeadByClass      map[string]int `json:"dead_by_class"`
 	Holds            []Hold         `json:"account_holds"`
 	OldestDeadLetter time.Time      `json:"oldest_dead_letter,omitzero"`
+	// OldestWaiting is the earliest-enqueued update among those in asynq's
+	// retry sets (retrying or waiting), of the first WaitingScanned looked at.
+	OldestWaiting  *WaitingUpdate `json:"oldest_waiting,omitempty"`
+	WaitingScanned int            `json:"waiting_scanned"`
 }
+
+// WaitingUpdate names an update that is retrying or waiting.
+type WaitingUpdate struct {
+	TaskID        string    `json:"task_id"`
+	Queue         string    `json:"queue"`
+	EnqueuedAt    time.Time `json:"enqueued_at"`
+	NextAttemptAt time.Time `json:"next_attempt_at"`
+	LastError     string    `json:"last_error,omitempty"`
+}
+
+// maxWaitingScan bounds how many retry-set entries Stats reads per queue.
+const maxWaitingScan = 5000
 
 // QueueStats counts one asynq queue's tasks by state.
 type QueueStats struct {
@@ -154,6 +170,26 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		}
 		out.Queues = append(out.Queues, QueueStats{Queue: q, Paused: qi.Paused, Pending: qi.Pending, Active: qi.Active,
 			Scheduled: qi.Scheduled, Retry: qi.Retry, Archived: qi.Archived, Completed: qi.Completed, LatencyMS: qi.Latency.Milliseconds()})
+		for page := 1; page*1000 <= maxWaitingScan; page++ {
+			infos, err := ins.ListRetryTasks(q, asynq.PageSize(1000), asynq.Page(page))
+			if err != nil {
+				return out, fmt.Errorf("queue %s: list waiting updates: %w", q, err)
+			}
+			for _, ti := range infos {
+				out.WaitingScanned++
+				p, err := DecodePayload(ti.Payload)
+				if err != nil {
+					continue
+				}
+				if out.OldestWaiting == nil || p.EnqueuedAt.Before(out.OldestWaiting.EnqueuedAt) {
+					out.OldestWaiting = &WaitingUpdate{TaskID: ti.ID, Queue: q, EnqueuedAt: p.EnqueuedAt,
+						NextAttemptAt: ti.NextProcessAt, LastError: ti.LastErr}
+				}
+			}
+			if len(infos) < 1000 {
+				break
+			}
+		}
 	}
 	err = s.EachDeadLetter(ctx, Filter{}, func(d DeadLetter) error {
 		out.DeadLetters++

@@ -327,3 +327,31 @@ func TestPurgeDropsArchivedCopy(t *testing.T) {
 		t.Errorf("enqueue under the purged key: %v", err)
 	}
 }
+
+// TestDLQExportEditBulk: export a dead letter, fix its body in an "editor",
+// purge it, and enqueue the fixed line with bulk: the new task carries the
+// fixed body under the original key.
+func TestDLQExportEditBulk(t *testing.T) {
+	t.Parallel()
+	f, _ := dlqFixture(t)
+	exp := cli(t, f.srv, "", "dlq", "export", "--org", "org2")
+	lines := decodeLines[tasks.Update](t, exp)
+	if len(lines) != 1 || lines[0].IdempotencyKey != "k2" {
+		t.Fatalf("export --org org2 = %+v, want the k2 update", lines)
+	}
+	edited := strings.Replace(exp.stdout, string(lines[0].Body), `{"remote_data":{"tier":"fixed"}}`, 1)
+	if edited == exp.stdout {
+		t.Fatalf("could not edit the exported line %q", exp.stdout)
+	}
+	if r := cli(t, f.srv, "", "dlq", "purge", tasks.TaskID("k2"), "--yes"); r.code != 0 {
+		t.Fatalf("purge: exit %d, stderr %q", r.code, r.stderr)
+	}
+	r := cli(t, f.srv, edited, "bulk", "-")
+	if r.code != 0 {
+		t.Fatalf("bulk of the edited line: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	p, _ := f.payload(t, tasks.TaskID("k2"))
+	if string(p.Body) != `{"remote_data":{"tier":"fixed"}}` || p.IdempotencyKey != "k2" || p.ID != "org2" {
+		t.Errorf("re-enqueued payload = %+v, want the fixed body under key k2", p)
+	}
+}

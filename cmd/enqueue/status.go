@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/tasks"
 )
 
@@ -35,7 +36,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) statsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stats",
-		Short: "Print queue counts, dead letters by status and class, and account holds",
+		Short: "Print queue counts, dead letters by status and class, account holds, the circuit, the oldest waiting update",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := a.connect(c.Context()); err != nil {
@@ -45,7 +46,14 @@ func (a *app) statsCmd() *cobra.Command {
 			if err != nil {
 				return usageError("stats: %w", err)
 			}
-			return a.writeJSON(st)
+			cs, err := circuit.New(a.rdb, circuit.Config{}).State(c.Context())
+			if err != nil {
+				return usageError("stats: %w", err)
+			}
+			return a.writeJSON(struct {
+				tasks.Stats
+				Circuit circuit.State `json:"circuit"`
+			}{st, cs})
 		},
 	}
 }

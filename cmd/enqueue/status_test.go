@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/tasks"
 )
 
@@ -66,8 +67,14 @@ func TestStats(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
-	var got tasks.Stats
+	var got struct {
+		tasks.Stats
+		Circuit circuit.State `json:"circuit"`
+	}
 	decode(t, r, &got)
+	if got.Circuit.Open {
+		t.Errorf("circuit reported open: %+v", got.Circuit)
+	}
 	if got.DeadLetters != 1 || got.DeadByStatus["422"] != 1 || got.DeadByClass["permanent"] != 1 {
 		t.Errorf("dead letter stats = %+v, want one 422 permanent", got)
 	}
