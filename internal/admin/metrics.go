@@ -118,7 +118,7 @@ func NewMetrics(cfg MetricsConfig) *Metrics {
 		}),
 		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orgsync_waits_total",
-			Help: "Runs that waited without spending retry budget, by reason (ordering, rate_limit, circuit_open, account_hold, or a Truto answer's class).",
+			Help: "Runs that waited without spending retry budget, by reason (ordering, rate_limit, circuit_open, account_rate_limited, account_parked, stopping, or a Truto answer's class).",
 		}, []string{"reason"}),
 		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orgsync_scrape_errors_total",
