@@ -60,27 +60,13 @@ func (f *filterFlags) filter(now time.Time, ids []string) (tasks.Filter, error) 
 	return out, nil
 }
 
-// parseWhen reads an RFC3339 time, or a duration meaning that long ago.
+// parseWhen reads a --since/--until value (tasks.ParseWhen), naming the flag in the error.
 func parseWhen(flag, s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
+	t, err := tasks.ParseWhen(s, now)
+	if err != nil {
+		return time.Time{}, usageError("%s %v", flag, err)
 	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	var d time.Duration
-	var err error
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		var n int
-		n, err = strconv.Atoi(days)
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(s)
-	}
-	if err != nil || d < 0 {
-		return time.Time{}, usageError("%s %q: expected an RFC3339 time (2025-01-02T15:04:05Z) or a duration ago (90m, 2h, 7d)", flag, s)
-	}
-	return now.Add(-d), nil
+	return t, nil
 }
 
 // selection is `--all | TASK_ID...` of replay and purge.

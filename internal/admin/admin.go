@@ -289,31 +289,13 @@ func parseFilter(q map[string][]string, now time.Time) (tasks.Filter, error) {
 	return f, nil
 }
 
-// parseWhen reads an RFC3339 time or a duration ago (90m, 2h, 7d), as
-// `enqueue dlq list --since` does.
+// parseWhen reads a since/until parameter (tasks.ParseWhen), naming it in the error.
 func parseWhen(name, s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
+	t, err := tasks.ParseWhen(s, now)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s=%w", name, err)
 	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	var d time.Duration
-	var err error
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		var n int
-		n, err = strconv.Atoi(days)
-		if n > 100_000 {
-			err = errors.New("too far back")
-		}
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(s)
-	}
-	if err != nil || d < 0 {
-		return time.Time{}, fmt.Errorf("%s=%q: expected an RFC3339 time (2025-01-02T15:04:05Z) or a duration ago (90m, 2h, 7d)", name, s)
-	}
-	return now.Add(-d), nil
+	return t, nil
 }
 
 func (a *api) stats(rw http.ResponseWriter, r *http.Request) {
