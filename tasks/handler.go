@@ -25,9 +25,10 @@ type Sender interface {
 
 // Limiter spaces requests to stay under Truto's limits, shared by every
 // worker (internal/ratelimit). Reserve either grants a slot wait from now
-// (at most a second or so), or refuses and says when the next one is.
+// (at most a second or so), or refuses and says when the update's turn may
+// come (the account's backlog ahead of it included).
 type Limiter interface {
-	Reserve(ctx context.Context, account string) (ok bool, wait time.Duration, err error)
+	Reserve(ctx context.Context, account, updateID string) (ok bool, wait time.Duration, err error)
 }
 
 // Breaker is a circuit breaker on upstream health, shared by every worker
@@ -221,7 +222,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		probe = pr
 	}
-	if ok, why, err := h.takeSlot(ctx, p.IntegratedAccountID); err != nil {
+	if ok, why, err := h.takeSlot(ctx, p.IntegratedAccountID, taskID); err != nil {
 		return err
 	} else if !ok {
 		ev.Class = "rate_limit"
@@ -295,19 +296,19 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 // takeSlot reserves a rate-limit slot for account and waits for it. When
 // the next slot is too far off it takes none and returns the wait to hand back.
-func (h *Handler) takeSlot(ctx context.Context, account string) (bool, *WaitError, error) {
+func (h *Handler) takeSlot(ctx context.Context, account, taskID string) (bool, *WaitError, error) {
 	if h.limiter == nil {
 		return true, nil, nil
 	}
-	ok, wait, err := h.limiter.Reserve(ctx, account)
+	ok, wait, err := h.limiter.Reserve(ctx, account, taskID)
 	if err != nil {
 		return false, nil, err
 	}
 	if !ok {
-		// Spread the waiting updates over the time to the slot and as much
-		// again, so they do not all come back at once.
-		d := wait + time.Duration(rand.Int64N(int64(wait)+1))
-		return false, &WaitError{Delay: d, Reason: fmt.Sprintf("rate limit: next slot for account %s in %s", account, wait.Round(time.Millisecond))}, nil
+		// The wait already counts the account's backlog ahead of this update;
+		// a little jitter keeps neighbours from coming back in the same second.
+		d := wait + time.Duration(rand.Int64N(int64(wait/4)+1))
+		return false, &WaitError{Delay: d, Reason: fmt.Sprintf("rate limit: account %s's turn in about %s", account, wait.Round(time.Millisecond))}, nil
 	}
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -360,7 +361,7 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 	_ = retry.Do(ctx, backoff, func(ctx context.Context) error {
 		if a.sent > 0 {
 			// An in-call retry is a request like any other: it needs a slot.
-			if ok, _, err := h.takeSlot(ctx, p.IntegratedAccountID); err != nil || !ok {
+			if ok, _, err := h.takeSlot(ctx, p.IntegratedAccountID, taskID); err != nil || !ok {
 				return nil // no slot soon: end the run with the failure in hand
 			}
 		}

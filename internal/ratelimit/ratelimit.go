@@ -114,55 +114,86 @@ func (l *Limiter) interval(lim Limit) int64 {
 
 // reserveScript checks every bucket against the slowest one: if the earliest
 // common slot is within max_reserve, it is taken in all of them and the wait
-// returned; otherwise nothing is taken. Time comes from Redis, so workers on
-// machines with skewed clocks agree.
+// returned; otherwise nothing is taken, and the update takes (or keeps) its
+// place in the account's waiting list, whose length ahead of it says how far
+// off its turn really is. Time comes from Redis, so workers on machines with
+// skewed clocks agree.
 //
-// KEYS: the buckets' keys. ARGV[1]: max_reserve_us; ARGV[1+i]: interval_us of KEYS[i].
-// Returns {taken (0/1), wait_us}.
+// KEYS[1]: the account's waiting list; KEYS[2..]: the buckets' keys.
+// ARGV[1]: max_reserve_us; ARGV[2]: the update's id; ARGV[3]: waiting-list
+// horizon_ms; ARGV[3+i]: interval_us of KEYS[1+i].
+// Returns {taken (0/1), wait_us, ahead}.
 var reserveScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local nowms = math.floor(now / 1000)
 local maxres = tonumber(ARGV[1])
 local tats = {}
 local wait = 0
-for i, key in ipairs(KEYS) do
-  local tat = tonumber(redis.call('GET', key) or '0')
+for i = 2, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   tats[i] = tat
   if tat - now > wait then wait = tat - now end
 end
-if wait > maxres then return {0, wait} end
-local at = now + wait
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[1 + i])
-  local nt = math.max(tats[i], at) + interval
-  redis.call('SET', key, string.format('%.0f', nt), 'PX', math.floor((nt - now) / 1000) + 1000)
+if wait > maxres then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', nowms - tonumber(ARGV[3]))
+  redis.call('ZADD', KEYS[1], 'NX', nowms, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {0, wait, redis.call('ZRANK', KEYS[1], ARGV[2]) or 0}
 end
-return {1, wait}
+redis.call('ZREM', KEYS[1], ARGV[2])
+local at = now + wait
+for i = 2, #KEYS do
+  local interval = tonumber(ARGV[2 + i])
+  local nt = math.max(tats[i], at) + interval
+  redis.call('SET', KEYS[i], string.format('%.0f', nt), 'PX', math.floor((nt - now) / 1000) + 1000)
+end
+return {1, wait, 0}
 `)
 
-// Reserve asks for a slot to send one request for account. When ok, the
-// caller must wait wait (at most MaxReserve) and then send. When not ok,
-// nothing was taken, and the earliest slot is about wait from now: the
-// caller should put the update back to wait rather than hold a worker.
-func (l *Limiter) Reserve(ctx context.Context, account string) (ok bool, wait time.Duration, err error) {
-	var keys []string
-	var args []any
-	args = append(args, l.maxReserve.Microseconds())
+// waitingCushion is how many of an account's waiting updates come back at
+// the next slot rather than at their estimated turn.
+const waitingCushion = 10
+
+// waitingHorizon is how long an entry stays in an account's waiting list
+// without the update coming back (it completed elsewhere, expired, or was purged).
+const waitingHorizon = 72 * time.Hour
+
+// Reserve asks for a slot to send one request (of the update with id
+// updateID) for account. When ok, the caller must wait wait (at most
+// MaxReserve) and then send. When not ok, nothing was taken and wait is when
+// the update's turn may come: the next slot, plus one interval for each
+// update of the account that has been waiting longer (beyond the first ten,
+// which all come back at the next slot so that one is always ready). The caller should put
+// the update back for that long rather than hold a worker, so that an account
+// with a deep backlog neither occupies the workers nor churns through the
+// queue, and the others' updates flow past it.
+func (l *Limiter) Reserve(ctx context.Context, account, updateID string) (ok bool, wait time.Duration, err error) {
+	keys := []string{l.prefix + ":{ratelimit}:waiting:" + account}
+	args := []any{l.maxReserve.Microseconds(), updateID, waitingHorizon.Milliseconds()}
+	spacing := int64(0)
 	if !l.token.IsZero() {
 		keys = append(keys, l.prefix+":{ratelimit}:token:"+l.tokenID)
 		args = append(args, l.interval(l.token))
+		spacing = l.interval(l.token)
 	}
 	if !l.account.IsZero() {
 		keys = append(keys, l.prefix+":{ratelimit}:account:"+account)
 		args = append(args, l.interval(l.account))
+		spacing = max(spacing, l.interval(l.account))
 	}
-	if len(keys) == 0 {
+	if len(keys) == 1 {
 		return true, 0, nil
 	}
 	res, err := reserveScript.Run(ctx, l.rdb, keys, args...).Int64Slice()
 	if err != nil {
 		return false, 0, fmt.Errorf("rate limit of account %s: %w", account, err)
 	}
-	return res[0] == 1, time.Duration(res[1]) * time.Microsecond, nil
+	// The first few waiting updates all come back at the next slot, so one is
+	// always ready to take it; those further back come back about when their
+	// turn will be.
+	ahead := max(res[2]-waitingCushion, 0)
+	wait = time.Duration(res[1]+ahead*spacing) * time.Microsecond
+	return res[0] == 1, wait, nil
 }

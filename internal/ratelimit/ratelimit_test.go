@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -39,10 +40,10 @@ func TestSpacingAcrossClients(t *testing.T) {
 		l := New(srv.Client(), Config{Account: lim, MaxReserve: 200 * time.Millisecond})
 		for g := 0; g < 4; g++ {
 			wg.Add(1)
-			go func() {
+			go func(w, g int) {
 				defer wg.Done()
 				for time.Now().Before(deadline) {
-					ok, wait, err := l.Reserve(context.Background(), "acct")
+					ok, wait, err := l.Reserve(context.Background(), "acct", fmt.Sprint(w, "-", g))
 					if err != nil {
 						t.Error(err)
 						return
@@ -56,7 +57,7 @@ func TestSpacingAcrossClients(t *testing.T) {
 					sent = append(sent, time.Now())
 					mu.Unlock()
 				}
-			}()
+			}(w, g)
 		}
 	}
 	wg.Wait()
@@ -96,7 +97,7 @@ func TestTokenLimitSharedAcrossAccounts(t *testing.T) {
 	taken := 0
 	for i := 0; i < 5; i++ {
 		for _, acct := range []string{"a", "b", "c"} {
-			if ok, _, err := l.Reserve(context.Background(), acct); err != nil {
+			if ok, _, err := l.Reserve(context.Background(), acct, fmt.Sprint(acct, i)); err != nil {
 				t.Fatal(err)
 			} else if ok {
 				taken++
@@ -112,8 +113,43 @@ func TestTokenLimitSharedAcrossAccounts(t *testing.T) {
 func TestNoLimit(t *testing.T) {
 	t.Parallel()
 	l := New(nil, Config{})
-	ok, wait, err := l.Reserve(context.Background(), "a")
+	ok, wait, err := l.Reserve(context.Background(), "a", "u1")
 	if !ok || wait != 0 || err != nil {
 		t.Errorf("Reserve without limits = %v, %v, %v", ok, wait, err)
+	}
+}
+
+// TestWaitGrowsWithTheBacklog: updates denied one after another are told to
+// come back one interval apart, in the order they first waited.
+func TestWaitGrowsWithTheBacklog(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	l := New(srv.Client(), Config{Account: Limit{Requests: 10, Window: time.Second}, Headroom: -1, MaxReserve: time.Millisecond})
+	ctx := context.Background()
+	if ok, _, _ := l.Reserve(ctx, "a", "first"); !ok {
+		t.Fatal("the first request was refused")
+	}
+	var waits []time.Duration
+	for i := 0; i < waitingCushion; i++ { // the cushion: all told the next slot
+		if ok, w, _ := l.Reserve(ctx, "a", fmt.Sprint("c", i)); ok || w > 100*time.Millisecond {
+			t.Fatalf("cushion update %d: ok %v wait %s, want a refusal with the next slot", i, ok, w)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		ok, w, err := l.Reserve(ctx, "a", fmt.Sprint("u", i))
+		if err != nil || ok {
+			t.Fatalf("update %d: ok %v err %v, want a refusal", i, ok, err)
+		}
+		waits = append(waits, w)
+	}
+	for i := 1; i < len(waits); i++ {
+		if d := waits[i] - waits[i-1]; d < 90*time.Millisecond || d > 110*time.Millisecond {
+			t.Errorf("waits %v: step %d is %s, want one interval (100ms)", waits, i, d)
+		}
+	}
+	// Asking again keeps an update's place.
+	_, again, _ := l.Reserve(ctx, "a", "u0")
+	if again > waits[1] {
+		t.Errorf("u0 asked again and was told %s, behind u1's %s", again, waits[1])
 	}
 }

@@ -304,3 +304,40 @@ func TestInterleavedUpdatesKeepOrder(t *testing.T) {
 	t.Logf("%d organizations x %d updates: %d requests (%v), %d effects, 0 out of order; %d waits in line",
 		orgs, perOrg, stats.Requests, stats.ByStatus, stats.Effects, waits)
 }
+
+// TestBusyAccountDoesNotStarveOthers: one account with a deep backlog and a
+// tight limit does not hold back the others, and its waiting updates do not
+// occupy the workers.
+func TestBusyAccountDoesNotStarveOthers(t *testing.T) {
+	t.Parallel()
+	lim := trutotest.Limit{Requests: 10, Window: trutotest.Duration(time.Second)}
+	p := startPipeline(t, trutotest.Faults{AccountLimit: lim}, func(c *Config) {
+		c.AccountRate = ratelimit.Limit{Requests: 10, Window: time.Second}
+		c.Concurrency = 10
+	})
+	const big, small = 1500, 20
+	bigKeys := p.enqueue(big, func(int) string { return "acct-big" }) // enqueued first: ahead in the queue
+	var smallKeys []string
+	ctx := context.Background()
+	for i := 0; i < 3*small; i++ {
+		k := fmt.Sprintf("small-%03d", i)
+		u := tasks.Update{ID: fmt.Sprintf("small-org-%03d", i), IntegratedAccountID: fmt.Sprintf("acct-small-%d", i%3),
+			IdempotencyKey: k, Body: jsonRaw(`{"seq":0}`)}
+		if _, err := p.producer.Enqueue(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		smallKeys = append(smallKeys, k)
+	}
+	start := time.Now()
+	p.waitAllCompleted(smallKeys, time.Minute)
+	took := time.Since(start)
+	bigDone := p.states(bigKeys)[tasks.StateCompleted]
+	t.Logf("3 small accounts x %d updates done in %.1fs (their limit allows %.1fs) behind a %d-update backlog of one account, of which %d were done by then; fake 429s: %d",
+		small, took.Seconds(), float64(small)/10, big, bigDone, p.fake.Stats().RateLimited)
+	if bigDone > big/2 {
+		t.Errorf("the big account was half done (%d of %d) before the small ones finished: they were starved", bigDone, big)
+	}
+	if p.fake.Stats().RateLimited != 0 {
+		t.Errorf("the fake answered %d 429s", p.fake.Stats().RateLimited)
+	}
+}
