@@ -36,6 +36,8 @@ type Limiter interface {
 type Breaker interface {
 	Allow(ctx context.Context) (allow, probe bool, wait time.Duration, reason string, err error)
 	Record(ctx context.Context, failed, probe bool) error
+	// NoteWaiting remembers an update that waits on the open circuit.
+	NoteWaiting(ctx context.Context, queue, taskID string) error
 }
 
 // Event is what the handler reports after each run, for metrics and progress displays.
@@ -205,7 +207,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		if head != "" {
 			ev.Class = "ordering"
-			d := DefaultOrderWait + time.Duration(rand.Int64N(int64(DefaultOrderWait)))
+			w := h.store.headWait(ctx, p.Update, head)
+			d := w + time.Duration(rand.Int64N(int64(DefaultOrderWait)))
 			return h.wait(ctx, taskID, d, "waiting for the earlier update "+head+" of organization "+p.ID, ev)
 		}
 	}
@@ -218,6 +221,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 		if !allow {
 			ev.Class = "circuit_open"
+			// Remembered so that the circuit's closing can call it back at once.
+			_ = h.breaker.NoteWaiting(ctx, queue, taskID)
 			return h.wait(ctx, taskID, wait, reason, ev)
 		}
 		probe = pr
@@ -362,7 +367,14 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 		if a.sent > 0 {
 			// An in-call retry is a request like any other: it needs a slot.
 			if ok, _, err := h.takeSlot(ctx, p.IntegratedAccountID, taskID); err != nil || !ok {
-				return nil // no slot soon: end the run with the failure in hand
+				// No slot soon: end the run with the failure in hand, which
+				// then pays for the run (it was spared as a try to be retried).
+				if !probe && ctx.Err() == nil {
+					if spent, err := h.store.spendOne(context.WithoutCancel(ctx), taskID); err == nil {
+						a.spent = spent
+					}
+				}
+				return nil
 			}
 		}
 		at := h.now().UTC()

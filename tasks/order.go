@@ -44,22 +44,26 @@ func (s *Store) orderKeys(account, id string) orderKeys {
 
 // joinScript takes the next sequence number and joins the line, unless the
 // task is in it already. KEYS: seq, line, joined. ARGV: task id, queue,
-// now_ms, ttl_ms. Returns {seq, added}.
+// now_ms. Returns {seq, added}.
+//
+// None of these keys expires: the line and its join times empty themselves
+// as updates leave (Redis drops empty keys), and the sequence counter (and
+// last_applied) must never restart, or new updates would look older than old
+// dead letters. That is one small counter per organization ever updated.
 var joinScript = redis.NewScript(`
 local cur = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if cur then return {tonumber(cur), 0} end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return {seq, 1}
 `)
 
 // joinLine puts the update in its organization's line and returns its sequence number.
-func (s *Store) joinLine(ctx context.Context, u Update, taskID, queue string, keep time.Duration) (seq int64, added bool, err error) {
+func (s *Store) joinLine(ctx context.Context, u Update, taskID, queue string) (seq int64, added bool, err error) {
 	k := s.orderKeys(u.IntegratedAccountID, u.ID)
 	res, err := joinScript.Run(ctx, s.rdb, []string{k.seq, k.line, k.joined},
-		taskID, queue, s.now().UnixMilli(), keep.Milliseconds()).Int64Slice()
+		taskID, queue, s.now().UnixMilli()).Int64Slice()
 	if err != nil {
 		return 0, false, fmt.Errorf("join the line of organization %s: %w", u.ID, err)
 	}
@@ -76,8 +80,8 @@ func (s *Store) leaveLine(ctx context.Context, u Update, taskID string, applied 
 	pipe.HDel(ctx, k.joined, taskID)
 	if applied && seq > 0 {
 		pipe.Eval(ctx, `local c = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-return 1`, []string{k.last}, seq, s.ttl.Milliseconds())
+if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1`, []string{k.last}, seq)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("leave the line of organization %s: %w", u.ID, err)
@@ -94,6 +98,65 @@ func (s *Store) LastApplied(ctx context.Context, account, id string) (int64, err
 	}
 	return n, err
 }
+
+// newerThan describes an update of u's organization newer than origin that
+// has been applied, or is queued or retrying ("" when there is none):
+// replaying an update of that origin would then overwrite newer data.
+func (s *Store) newerThan(ctx context.Context, u Update, taskID string, origin int64) (string, error) {
+	last, err := s.LastApplied(ctx, u.IntegratedAccountID, u.ID)
+	if err != nil {
+		return "", err
+	}
+	if last > origin {
+		return "has been applied since this one died", nil
+	}
+	k := s.orderKeys(u.IntegratedAccountID, u.ID)
+	later, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: k.line, Start: "(" + strconv.FormatInt(origin, 10), Stop: "+inf",
+		ByScore: true, Count: 2}).Result()
+	if err != nil {
+		return "", fmt.Errorf("read the line of organization %s: %w", u.ID, err)
+	}
+	for _, id := range later {
+		if id != taskID {
+			return "is queued (" + id + ") and would apply before this one", nil
+		}
+	}
+	return "", nil
+}
+
+// removeIfScore takes head out of the line only if it still has the score
+// it was read with: a replay may have re-entered it since.
+var removeIfScore = redis.NewScript(`
+local cur = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if cur and tonumber(cur) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+`)
+
+// headWait is how long an update behind head should wait before looking
+// again: until the head's next attempt when asynq has one scheduled (a head
+// backing off for minutes should not have its line re-checking every
+// second), at least DefaultOrderWait and at most maxOrderWait.
+func (s *Store) headWait(ctx context.Context, u Update, head string) time.Duration {
+	k := s.orderKeys(u.IntegratedAccountID, u.ID)
+	joined, err := s.rdb.HGet(ctx, k.joined, head).Result()
+	if err != nil {
+		return DefaultOrderWait
+	}
+	queue, _, _ := strings.Cut(joined, "|")
+	info, err := asynq.NewInspectorFromRedisClient(s.rdb).GetTaskInfo(queue, head)
+	if err != nil || (info.State != asynq.TaskStateRetry && info.State != asynq.TaskStateScheduled) {
+		return DefaultOrderWait
+	}
+	return min(max(time.Until(info.NextProcessAt), DefaultOrderWait), maxOrderWait)
+}
+
+// maxOrderWait bounds a wait behind a head, in case the head is run early
+// (an operator's `RunTask`, the circuit closing).
+const maxOrderWait = 30 * time.Second
 
 // ahead reports the update that must go before taskID, if any, clearing
 // heads that are already finished or orphaned. It returns "" when taskID may go.
@@ -118,7 +181,7 @@ func (s *Store) ahead(ctx context.Context, u Update, taskID string, grace time.D
 		if !stale {
 			return head, nil
 		}
-		if err := s.rdb.ZRem(ctx, k.line, head).Err(); err != nil {
+		if err := removeIfScore.Run(ctx, s.rdb, []string{k.line, k.joined}, head, heads[0].Score).Err(); err != nil {
 			return "", err
 		}
 	}

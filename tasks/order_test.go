@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,7 +97,7 @@ func TestOrderingOrphanHeadCleared(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	// A producer crashed after joining the line, before asynq had the task.
 	ghost := orgUpdate("ghost", `{}`)
-	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("ghost"), DefaultQueue, time.Hour); err != nil {
+	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("ghost"), DefaultQueue); err != nil {
 		t.Fatal(err)
 	}
 	task := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
@@ -133,5 +134,59 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 		if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
 			t.Fatalf("replayed %s: %v", k, err)
 		}
+	}
+}
+
+// A replay interrupted after re-enqueueing (its dead letter left behind) is
+// not re-run by a second replay once the update has completed.
+func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`})
+	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
+	ctx := context.Background()
+	// What asynq does with a SkipRetry: archive the task in its queue.
+	if err := asynq.NewInspectorFromRedisClient(e.store.rdb).ArchiveTask(DefaultQueue, TaskID("k1")); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := e.store.DeadLetter(ctx, TaskID("k1"))
+	d.Queue = DefaultQueue
+	if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+		t.Fatalf("first replay = %+v, %v", out, err)
+	}
+	// The first replay "failed" to remove the dead letter; the update then completed.
+	_ = e.store.PutDeadLetter(ctx, d)
+	info, _ := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, TaskID("k1"))
+	if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
+		t.Fatalf("replayed run: %v", err)
+	}
+	before := e.up.count()
+	out, err := p.Replay(ctx, d, ReplayOptions{})
+	if err != nil || out.Status != "skipped" {
+		t.Fatalf("second replay = %+v, %v; want skipped", out, err)
+	}
+	if _, err := e.store.DeadLetter(ctx, TaskID("k1")); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the leftover dead letter was not removed: %v", err)
+	}
+	if rec, _ := e.store.Get(ctx, TaskID("k1")); rec.State != StateCompleted || rec.Result == nil {
+		t.Errorf("the second replay reset the completed update's ledger: %+v", rec)
+	}
+	if e.up.count() != before {
+		t.Errorf("upstream saw %d more requests", e.up.count()-before)
+	}
+}
+
+// Replaying an update while a later one of the same organization is still
+// queued is refused: the old body would apply last.
+func TestReplayRefusedBehindQueuedLaterUpdate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{}, answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`})
+	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
+	e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`)) // queued, not yet run
+	d, _ := e.store.DeadLetter(context.Background(), TaskID("k1"))
+	out, err := p.Replay(context.Background(), d, ReplayOptions{})
+	if err != nil || out.Status != "skipped" || !strings.Contains(out.Reason, "queued") {
+		t.Errorf("replay = %+v, %v; want skipped because k2 is queued", out, err)
 	}
 }

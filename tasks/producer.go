@@ -22,10 +22,6 @@ const DefaultTaskTimeout = 5 * time.Minute
 // this number only has to be out of reach.
 const asynqMaxRetry = 1_000_000
 
-// lineKeyTTL keeps an organization's line and sequence counter alive; it is
-// refreshed at every enqueue and must outlive any queued update.
-const lineKeyTTL = 30 * 24 * time.Hour
-
 // ErrDuplicate means an update with the same idempotency key was already
 // enqueued (pending, running, completed within the retention, or dead).
 var ErrDuplicate = errors.New("duplicate: an update with this idempotency key already exists")
@@ -148,7 +144,7 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 		out.Status = "duplicate"
 		return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", id, ErrDuplicate, id)
 	}
-	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue, lineKeyTTL)
+	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue)
 	if err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}

@@ -185,6 +185,18 @@ func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
 	return err
 }
 
+// spendOne spends one unit of the update's budget and returns the total spent.
+func (s *Store) spendOne(ctx context.Context, taskID string) (int, error) {
+	rec := s.recKey(taskID)
+	pipe := s.rdb.TxPipeline()
+	n := pipe.HIncrBy(ctx, rec, "spent", 1)
+	pipe.PExpire(ctx, rec, s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, fmt.Errorf("spend budget of %s: %w", taskID, err)
+	}
+	return int(n.Val()), nil
+}
+
 // complete marks the update done and stores its result.
 func (s *Store) complete(ctx context.Context, taskID string, res Result) error {
 	b, err := json.Marshal(res)

@@ -42,16 +42,32 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 		origin = d.OrderSeq
 	}
 	if !o.Force && origin > 0 {
-		last, err := p.store.LastApplied(ctx, d.Update.IntegratedAccountID, d.Update.ID)
+		newer, err := p.store.newerThan(ctx, d.Update, d.TaskID, origin)
 		if err != nil {
 			return out, err
 		}
-		if last > origin {
+		if newer != "" {
 			out.Status = "skipped"
-			out.Reason = fmt.Sprintf("stale: a later update of organization %s has been applied since this one died; "+
-				"replaying it would overwrite newer data (use --force to replay anyway)", d.Update.ID)
+			out.Reason = fmt.Sprintf("stale: a later update of organization %s %s; "+
+				"replaying this one would overwrite newer data (use --force to replay anyway)", d.Update.ID, newer)
 			return out, nil
 		}
+	}
+	// An earlier replay may have re-enqueued it already and failed only to
+	// remove the dead letter: then finish that, and do not run it again.
+	ins := asynq.NewInspectorFromRedisClient(p.store.rdb)
+	if again, why, err := p.alreadyBack(ctx, ins, d); err != nil {
+		return out, err
+	} else if again {
+		if o.DryRun {
+			out.Status, out.Reason = "skipped", why
+			return out, nil
+		}
+		if _, err := p.store.DeleteDeadLetter(ctx, d.TaskID); err != nil {
+			return out, err
+		}
+		out.Status, out.Reason = "skipped", why+"; its dead letter is removed"
+		return out, nil
 	}
 	if o.DryRun {
 		out.Status = "would_replay"
@@ -64,13 +80,18 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	if queue == "" {
 		queue = p.queue
 	}
-	// asynq's archive (or completed set) still holds the task id: free it.
-	ins := asynq.NewInspectorFromRedisClient(p.store.rdb)
+	// asynq's archive still holds the task id: free it. (alreadyBack made
+	// sure nothing but an archived copy can be there.)
 	if d.Queue != "" {
 		if err := ins.DeleteTask(d.Queue, d.TaskID); err != nil &&
 			!errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 			return out, fmt.Errorf("replay %s: free the task id in asynq: %w", d.TaskID, err)
 		}
+	}
+	// Leave the organization's line (if a crash kept it there) so the
+	// re-enqueue takes a fresh place at its back.
+	if err := p.store.leaveLine(ctx, d.Update, d.TaskID, false, 0); err != nil {
+		return out, err
 	}
 	if err := p.store.resetForReplay(ctx, d.TaskID); err != nil {
 		return out, err
@@ -96,6 +117,36 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	}
 	out.Status = "replayed"
 	return out, nil
+}
+
+// alreadyBack reports whether the dead letter's update is back in asynq in a
+// live state (pending, scheduled, active, retry, or completed), or completed
+// per the ledger: a replay that was interrupted after re-enqueueing it.
+func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLetter) (bool, string, error) {
+	rec, err := p.store.Get(ctx, d.TaskID)
+	if err != nil {
+		return false, "", err
+	}
+	if rec.State == StateCompleted {
+		return true, "already applied by an earlier replay", nil
+	}
+	if d.Queue == "" {
+		return false, "", nil
+	}
+	info, err := ins.GetTaskInfo(d.Queue, d.TaskID)
+	switch {
+	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		return false, "", nil
+	case err != nil:
+		return false, "", fmt.Errorf("replay %s: look it up in asynq: %w", d.TaskID, err)
+	case info.State == asynq.TaskStateArchived:
+		return false, "", nil
+	case rec.State == StateDead:
+		// Live in asynq but dead in the ledger: the run that dead-lettered it
+		// has not finished handing it to asynq's archive yet.
+		return false, "", fmt.Errorf("replay %s: the worker that dead-lettered it is still finishing (%s); try again in a moment", d.TaskID, info.State)
+	}
+	return true, "already re-enqueued (" + info.State.String() + ") by an earlier replay", nil
 }
 
 // Purge forgets a dead letter for good: the record, asynq's archived copy

@@ -168,7 +168,8 @@ end
 redis.call('HINCRBY', KEYS[2], 'n' .. sec, 1)
 if failed then redis.call('HINCRBY', KEYS[2], 'f' .. sec, 1) end
 redis.call('PEXPIRE', KEYS[2], (window + 2) * 1000)
-if not failed then return 0 end
+-- Prune on every call (the hash holds at most a window of seconds), and
+-- count only when a failure could open the circuit.
 local all = redis.call('HGETALL', KEYS[2])
 local n, f = 0, 0
 for i = 1, #all, 2 do
@@ -179,7 +180,7 @@ for i = 1, #all, 2 do
     redis.call('HDEL', KEYS[2], all[i])
   end
 end
-if f >= tonumber(ARGV[4]) and f >= tonumber(ARGV[5]) * n then
+if failed and f >= tonumber(ARGV[4]) and f >= tonumber(ARGV[5]) * n then
   redis.call('HSET', KEYS[1], 'open', '1', 'opened_at', now, 'probe_until', now + 1000, 'reason', f .. ' of ' .. n .. ' requests failed in ' .. window .. 's')
   return 1
 end
@@ -224,6 +225,26 @@ func (b *Breaker) State(ctx context.Context) (State, error) {
 // Reset closes the breaker at once (an operator's override).
 func (b *Breaker) Reset(ctx context.Context) error {
 	return b.rdb.Del(ctx, b.key, b.key+":buckets").Err()
+}
+
+// waitingTTL bounds how long the set of updates waiting on the circuit is
+// kept without a new one joining.
+const waitingTTL = time.Hour
+
+// AddWaiting remembers an update (by an opaque member, e.g. "queue|task id")
+// that waits on the open circuit, so that the circuit's closing can call it
+// back at once rather than let it sleep out its wait.
+func (b *Breaker) AddWaiting(ctx context.Context, member string) error {
+	pipe := b.rdb.TxPipeline()
+	pipe.SAdd(ctx, b.key+":waiting", member)
+	pipe.PExpire(ctx, b.key+":waiting", waitingTTL)
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// PopWaiting takes up to n remembered updates.
+func (b *Breaker) PopWaiting(ctx context.Context, n int) ([]string, error) {
+	return b.rdb.SPopN(ctx, b.key+":waiting", int64(n)).Result()
 }
 
 func boolArg(v bool) string {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -318,6 +319,10 @@ func (a breaker) Allow(ctx context.Context) (bool, bool, time.Duration, string, 
 	return d.Allow, d.Probe, d.Wait, d.Reason, err
 }
 
+func (a breaker) NoteWaiting(ctx context.Context, queue, taskID string) error {
+	return a.b.AddWaiting(ctx, queue+"|"+taskID)
+}
+
 func (a breaker) Record(ctx context.Context, failed, probe bool) error {
 	opened, closed, err := a.b.Record(ctx, failed, probe)
 	switch {
@@ -332,19 +337,32 @@ func (a breaker) Record(ctx context.Context, failed, probe bool) error {
 	return err
 }
 
-// drainWaiting moves every waiting update of the worker's queues back to
-// pending at once, so an outage's backlog drains in seconds instead of each
-// update sleeping out its own wait; the circuit's ramp spreads the restart.
+// drainWaiting moves the updates that waited on the circuit back to pending
+// at once, so an outage's backlog drains in seconds instead of each update
+// sleeping out its own wait; the circuit's ramp spreads the restart. Updates
+// waiting for other reasons (backoff, rate limits, their turn) keep their waits.
 func (w *Worker) drainWaiting() {
+	ctx := context.Background()
 	ins := asynq.NewInspectorFromRedisClient(w.rdb)
-	for q := range w.cfg.QueuePriorities() {
-		n, err := ins.RunAllRetryTasks(q)
+	moved := 0
+	for {
+		members, err := w.breaker.PopWaiting(ctx, 500)
 		if err != nil {
-			w.logger.Warn("could not hurry the waiting updates after the circuit closed; they return on their own", "queue", q, "error", err.Error())
-			continue
+			w.logger.Warn("could not hurry the updates that waited on the circuit; they return on their own", "error", err.Error())
+			return
 		}
-		w.logger.Info("waiting updates moved back to the queue", "queue", q, "count", n)
+		if len(members) == 0 {
+			break
+		}
+		for _, m := range members {
+			queue, id, _ := strings.Cut(m, "|")
+			// Not found or not waiting any more (already back, or done): nothing to do.
+			if err := ins.RunTask(queue, id); err == nil {
+				moved++
+			}
+		}
 	}
+	w.logger.Info("updates that waited on the circuit moved back to the queue", "count", moved)
 }
 
 // tokenID names the API token's rate-limit bucket without revealing it.
