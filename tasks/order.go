@@ -44,7 +44,8 @@ func (s *Store) orderKeys(account, id string) orderKeys {
 
 // joinScript takes the next sequence number and joins the line, unless the
 // task is in it already. KEYS: seq, line, joined. ARGV: task id, queue,
-// now_ms. Returns {seq, added}.
+// now_ms, origin (0: the new sequence number itself). The join record is
+// "queue|joined_ms|origin". Returns {seq, added}.
 //
 // None of these keys expires: the line and its join times empty themselves
 // as updates leave (Redis drops empty keys), and the sequence counter (and
@@ -55,15 +56,17 @@ local cur = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if cur then return {tonumber(cur), 0} end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+local origin = tonumber(ARGV[4])
+if origin == 0 then origin = seq end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. '|' .. ARGV[3] .. '|' .. origin)
 return {seq, 1}
 `)
 
 // joinLine puts the update in its organization's line and returns its sequence number.
-func (s *Store) joinLine(ctx context.Context, u Update, taskID, queue string) (seq int64, added bool, err error) {
+func (s *Store) joinLine(ctx context.Context, u Update, taskID, queue string, origin int64) (seq int64, added bool, err error) {
 	k := s.orderKeys(u.IntegratedAccountID, u.ID)
 	res, err := joinScript.Run(ctx, s.rdb, []string{k.seq, k.line, k.joined},
-		taskID, queue, s.now().UnixMilli()).Int64Slice()
+		taskID, queue, s.now().UnixMilli(), origin).Int64Slice()
 	if err != nil {
 		return 0, false, fmt.Errorf("join the line of organization %s: %w", u.ID, err)
 	}
@@ -110,18 +113,45 @@ func (s *Store) newerThan(ctx context.Context, u Update, taskID string, origin i
 	if last > origin {
 		return "has been applied since this one died", nil
 	}
+	// Members placed after origin are either newer updates or replays of
+	// older ones (which keep their origin): the join record tells them apart.
 	k := s.orderKeys(u.IntegratedAccountID, u.ID)
 	later, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: k.line, Start: "(" + strconv.FormatInt(origin, 10), Stop: "+inf",
-		ByScore: true, Count: 2}).Result()
+		ByScore: true}).Result()
 	if err != nil {
 		return "", fmt.Errorf("read the line of organization %s: %w", u.ID, err)
 	}
-	for _, id := range later {
-		if id != taskID {
+	if len(later) == 0 {
+		return "", nil
+	}
+	joins, err := s.rdb.HMGet(ctx, k.joined, later...).Result()
+	if err != nil {
+		return "", fmt.Errorf("read the line of organization %s: %w", u.ID, err)
+	}
+	for i, id := range later {
+		if id == taskID {
+			continue
+		}
+		rec, _ := joins[i].(string)
+		if joinOrigin(rec) > origin {
 			return "is queued (" + id + ") and would apply before this one", nil
 		}
 	}
 	return "", nil
+}
+
+// joinOrigin reads the origin from a join record ("queue|ms|origin"); a
+// record without one (written before origins were kept) counts as newer.
+func joinOrigin(rec string) int64 {
+	parts := strings.Split(rec, "|")
+	if len(parts) < 3 {
+		return 1 << 62
+	}
+	n, err := strconv.ParseInt(parts[2], 10, 64)
+	if err != nil {
+		return 1 << 62
+	}
+	return n
 }
 
 // removeIfScore takes head out of the line only if it still has the score
@@ -205,8 +235,12 @@ func (s *Store) staleHead(ctx context.Context, k orderKeys, head string, grace t
 	if err != nil {
 		return false, err
 	}
-	queue, msStr, _ := strings.Cut(joined, "|")
-	ms, _ := strconv.ParseInt(msStr, 10, 64)
+	parts := strings.Split(joined, "|")
+	if len(parts) < 2 {
+		return false, nil
+	}
+	queue := parts[0]
+	ms, _ := strconv.ParseInt(parts[1], 10, 64)
 	if s.now().Sub(time.UnixMilli(ms)) < grace {
 		return false, nil
 	}

@@ -97,7 +97,7 @@ func TestOrderingOrphanHeadCleared(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	// A producer crashed after joining the line, before asynq had the task.
 	ghost := orgUpdate("ghost", `{}`)
-	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("ghost"), DefaultQueue); err != nil {
+	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("ghost"), DefaultQueue, 0); err != nil {
 		t.Fatal(err)
 	}
 	task := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
@@ -114,23 +114,38 @@ func TestOrderingOrphanHeadCleared(t *testing.T) {
 // stale because the first replay applied (it is older data, not newer).
 func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, Policy{}, answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`},
-		answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`})
+	dead := answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`}
+	e := newEnv(t, Policy{}, dead, dead)
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
-	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
-	e.now = e.now.Add(time.Second)
-	_ = e.run(e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`)))
+	ins := asynq.NewInspectorFromRedisClient(e.store.rdb)
 	ctx := context.Background()
+	var ds []DeadLetter
 	for _, k := range []string{"k1", "k2"} {
+		_ = e.run(e.enqueueTask(p, orgUpdate(k, `{"name":"`+k+`"}`)))
+		// What asynq does with a SkipRetry: archive the task in its queue.
+		if err := ins.ArchiveTask(DefaultQueue, TaskID(k)); err != nil {
+			t.Fatal(err)
+		}
 		d, err := e.store.DeadLetter(ctx, TaskID(k))
 		if err != nil {
 			t.Fatal(err)
 		}
+		d.Queue = DefaultQueue
+		ds = append(ds, d)
+		e.now = e.now.Add(time.Second)
+	}
+	// Replay both, oldest first, before either runs (as `dlq replay --all` does).
+	for _, d := range ds {
 		out, err := p.Replay(ctx, d, ReplayOptions{})
 		if err != nil || out.Status != "replayed" {
-			t.Fatalf("replay %s = %+v, %v", k, out, err)
+			t.Fatalf("replay %s = %+v, %v; the replay of an older update must not make a newer one stale", d.IdempotencyKey, out, err)
 		}
-		info, _ := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, TaskID(k))
+	}
+	for _, k := range []string{"k1", "k2"} {
+		info, err := ins.GetTaskInfo(DefaultQueue, TaskID(k))
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
 			t.Fatalf("replayed %s: %v", k, err)
 		}

@@ -144,7 +144,7 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 		out.Status = "duplicate"
 		return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", id, ErrDuplicate, id)
 	}
-	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue)
+	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue, pl.OriginSeq)
 	if err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
