@@ -269,16 +269,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		DeadLettered: t.dead.Load(), Seconds: time.Since(p2start).Seconds()}
 
 	rep.Fake = fake.Stats()
-	byKey := fake.EffectsByKey()
-	for _, k := range keys {
-		switch n := byKey[k]; {
-		case n == 0:
-			rep.Lost++
-		case n > 1:
-			rep.Duplicates += n - 1
-		}
-	}
-	rep.Duplicates += rep.Fake.DuplicateEffects
+	effects := fake.CountEffects(keys)
+	rep.Lost, rep.Duplicates = effects.Lost, effects.ExtraEffects+rep.Fake.DuplicateEffects
 	rep.OutOfOrder = fake.OutOfOrder("seq")
 	rep.Seconds = time.Since(start).Seconds()
 

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
 
+	"github.com/orgsync/orgsync/internal/admin/admintest"
 	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
@@ -357,7 +358,7 @@ func TestAdminJSONAPIAndGauges(t *testing.T) {
 
 	t.Run("gauges", func(t *testing.T) {
 		t.Parallel()
-		got := series(scrape(t, e.handler, adminToken), "orgsync_")
+		got := admintest.Series(scrape(t, e.handler, adminToken), "orgsync_")
 		wantG := map[string]float64{
 			"orgsync_dead_letters{}":                   12,
 			"orgsync_account_holds{kind=parked}":       1,

@@ -4,8 +4,6 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
-	"sort"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/orgsync/orgsync/internal/admin/admintest"
 	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/tasks"
 )
@@ -36,34 +35,6 @@ func scrape(t *testing.T, h http.Handler, token string) map[string]*dto.MetricFa
 		t.Fatalf("parse /metrics: %v", err)
 	}
 	return mfs
-}
-
-// series flattens the families named by prefix into "name{k=v,...}" -> value
-// (a histogram gives its _count), so a test can compare them with cmp.Diff.
-func series(mfs map[string]*dto.MetricFamily, prefix string) map[string]float64 {
-	out := map[string]float64{}
-	for name, mf := range mfs {
-		if !strings.HasPrefix(name, prefix) {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			sort.Strings(labels)
-			key := name + "{" + strings.Join(labels, ",") + "}"
-			switch {
-			case m.Counter != nil:
-				out[key] = m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				out[key] = m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				out[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return out
 }
 
 func TestMetricsObserveCountsEvents(t *testing.T) {
@@ -144,7 +115,7 @@ func TestMetricsObserveCountsEvents(t *testing.T) {
 			for _, e := range tt.events {
 				m.Observe(e)
 			}
-			got := series(scrape(t, m.Handler(), ""), "orgsync_")
+			got := admintest.Series(scrape(t, m.Handler(), ""), "orgsync_")
 			for k, v := range got {
 				// Series that exist with zero observations are not part of what a table states.
 				if v == 0 {
@@ -177,7 +148,7 @@ func TestMetricsScrapeTimeoutLeavesOutOnlyTheSlowSource(t *testing.T) {
 	m := NewMetrics(MetricsConfig{Circuit: blockingCircuit{}, ScrapeTimeout: 50 * time.Millisecond})
 	t.Cleanup(m.Close)
 	m.Observe(tasks.Event{Outcome: tasks.OutcomeCompleted, Class: "success", StatusCode: 200, Sent: 1})
-	got := series(scrape(t, m.Handler(), ""), "orgsync_")
+	got := admintest.Series(scrape(t, m.Handler(), ""), "orgsync_")
 	if _, ok := got["orgsync_circuit_open{}"]; ok {
 		t.Errorf("orgsync_circuit_open present although its read timed out")
 	}
@@ -185,7 +156,7 @@ func TestMetricsScrapeTimeoutLeavesOutOnlyTheSlowSource(t *testing.T) {
 		t.Errorf("the event counters went missing with the slow source: %v", got)
 	}
 	// The failure is counted during the scrape, so the next scrape shows it.
-	got = series(scrape(t, m.Handler(), ""), "orgsync_")
+	got = admintest.Series(scrape(t, m.Handler(), ""), "orgsync_")
 	if got["orgsync_scrape_errors_total{source=circuit}"] < 1 {
 		t.Errorf("orgsync_scrape_errors_total{source=circuit} = %v, want >= 1", got["orgsync_scrape_errors_total{source=circuit}"])
 	}
@@ -200,7 +171,7 @@ func TestMetricsCircuitGauge(t *testing.T) {
 	for _, tt := range tests {
 		m := NewMetrics(MetricsConfig{Circuit: fixedCircuit{open: tt.open}})
 		t.Cleanup(m.Close)
-		got := series(scrape(t, m.Handler(), ""), "orgsync_circuit_open")
+		got := admintest.Series(scrape(t, m.Handler(), ""), "orgsync_circuit_open")
 		if diff := cmp.Diff(map[string]float64{"orgsync_circuit_open{}": tt.want}, got); diff != "" {
 			t.Errorf("open=%v (-want +got):\n%s", tt.open, diff)
 		}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
 
 // The crash tests run the real binaries and break them the way production
@@ -147,15 +148,8 @@ func (r *crashRig) verdict(t *testing.T) (lost, dup int, st fakeStats) {
 	st = r.stats(t)
 	var byKey map[string]int
 	getJSON(t, r.fake+"/_fake/keys", &byKey)
-	for _, k := range r.keys {
-		switch byKey[k] {
-		case 0:
-			lost++
-		case 1:
-		default:
-			dup++
-		}
-	}
+	c := trutotest.CountEffects(byKey, r.keys)
+	lost, dup = c.Lost, c.Duplicated
 	if lost != 0 || dup != 0 || st.DuplicateEffects != 0 || st.Effects != len(r.keys) || st.KeyConflicts != 0 || st.Unkeyed != 0 {
 		t.Errorf("lost %d, duplicated %d, stats %+v: want all %d updates applied exactly once", lost, dup, st, len(r.keys))
 	}

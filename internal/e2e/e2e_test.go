@@ -20,6 +20,7 @@ import (
 
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
 
 const token = "tok_e2e_7d1f0a9b2c"
@@ -327,20 +328,15 @@ func TestEndToEnd(t *testing.T) {
 		OutOfOrder int `json:"out_of_order"`
 	}
 	getJSON(t, fake+"/_fake/out-of-order?field=seq", &ooo)
-	lost, dup := 0, 0
+	var keys []string
 	lines := bytes.Split(bytes.TrimSpace(file.Bytes()), []byte("\n"))
 	for i, l := range lines {
-		if _, err := tasks.ParseUpdate(l); err != nil {
-			continue
-		}
-		switch byKey[tasks.RunKey("e2e", i+1, l)] {
-		case 0:
-			lost++
-		case 1:
-		default:
-			dup++
+		if _, err := tasks.ParseUpdate(l); err == nil {
+			keys = append(keys, tasks.RunKey("e2e", i+1, l))
 		}
 	}
+	c := trutotest.CountEffects(byKey, keys)
+	lost, dup := c.Lost, c.Duplicated
 	t.Logf("fake: %d requests, %d effects, %d idempotent replays, by status %v", st.Requests, st.Effects, st.Replays, st.ByStatus)
 	if lost != 0 || dup != 0 || st.DuplicateEffects != 0 || st.Effects != n || ooo.OutOfOrder != 0 || st.Unkeyed != 0 || st.KeyConflicts != 0 {
 		t.Errorf("lost %d, duplicated %d, out of order %d, stats %+v; want all %d applied exactly once", lost, dup, ooo.OutOfOrder, st, n)

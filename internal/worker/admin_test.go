@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/orgsync/orgsync/internal/admin/admintest"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
@@ -73,33 +73,7 @@ func (c *adminClient) metrics() map[string]float64 {
 	if err != nil {
 		c.t.Fatalf("parse /metrics: %v", err)
 	}
-	return flatten(mfs)
-}
-
-func flatten(mfs map[string]*dto.MetricFamily) map[string]float64 {
-	out := map[string]float64{}
-	for name, mf := range mfs {
-		if !strings.HasPrefix(name, "orgsync_") {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, l.GetName()+"="+l.GetValue())
-			}
-			sort.Strings(labels)
-			key := name + "{" + strings.Join(labels, ",") + "}"
-			switch {
-			case m.Counter != nil:
-				out[key] = m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				out[key] = m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				out[key+"_count"] = float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return out
+	return admintest.Series(mfs, "orgsync_")
 }
 
 // only keeps the series whose name starts with one of prefixes.

@@ -162,17 +162,8 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
 	})
 	stats := p.fake.Stats()
-	byKey := p.fake.EffectsByKey()
-	lost, dup := 0, 0
-	for _, k := range keys {
-		switch byKey[k] {
-		case 0:
-			lost++
-		case 1:
-		default:
-			dup++
-		}
-	}
+	c := p.fake.CountEffects(keys)
+	lost, dup := c.Lost, c.Duplicated
 	if lost != 0 || dup != 0 || stats.DuplicateEffects != 0 || stats.Effects != n || stats.KeyConflicts != 0 || stats.Unkeyed != 0 {
 		t.Errorf("lost %d, duplicated %d; fake stats %+v; want every one of %d applied exactly once", lost, dup, stats, n)
 	}

@@ -17,19 +17,8 @@ import (
 func (p *pipeline) verdict(keys []string) (maxSpent int) {
 	p.t.Helper()
 	stats := p.fake.Stats()
-	byKey := p.fake.EffectsByKey()
-	lost, dup := 0, 0
-	for _, k := range keys {
-		switch byKey[k] {
-		case 0:
-			lost++
-		case 1:
-		default:
-			dup++
-		}
-	}
-	if lost != 0 || dup != 0 || stats.DuplicateEffects != 0 {
-		p.t.Errorf("lost %d, duplicated %d, fake %+v", lost, dup, stats)
+	if c := p.fake.CountEffects(keys); c.Lost != 0 || c.Duplicated != 0 || stats.DuplicateEffects != 0 {
+		p.t.Errorf("lost %d, duplicated %d, fake %+v", c.Lost, c.Duplicated, stats)
 	}
 	if n := p.fake.OutOfOrder("seq"); n != 0 {
 		p.t.Errorf("out-of-order effects = %d", n)
