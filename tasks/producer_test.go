@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -137,3 +138,43 @@ func TestRunKeyStable(t *testing.T) {
 }
 
 func optionsWithFormat(f string) trutoclient.Options { return trutoclient.Options{ResponseFormat: f} }
+
+func TestEnqueueMany(t *testing.T) {
+	t.Parallel()
+	p, store, _ := newProducer(t)
+	ctx := context.Background()
+	var us []Update
+	for i := 0; i < 40; i++ {
+		us = append(us, Update{ID: fmt.Sprintf("org-%d", i%8), IntegratedAccountID: "acct",
+			Body: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i)), IdempotencyKey: fmt.Sprintf("many-%d", i)})
+	}
+	us = append(us, us[0])                                                                     // a duplicate
+	us = append(us, Update{ID: "x", IntegratedAccountID: "acct", Body: json.RawMessage(`[]`)}) // invalid
+	res, errs := p.EnqueueMany(ctx, us, WithMaxRetry(2))
+	for i := 0; i < 40; i++ {
+		if errs[i] != nil || res[i].TaskID != TaskID(us[i].IdempotencyKey) {
+			t.Fatalf("update %d: %+v, %v", i, res[i], errs[i])
+		}
+	}
+	if !errors.Is(errs[40], ErrDuplicate) || res[40].TaskID != res[0].TaskID {
+		t.Errorf("duplicate: %+v, %v", res[40], errs[40])
+	}
+	var ve *ValidationError
+	if !errors.As(errs[41], &ve) {
+		t.Errorf("invalid: %v, want a ValidationError", errs[41])
+	}
+	// Each organization's updates took their places in slice order.
+	ins := asynq.NewInspectorFromRedisClient(store.rdb)
+	last := map[string]int64{}
+	for i := 0; i < 40; i++ {
+		info, err := ins.GetTaskInfo(DefaultQueue, res[i].TaskID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl, _ := DecodePayload(info.Payload)
+		if pl.OrderSeq <= last[pl.ID] || pl.MaxRetry != 2 {
+			t.Errorf("update %d of %s: seq %d after %d, max_retry %d", i, pl.ID, pl.OrderSeq, last[pl.ID], pl.MaxRetry)
+		}
+		last[pl.ID] = pl.OrderSeq
+	}
+}
