@@ -103,7 +103,9 @@ type tally struct {
 func (t *tally) observe(e tasks.Event) {
 	switch e.Outcome {
 	case tasks.OutcomeCompleted:
-		t.completed.Add(1)
+		if e.Class != "skipped" { // "skipped": a re-run the ledger answered; not a new application
+			t.completed.Add(1)
+		}
 	case tasks.OutcomeRetry:
 		t.retried.Add(1)
 	case tasks.OutcomeWaiting:
@@ -295,33 +297,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 
 func orgID(i int) string { return fmt.Sprintf("org-%06d", i) }
 
-// enqueueAll enqueues round by round: update r of every organization, then
-// update r+1, so each organization's updates are enqueued in their numbered order.
+// enqueueAll enqueues update r of every organization before update r+1
+// (tasks.Producer.EnqueueMany keeps each organization's updates in order).
 func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, error) {
-	keys := make([]string, 0, s.updates)
-	sem := make(chan struct{}, 16)
-	for r := 0; len(keys) < s.updates; r++ {
-		var wg sync.WaitGroup
-		var firstErr atomic.Pointer[error]
-		for o := 0; o < s.orgs() && len(keys) < s.updates; o++ {
+	var updates []tasks.Update
+	var keys []string
+	for r := 0; len(updates) < s.updates; r++ {
+		for o := 0; o < s.orgs() && len(updates) < s.updates; o++ {
 			key := fmt.Sprintf("demo-%06d-%d", o, r)
 			keys = append(keys, key)
-			sem <- struct{}{}
-			wg.Add(1)
-			go func(o int) {
-				defer func() { <-sem; wg.Done() }()
-				u := tasks.Update{
-					ID: orgID(o), IntegratedAccountID: fmt.Sprintf("acct-%03d", o%s.accounts), IdempotencyKey: key,
-					Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","round":%d}}`, r, r)),
-				}
-				if _, err := p.Enqueue(ctx, u); err != nil {
-					firstErr.CompareAndSwap(nil, &err)
-				}
-			}(o)
+			updates = append(updates, tasks.Update{
+				ID: orgID(o), IntegratedAccountID: fmt.Sprintf("acct-%03d", o%s.accounts), IdempotencyKey: key,
+				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","round":%d}}`, r, r)),
+			})
 		}
-		wg.Wait()
-		if e := firstErr.Load(); e != nil {
-			return nil, fmt.Errorf("enqueue: %w", *e)
+	}
+	_, errs := p.EnqueueMany(ctx, updates)
+	for _, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("enqueue: %w", err)
 		}
 	}
 	return keys, nil

@@ -356,7 +356,12 @@ func (w *Worker) drainWaiting() {
 		}
 		for _, m := range members {
 			queue, id, _ := strings.Cut(m, "|")
-			// Not found or not waiting any more (already back, or done): nothing to do.
+			// Only an update still in the retry set is hurried: asynq's RunTask
+			// would also move a completed or archived task back to pending.
+			info, err := ins.GetTaskInfo(queue, id)
+			if err != nil || info.State != asynq.TaskStateRetry {
+				continue
+			}
 			if err := ins.RunTask(queue, id); err == nil {
 				moved++
 			}
