@@ -13,6 +13,10 @@ import (
 // did not say how long.
 const DefaultRateLimitDelay = 10 * time.Second
 
+// MinRateLimitDelay is the shortest wait a rate limit imposes, whatever the headers say: an answer
+// that asks for less (an HTTP-date a few milliseconds ahead) would otherwise be re-sent at once.
+const MinRateLimitDelay = time.Second
+
 // Class is what the caller should do with an attempt's outcome (DESIGN.md, "Failure policy").
 type Class int
 
@@ -87,19 +91,19 @@ func Classify(resp *Response, err error) Decision {
 	case is2xx(code):
 		d = d.with(ClassSuccess, statusText(code))
 		if resp != nil && resp.RateLimit.HasRemaining && resp.RateLimit.Remaining == 0 {
-			d.Delay = DefaultRateLimitDelay
-			if resp.RateLimit.HasReset {
-				d.Delay = resp.RateLimit.Reset
-			}
+			d.Delay = rateLimitDelay(0, false, resp.RateLimit)
 		}
 		return d
 	case code == http.StatusTooManyRequests:
 		d = d.with(ClassRateLimited, apiReason(code, apiErr))
-		d.Delay = DefaultRateLimitDelay
-		if apiErr != nil && apiErr.HasRetryAfter {
-			d.Delay = apiErr.RetryAfter
-		} else if resp != nil && resp.RateLimit.HasReset {
-			d.Delay = resp.RateLimit.Reset
+		var rl RateLimit
+		if resp != nil {
+			rl = resp.RateLimit
+		}
+		if apiErr != nil {
+			d.Delay = rateLimitDelay(apiErr.RetryAfter, apiErr.HasRetryAfter, rl)
+		} else {
+			d.Delay = rateLimitDelay(0, false, rl)
 		}
 		return d
 	case code == http.StatusUnauthorized && apiErr != nil && apiErr.IsRemoteError:

@@ -117,6 +117,53 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// TestRateLimitWait: a hint of no wait (Retry-After 0 or a past date, ratelimit-reset 0) counts as
+// absent, so the next hint or the default applies, and no wait is shorter than MinRateLimitDelay.
+func TestRateLimitWait(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2015, 10, 21, 7, 28, 0, 700*int(time.Millisecond), time.UTC)
+	tests := []struct {
+		name   string
+		status int
+		header http.Header
+		want   time.Duration
+	}{
+		{"retry-after 7", 429, http.Header{"Retry-After": {"7"}}, 7 * time.Second},
+		{"retry-after 0", 429, http.Header{"Retry-After": {"0"}}, DefaultRateLimitDelay},
+		{"retry-after 0 falls back to reset", 429, http.Header{"Retry-After": {"0"}, "Ratelimit-Reset": {"4"}}, 4 * time.Second},
+		{"past date", 429, http.Header{"Retry-After": {"Wed, 21 Oct 2015 07:00:00 GMT"}}, DefaultRateLimitDelay},
+		{"date of now", 429, http.Header{"Retry-After": {"Wed, 21 Oct 2015 07:28:00 GMT"}}, DefaultRateLimitDelay},
+		{"past date falls back to reset", 429,
+			http.Header{"Retry-After": {"Wed, 21 Oct 2015 07:00:00 GMT"}, "Ratelimit-Reset": {"3"}}, 3 * time.Second},
+		{"date 300ms ahead is floored", 429, http.Header{"Retry-After": {"Wed, 21 Oct 2015 07:28:01 GMT"}}, MinRateLimitDelay},
+		{"date 5s ahead", 429, http.Header{"Retry-After": {"Wed, 21 Oct 2015 07:28:06 GMT"}}, 5300 * time.Millisecond},
+		{"reset 0", 429, http.Header{"Ratelimit-Reset": {"0"}}, DefaultRateLimitDelay},
+		{"retry-after and reset 0", 429, http.Header{"Retry-After": {"0"}, "Ratelimit-Reset": {"0"}}, DefaultRateLimitDelay},
+		{"negative", 429, http.Header{"Retry-After": {"-5"}}, DefaultRateLimitDelay},
+		{"200, remaining 0, reset 0", 200, http.Header{"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"0"}}, DefaultRateLimitDelay},
+		{"200, remaining 0, reset 2", 200, http.Header{"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"2"}}, 2 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			resp := &Response{StatusCode: tt.status, Header: filterHeader(tt.header), RateLimit: parseRateLimit(tt.header)}
+			var err error
+			if !is2xx(tt.status) {
+				err = newError(http.MethodPatch, "/p", resp, now)
+			}
+			got := struct{ Delay, RetryAfter time.Duration }{Delay: Classify(resp, err).Delay}
+			want := struct{ Delay, RetryAfter time.Duration }{Delay: tt.want}
+			var rle *RateLimitError
+			if errors.As(err, &rle) {
+				got.RetryAfter, want.RetryAfter = rle.RetryAfter, tt.want
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("waits (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestClassString(t *testing.T) {
 	t.Parallel()
 	got := []string{}

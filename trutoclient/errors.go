@@ -38,6 +38,7 @@ type APIError struct {
 	// which tells a blocked account's 503 from a proxy's.
 	IsTrutoBody bool
 	// RetryAfter is Retry-After (seconds or HTTP-date), else ratelimit-reset; valid when HasRetryAfter.
+	// A hint of no wait (0, a date not in the future) counts as absent.
 	RetryAfter    time.Duration
 	HasRetryAfter bool
 	// Body is the size-limited raw body.
@@ -66,7 +67,7 @@ func (e *APIError) Error() string {
 }
 
 // RateLimitError is a 429 answer; RetryAfter is how long to wait (DefaultRateLimitDelay when the
-// answer did not say).
+// answer did not say, or said 0 or a past date; never less than MinRateLimitDelay).
 type RateLimitError struct {
 	// RetryAfter is how long the account must wait.
 	RetryAfter time.Duration
@@ -140,11 +141,7 @@ func newError(method, path string, resp *Response, now time.Time) error {
 	if resp.StatusCode != http.StatusTooManyRequests {
 		return e
 	}
-	wait := DefaultRateLimitDelay
-	if e.HasRetryAfter {
-		wait = e.RetryAfter
-	}
-	return &RateLimitError{RetryAfter: wait, Err: e}
+	return &RateLimitError{RetryAfter: rateLimitDelay(e.RetryAfter, e.HasRetryAfter, resp.RateLimit), Err: e}
 }
 
 // errorBody is what parseErrorBody finds in a body.

@@ -96,7 +96,7 @@ func TestErrorBodies(t *testing.T) {
 		},
 		{
 			name: "retry-after in the past", status: 429, header: map[string]string{"Retry-After": "Wed, 21 Oct 2015 07:00:00 GMT"},
-			want: errView{StatusCode: 429, HasRetryAfter: true, RateLimited: true},
+			want: errView{StatusCode: 429, RateLimited: true, RateLimitDelay: DefaultRateLimitDelay},
 		},
 		{
 			name: "ratelimit-reset fallback", status: 429, header: map[string]string{"Ratelimit-Reset": "4", "Ratelimit-Remaining": "0"},
@@ -197,7 +197,8 @@ func TestParseRetryAfter(t *testing.T) {
 		wantOK bool
 	}{
 		{"", 0, false},
-		{"0", 0, true},
+		{"0", 0, false},
+		{"00", 0, false},
 		{"10", 10 * time.Second, true},
 		{" 10 ", 10 * time.Second, true},
 		{"-1", 0, false},
@@ -205,7 +206,8 @@ func TestParseRetryAfter(t *testing.T) {
 		{"10;w=1", 0, false},
 		{"Wed, 21 Oct 2015 07:28:10 GMT", 10 * time.Second, true},
 		{"Wednesday, 21-Oct-15 07:28:10 GMT", 10 * time.Second, true},
-		{"Wed, 21 Oct 2015 07:00:00 GMT", 0, true},
+		{"Wed, 21 Oct 2015 07:00:00 GMT", 0, false},
+		{"Wed, 21 Oct 2015 07:28:00 GMT", 0, false},
 		{"Wed, 21 Oct 2115 07:00:00 GMT", MaxRetryAfter, true},
 		{"9223372036854775807", MaxRetryAfter, true},
 		{"tomorrow", 0, false},
@@ -234,6 +236,8 @@ func TestParseRateLimit(t *testing.T) {
 		{"parameters", http.Header{"Ratelimit-Remaining": {"0;w=10"}, "Ratelimit-Reset": {" 3 "}},
 			RateLimit{HasRemaining: true, Reset: 3 * time.Second, HasReset: true}},
 		{"garbage", http.Header{"Ratelimit-Remaining": {"many"}, "Ratelimit-Reset": {"-4"}}, RateLimit{}},
+		{"reset 0 is no reset", http.Header{"Ratelimit-Remaining": {"0"}, "Ratelimit-Reset": {"0"}},
+			RateLimit{HasRemaining: true}},
 		{"huge", http.Header{"Ratelimit-Remaining": {"99999999999999"}, "Ratelimit-Reset": {"99999999999999"}},
 			RateLimit{Reset: MaxRetryAfter, HasReset: true}},
 	}

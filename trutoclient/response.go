@@ -53,7 +53,8 @@ type RateLimit struct {
 	// Remaining is ratelimit-remaining, valid when HasRemaining.
 	Remaining    int
 	HasRemaining bool
-	// Reset is ratelimit-reset (time until the window reopens), valid when HasReset.
+	// Reset is ratelimit-reset (time until the window reopens), valid when HasReset. A reset of 0
+	// says nothing about how long to wait and counts as absent.
 	Reset    time.Duration
 	HasReset bool
 }
@@ -118,7 +119,7 @@ func parseRateLimit(h http.Header) RateLimit {
 	if n, ok := parseSeconds(h.Get("Ratelimit-Remaining")); ok && n <= math.MaxInt32 {
 		rl.Remaining, rl.HasRemaining = int(n), true
 	}
-	if n, ok := parseSeconds(h.Get("Ratelimit-Reset")); ok {
+	if n, ok := parseSeconds(h.Get("Ratelimit-Reset")); ok && n > 0 {
 		rl.Reset, rl.HasReset = secondsToDuration(n), true
 	}
 	return rl
@@ -154,13 +155,18 @@ func secondsToDuration(n int64) time.Duration {
 	return time.Duration(n) * time.Second
 }
 
-// parseRetryAfter reads Retry-After as delay-seconds or an HTTP-date relative to now.
+// parseRetryAfter reads Retry-After as delay-seconds or an HTTP-date relative to now. A value that
+// asks for no wait (0, or a date that is not in the future) counts as absent: taken literally it
+// would have the same update re-sent at once, again and again, for as long as the 429s last.
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0, false
 	}
 	if n, ok := parseSeconds(v); ok && !strings.ContainsAny(v, ";,") {
+		if n == 0 {
+			return 0, false
+		}
 		return secondsToDuration(n), true
 	}
 	t, err := http.ParseTime(v)
@@ -169,10 +175,23 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	}
 	d := t.Sub(now)
 	switch {
-	case d < 0:
-		return 0, true
+	case d <= 0:
+		return 0, false
 	case d > MaxRetryAfter:
 		return MaxRetryAfter, true
 	}
 	return d, true
+}
+
+// rateLimitDelay is how long to wait on a rate limit: the first usable hint (Retry-After, then
+// ratelimit-reset), else DefaultRateLimitDelay, and never less than MinRateLimitDelay.
+func rateLimitDelay(retryAfter time.Duration, hasRetryAfter bool, rl RateLimit) time.Duration {
+	d := DefaultRateLimitDelay
+	switch {
+	case hasRetryAfter:
+		d = retryAfter
+	case rl.HasReset:
+		d = rl.Reset
+	}
+	return max(d, MinRateLimitDelay)
 }
