@@ -74,8 +74,6 @@ func Classify(resp *Response, err error) Decision {
 		return d.with(ClassTransient, "canceled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return d.with(ClassPossiblyApplied, "timeout: the update may have been applied")
-	case errors.Is(err, ErrResponseTooLarge) && resp != nil && is2xx(resp.StatusCode):
-		return d.with(ClassSuccess, statusText(resp.StatusCode)+": applied; response body too large to keep whole")
 	case errors.As(err, &apiErr):
 		d.StatusCode = apiErr.StatusCode
 	case err != nil && nothingSent(err):
@@ -90,6 +88,9 @@ func Classify(resp *Response, err error) Decision {
 	switch {
 	case is2xx(code):
 		d = d.with(ClassSuccess, statusText(code))
+		if resp != nil && resp.Truncated {
+			d.Reason += " (response body truncated)"
+		}
 		if resp != nil && resp.RateLimit.HasRemaining && resp.RateLimit.Remaining == 0 {
 			d.Delay = rateLimitDelay(0, false, resp.RateLimit)
 		}

@@ -103,8 +103,8 @@ func TestClassify(t *testing.T) {
 			Decision{Class: ClassPossiblyApplied, Reason: "connection error, the update may have been applied: truto: read tcp: read: connection reset by peer"}},
 		row{"eof", nil, fmt.Errorf("truto: %w", io.EOF),
 			Decision{Class: ClassPossiblyApplied, Reason: "connection error, the update may have been applied: truto: EOF"}},
-		row{"too large 200", big, fmt.Errorf("truto: %w", ErrResponseTooLarge),
-			Decision{Class: ClassSuccess, Reason: "200 OK: applied; response body too large to keep whole", StatusCode: 200}},
+		row{"truncated 200", &Response{StatusCode: 200, Body: []byte(`{"id":`), Truncated: true}, nil,
+			Decision{Class: ClassSuccess, Reason: "200 OK (response body truncated)", StatusCode: 200}},
 		row{"nothing at all", nil, nil, Decision{Class: ClassTransient, Reason: "no response"}},
 	)
 	for _, tt := range rows {

@@ -23,22 +23,28 @@ const DefaultTimeout = 30 * time.Second
 // DefaultMaxErrorBody is how many bytes of a non-2xx body are kept.
 const DefaultMaxErrorBody = 64 << 10
 
-// DefaultMaxResponseBody is how many bytes of a 2xx body are read; a larger body is an error.
-const DefaultMaxResponseBody = 16 << 20
+// DefaultMaxResponseBody is how many bytes of a 2xx body are kept: as much as orgsync stores as an
+// update's result. A longer body is cut to it and flagged Response.Truncated.
+const DefaultMaxResponseBody = 1 << 20
 
 // DefaultMaxConnsPerHost is the idle-connection pool size per host of the default transport.
 const DefaultMaxConnsPerHost = 256
+
+// maxBodyLimit is the largest body limit the options accept (1 GiB): each in-flight call may hold
+// that much.
+const maxBodyLimit = 1 << 30
 
 // discardLimit bounds how much of an unread body is drained so the connection can be reused;
 // beyond it, closing the connection is cheaper than reading on.
 const discardLimit = 256 << 10
 
+// h2StreamWindow is the HTTP/2 receive window per stream of the default transport: how much of a
+// body the transport may hold before the client reads it. Go's default is 4 MiB, which would
+// dominate the memory a body may take; bodies kept are at most 1 MiB by default.
+const h2StreamWindow = 256 << 10
+
 // Version is orgsync's version, set at build time with -ldflags; it goes into the default User-Agent.
 var Version = "dev"
-
-// ErrResponseTooLarge is wrapped by the error UpdateOrganization returns when a 2xx body exceeds the
-// response body limit. The update was applied; only its response could not be kept whole.
-var ErrResponseTooLarge = errors.New("response body exceeds the limit")
 
 // secret holds the API token. It is only ever reached through a pointer, so that printing a Client
 // shows an address, and its own methods redact it in case it is printed directly.
@@ -205,19 +211,20 @@ func WithMaxConnsPerHost(n int) Option {
 // WithMaxErrorBody sets how many bytes of a non-2xx body are kept.
 func WithMaxErrorBody(n int64) Option {
 	return func(c *Client) error {
-		if n <= 0 {
-			return fmt.Errorf("WithMaxErrorBody: %d: use a positive number of bytes", n)
+		if n <= 0 || n > maxBodyLimit {
+			return fmt.Errorf("WithMaxErrorBody: %d: use a positive number of bytes, at most %d", n, int64(maxBodyLimit))
 		}
 		c.maxErrorBody = n
 		return nil
 	}
 }
 
-// WithMaxResponseBody sets how many bytes of a 2xx body are read before it counts as too large.
+// WithMaxResponseBody sets how many bytes of a 2xx body are kept (default DefaultMaxResponseBody).
+// It bounds the memory of a call: a longer body is cut to n bytes and flagged Response.Truncated.
 func WithMaxResponseBody(n int64) Option {
 	return func(c *Client) error {
-		if n <= 0 {
-			return fmt.Errorf("WithMaxResponseBody: %d: use a positive number of bytes", n)
+		if n <= 0 || n > maxBodyLimit {
+			return fmt.Errorf("WithMaxResponseBody: %d: use a positive number of bytes, at most %d", n, int64(maxBodyLimit))
 		}
 		c.maxResponseBody = n
 		return nil
@@ -246,6 +253,7 @@ func NewTransport(maxConnsPerHost int) *http.Transport {
 	// would only turn slow successes into "maybe applied".
 	t.ResponseHeaderTimeout = 0
 	t.MaxResponseHeaderBytes = 1 << 20
+	t.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow}
 	return t
 }
 
@@ -291,7 +299,9 @@ func (r *UpdateOrganizationRequest) validate() error {
 // UpdateOrganization sends one PATCH: exactly one attempt, no retries; the caller owns retrying.
 //
 // A 2xx returns the decoded organization when the response format is "", unified or normalized and
-// the body is an organization object (nil otherwise, without error). A non-2xx returns the Response
+// the body is an organization object (nil otherwise, without error). A 2xx body longer than the
+// response limit is not an error: the update was applied; the Response keeps the body's start and
+// says Truncated, and the organization is nil. A non-2xx returns the Response
 // and an *APIError or *RateLimitError. A transport failure returns a wrapped error that keeps
 // context.DeadlineExceeded and net errors matchable, with a partial Response when headers arrived.
 // An invalid request returns a *RequestError before any I/O.
@@ -336,6 +346,9 @@ func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganization
 	}
 	if !is2xx(resp.StatusCode) {
 		return nil, resp, newError(http.MethodPatch, path, resp, c.now())
+	}
+	if resp.Truncated {
+		return nil, resp, nil
 	}
 	return decodeOrganization(req.Options.ResponseFormat, resp.Body), resp, nil
 }

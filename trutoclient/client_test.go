@@ -38,6 +38,7 @@ func TestNewRejects(t *testing.T) {
 		{"zero conns", "t", []Option{WithMaxConnsPerHost(0)}, "positive"},
 		{"zero error body", "t", []Option{WithMaxErrorBody(0)}, "positive"},
 		{"zero response body", "t", []Option{WithMaxResponseBody(-1)}, "positive"},
+		{"huge response body", "t", []Option{WithMaxResponseBody(1 << 40)}, "at most"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -317,19 +318,127 @@ func TestResponseHeaders(t *testing.T) {
 	}
 }
 
-func TestResponseTooLarge(t *testing.T) {
+// TestResponseLimits: a body longer than its limit is cut to the limit and flagged, whether or not
+// the upstream announced its length; a 2xx so cut is still a success.
+func TestResponseLimits(t *testing.T) {
 	t.Parallel()
-	rec := newRecorder(t, answer(200, nil, `{"id":"x","name":"`+strings.Repeat("a", 100)+`"}`))
-	c := newTestClient(t, rec.srv.URL, WithMaxResponseBody(50))
-	org, resp, err := c.UpdateOrganization(testContext(t), validRequest())
-	if !errors.Is(err, ErrResponseTooLarge) {
-		t.Fatalf("error = %v, want ErrResponseTooLarge", err)
+	const limit = 50
+	org := `{"id":"x","name":"` + strings.Repeat("a", 100) + `"}`
+	exact := `{"id":"x","name":"` + strings.Repeat("a", limit-len(`{"id":"x","name":""}`)) + `"}`
+	tests := []struct {
+		name          string
+		status        int
+		body          string
+		chunked       bool
+		wantBody      string
+		wantTruncated bool
+		wantOrg       bool
+		wantReason    string
+	}{
+		{"200 longer", 200, org, false, org[:limit], true, false, "200 OK (response body truncated)"},
+		{"200 longer, chunked", 200, org, true, org[:limit], true, false, "200 OK (response body truncated)"},
+		{"200 of exactly the limit", 200, exact, false, exact, false, true, "200 OK"},
+		{"200 of exactly the limit, chunked", 200, exact, true, exact, false, true, "200 OK"},
+		{"200 one byte over", 200, exact + " ", true, exact, true, false, "200 OK (response body truncated)"},
+		{"422 longer", 422, `{"message":"` + strings.Repeat("m", 100) + `"}`, false,
+			`{"message":"` + strings.Repeat("m", limit-len(`{"message":"`)), true, false, "422 Unprocessable Entity"},
 	}
-	if org != nil || resp == nil || len(resp.Body) != 50 {
-		t.Fatalf("org = %v, resp = %+v; want nil org and a 50-byte body", org, resp)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request) {
+				if !tt.chunked {
+					w.Header().Set("Content-Length", fmt.Sprint(len(tt.body)))
+				}
+				w.WriteHeader(tt.status)
+				_, _ = io.WriteString(w, tt.body)
+			})
+			c := newTestClient(t, rec.srv.URL, WithMaxResponseBody(limit), WithMaxErrorBody(limit))
+			org, resp, err := c.UpdateOrganization(testContext(t), validRequest())
+			if is2xx(tt.status) && err != nil {
+				t.Fatalf("UpdateOrganization: %v; a 2xx is applied, however long its body", err)
+			}
+			if resp == nil {
+				t.Fatalf("no Response (error %v)", err)
+			}
+			type view struct {
+				Body      string
+				Truncated bool
+				Org       bool
+				Reason    string
+			}
+			want := view{tt.wantBody, tt.wantTruncated, tt.wantOrg, tt.wantReason}
+			got := view{string(resp.Body), resp.Truncated, org != nil, Classify(resp, err).Reason}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("response (-want +got):\n%s", diff)
+			}
+		})
 	}
-	if d := Classify(resp, err); d.Class != ClassSuccess {
-		t.Errorf("Classify = %+v, want success: the update was applied", d)
+}
+
+// endlessBody is a response body that never ends, counting what is read from it.
+type endlessBody struct {
+	read   atomic.Int64
+	closed atomic.Bool
+}
+
+func (b *endlessBody) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	b.read.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func (b *endlessBody) Close() error { b.closed.Store(true); return nil }
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestBodyReadIsBounded: however much a 2xx or an error answer sends, the client reads at most
+// the limit, one byte to detect the overflow and the bounded drain, keeps no buffer larger than
+// the limit, and closes the body.
+func TestBodyReadIsBounded(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name          string
+		status        int
+		contentLength int64
+		opts          []Option
+		limit         int64
+	}{
+		{"200 default limit, unknown length", 200, -1, nil, DefaultMaxResponseBody},
+		{"200 default limit, 60 MB announced", 200, 60_000_000, nil, DefaultMaxResponseBody},
+		{"200 own limit", 200, -1, []Option{WithMaxResponseBody(100 << 10)}, 100 << 10},
+		{"500 default limit", 500, -1, nil, DefaultMaxErrorBody},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			body := &endlessBody{}
+			hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				return &http.Response{StatusCode: tt.status, Header: http.Header{}, Body: body,
+					ContentLength: tt.contentLength, Request: r}, nil
+			})}
+			c := newTestClient(t, "https://truto.invalid", append([]Option{WithHTTPClient(hc)}, tt.opts...)...)
+			_, resp, _ := c.UpdateOrganization(testContext(t), validRequest())
+			if resp == nil {
+				t.Fatal("no Response")
+			}
+			type view struct {
+				BodyLen, BodyCap int64
+				Truncated        bool
+				ReadAtMostBound  bool
+				Closed           bool
+			}
+			read := body.read.Load()
+			got := view{int64(len(resp.Body)), int64(cap(resp.Body)), resp.Truncated, read <= tt.limit+1+discardLimit, body.closed.Load()}
+			want := view{tt.limit, tt.limit, true, true, true}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("read %d bytes of an endless body (-want +got):\n%s", read, diff)
+			}
+		})
 	}
 }
 
@@ -386,11 +495,13 @@ func TestNewTransport(t *testing.T) {
 		"ForceAttemptHTTP2": tr.ForceAttemptHTTP2, "IdleConnTimeout": tr.IdleConnTimeout,
 		"TLSHandshakeTimeout": tr.TLSHandshakeTimeout, "ResponseHeaderTimeout": tr.ResponseHeaderTimeout,
 		"Proxy set": tr.Proxy != nil, "DialContext set": tr.DialContext != nil,
+		"HTTP/2 stream window": tr.HTTP2 != nil && tr.HTTP2.MaxReceiveBufferPerStream == h2StreamWindow,
 	}
 	want := map[string]any{
 		"MaxIdleConns>=300": true, "MaxIdleConnsPerHost": 300, "ForceAttemptHTTP2": true,
 		"IdleConnTimeout": 90 * time.Second, "TLSHandshakeTimeout": 10 * time.Second,
 		"ResponseHeaderTimeout": time.Duration(0), "Proxy set": true, "DialContext set": true,
+		"HTTP/2 stream window": true,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("transport (-want +got):\n%s", diff)

@@ -2,7 +2,6 @@ package trutoclient
 
 import (
 	"encoding/json"
-	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -40,6 +39,9 @@ type Response struct {
 	Header http.Header
 	// Body is the raw body: up to the response limit for 2xx, up to the error limit otherwise.
 	Body []byte
+	// Truncated reports that the body was longer than its limit and Body holds only its start.
+	// A truncated 2xx is still a success: the update was applied.
+	Truncated bool
 	// RateLimit is parsed from the normalized ratelimit-* headers.
 	RateLimit RateLimit
 	// Latency runs from sending the request to reading the body.
@@ -85,8 +87,12 @@ func filterHeader(h http.Header) http.Header {
 	return out
 }
 
-// readResponse reads a bounded body, drains a bounded remainder and closes it, so the connection
-// can be reused. It always returns a Response; the error is a read failure or ErrResponseTooLarge.
+// readResponse reads at most limit+1 bytes of the body (limit = maxResponseBody for a 2xx,
+// maxErrorBody otherwise) into one buffer, so a body's memory is bounded by its limit whatever the
+// upstream sends. A body longer than the limit is cut to it and flagged Truncated; of the rest, up
+// to discardLimit bytes are read into io.Discard so that a slightly long answer still leaves the
+// connection reusable, and closing the body drops the connection past that. It always returns a
+// Response; the error is a read failure.
 func readResponse(hr *http.Response, maxErrorBody, maxResponseBody int64) (*Response, error) {
 	defer hr.Body.Close()
 	resp := &Response{
@@ -98,19 +104,50 @@ func readResponse(hr *http.Response, maxErrorBody, maxResponseBody int64) (*Resp
 	if is2xx(hr.StatusCode) {
 		limit = maxResponseBody
 	}
-	body, err := io.ReadAll(io.LimitReader(hr.Body, limit+1))
-	if int64(len(body)) > limit {
-		body = body[:limit]
-		if is2xx(hr.StatusCode) && err == nil {
-			err = fmt.Errorf("%w (%d bytes)", ErrResponseTooLarge, limit)
-		}
-	}
-	resp.Body = body
+	body, truncated, err := readBounded(hr.Body, hr.ContentLength, limit)
+	resp.Body, resp.Truncated = body, truncated
 	if err != nil {
 		return resp, err
 	}
-	_, _ = io.CopyN(io.Discard, hr.Body, discardLimit)
+	if truncated {
+		_, _ = io.CopyN(io.Discard, hr.Body, discardLimit)
+	}
 	return resp, nil
+}
+
+// readBufferStart is the first buffer size for a body of unknown length.
+const readBufferStart = 4 << 10
+
+// readBounded reads r until EOF or until it has seen limit+1 bytes, the one extra byte telling a
+// body of exactly limit bytes from a longer one. The buffer is sized from Content-Length when the
+// upstream sent one (capped at limit+1) and otherwise grows by doubling up to limit+1, so it never
+// exceeds limit+1 bytes and the bytes are copied into it once (a growing buffer also copies what it
+// holds, at most limit bytes in all). The returned slice is cut to limit.
+func readBounded(r io.Reader, contentLength, limit int64) (body []byte, truncated bool, err error) {
+	want := limit + 1
+	size := int64(readBufferStart)
+	if contentLength >= 0 {
+		size = contentLength + 1 // +1: EOF arrives with no byte to spare
+	}
+	buf := make([]byte, 0, min(size, want))
+	for int64(len(buf)) < want {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(2*int64(cap(buf))+readBufferStart, want))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, rerr := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case int64(len(buf)) == want:
+			// The extra byte arrived, whatever came with it.
+		case rerr == io.EOF:
+			return buf, false, nil
+		case rerr != nil:
+			return buf, false, rerr
+		}
+	}
+	return buf[:limit:limit], true, nil
 }
 
 func parseRateLimit(h http.Header) RateLimit {
