@@ -24,7 +24,7 @@ func outcome(status int, header http.Header, body string) (*Response, error) {
 	if is2xx(status) {
 		return resp, nil
 	}
-	return resp, newError(http.MethodPatch, "/unified/user-directory/organizations/x", resp, time.Unix(0, 0))
+	return resp, newError(http.MethodPatch, "/unified/user-directory/organizations/x", resp, time.Unix(0, 0), nil)
 }
 
 func truto(status int, message string, remote bool) string {
@@ -149,7 +149,7 @@ func TestRateLimitWait(t *testing.T) {
 			resp := &Response{StatusCode: tt.status, Header: filterHeader(tt.header), RateLimit: parseRateLimit(tt.header)}
 			var err error
 			if !is2xx(tt.status) {
-				err = newError(http.MethodPatch, "/p", resp, now)
+				err = newError(http.MethodPatch, "/p", resp, now, nil)
 			}
 			got := struct{ Delay, RetryAfter time.Duration }{Delay: Classify(resp, err).Delay}
 			want := struct{ Delay, RetryAfter time.Duration }{Delay: tt.want}

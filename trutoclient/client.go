@@ -58,6 +58,7 @@ func (s *secret) MarshalJSON() ([]byte, error) { return []byte(`"[redacted]"`), 
 // Client sends Update Organization calls to Truto. It is safe for concurrent use.
 type Client struct {
 	token           *secret
+	redactor        *redactor // hides the token in everything that comes back
 	baseURL         *url.URL
 	httpClient      *http.Client
 	userAgent       string
@@ -88,6 +89,7 @@ func New(token string, opts ...Option) (*Client, error) {
 	}
 	c := &Client{
 		token:           &secret{v: token},
+		redactor:        newRedactor(token),
 		baseURL:         base,
 		userAgent:       "orgsync/" + Version + " (+https://github.com/orgsync/orgsync)",
 		timeout:         DefaultTimeout,
@@ -340,12 +342,12 @@ func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganization
 	}
 	resp, readErr := readResponse(hresp, c.maxErrorBody, c.maxResponseBody)
 	resp.Latency = time.Since(start)
-	c.redact(resp)
+	c.redactResponse(resp)
 	if readErr != nil {
 		return nil, resp, fmt.Errorf("truto: PATCH %s: %d response: %w", path, resp.StatusCode, readErr)
 	}
 	if !is2xx(resp.StatusCode) {
-		return nil, resp, newError(http.MethodPatch, path, resp, c.now())
+		return nil, resp, newError(http.MethodPatch, path, resp, c.now(), c.redactor)
 	}
 	if resp.Truncated {
 		return nil, resp, nil
@@ -353,19 +355,19 @@ func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganization
 	return decodeOrganization(req.Options.ResponseFormat, resp.Body), resp, nil
 }
 
-// redact removes the token from a response that echoes it (a debugging proxy, a misbehaving
-// fake), because responses end up in stored results, dead letters and logs.
-func (c *Client) redact(resp *Response) {
-	tok := []byte(c.token.v)
-	if bytes.Contains(resp.Body, tok) {
-		resp.Body = bytes.ReplaceAll(resp.Body, tok, []byte("[redacted]"))
-	}
-	for k, vs := range resp.Header {
+// redactResponse hides the token in a response that echoes it, in any encoding the redactor
+// sees through (a debugging proxy, a provider quoting the request, a misbehaving fake), before
+// the body is parsed, returned or stored: responses end up in stored results, dead letters,
+// attempt histories and logs. The error built from the response is redacted again after its
+// JSON is decoded (newError).
+func (c *Client) redactResponse(resp *Response) {
+	resp.Body = c.redactor.Bytes(resp.Body, resp.Truncated)
+	for _, vs := range resp.Header {
 		for i, v := range vs {
-			resp.Header[k][i] = strings.ReplaceAll(v, c.token.v, "[redacted]")
+			vs[i] = c.redactor.String(v)
 		}
 	}
-	resp.RateLimit.Limit = strings.ReplaceAll(resp.RateLimit.Limit, c.token.v, "[redacted]")
+	resp.RateLimit.Limit = c.redactor.String(resp.RateLimit.Limit)
 }
 
 func decodeOrganization(format string, body []byte) *Organization {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -95,7 +94,8 @@ type RequestError struct {
 func (e *RequestError) Error() string { return "invalid " + e.Field + ": " + e.Reason }
 
 // CheckResponse returns nil for a 2xx answer, else an *APIError (or *RateLimitError for 429) built
-// from at most maxErrorBody bytes of the body. It reads but does not close r.Body.
+// from at most maxErrorBody bytes of the body. It reads but does not close r.Body. It knows no
+// token, so it redacts nothing; UpdateOrganization's errors are redacted.
 func CheckResponse(r *http.Response, maxErrorBody int64) error {
 	if is2xx(r.StatusCode) {
 		return nil
@@ -105,7 +105,7 @@ func CheckResponse(r *http.Response, maxErrorBody int64) error {
 	}
 	resp := &Response{StatusCode: r.StatusCode, Header: filterHeader(r.Header), RateLimit: parseRateLimit(r.Header)}
 	if r.Body != nil {
-		resp.Body, _ = io.ReadAll(io.LimitReader(r.Body, maxErrorBody))
+		resp.Body, resp.Truncated, _ = readBounded(r.Body, r.ContentLength, maxErrorBody)
 	}
 	method, path := "", ""
 	if r.Request != nil {
@@ -114,21 +114,23 @@ func CheckResponse(r *http.Response, maxErrorBody int64) error {
 			path = r.Request.URL.EscapedPath()
 		}
 	}
-	return newError(method, path, resp, time.Now())
+	return newError(method, path, resp, time.Now(), nil)
 }
 
-// newError builds the typed error for a non-2xx Response.
-func newError(method, path string, resp *Response, now time.Time) error {
+// newError builds the typed error for a non-2xx Response whose body and headers red has already
+// redacted. The fields decoded from the JSON body are redacted once more, in their decoded form.
+// A nil red redacts nothing.
+func newError(method, path string, resp *Response, now time.Time, red *redactor) error {
 	eb := parseErrorBody(resp.Body)
 	e := &APIError{
 		Method:        method,
 		Path:          path,
 		StatusCode:    resp.StatusCode,
-		ErrorText:     eb.ErrorText,
-		Message:       eb.Message,
+		ErrorText:     red.String(eb.ErrorText),
+		Message:       red.String(eb.Message),
 		IsRemoteError: eb.IsRemoteError,
-		RawResponse:   eb.RawResponse,
-		ErrorInsight:  eb.ErrorInsight,
+		RawResponse:   red.Bytes(eb.RawResponse, false),
+		ErrorInsight:  red.Bytes(eb.ErrorInsight, false),
 		IsTrutoBody:   eb.IsTrutoBody,
 		Body:          resp.Body,
 		Response:      resp,

@@ -251,6 +251,10 @@ func TestParseRateLimit(t *testing.T) {
 	}
 }
 
+// fuzzToken holds characters that escape or decode (/, %41), so that its decoded readings are
+// searched too.
+const fuzzToken = "tk/Fz%41-9"
+
 func FuzzParseErrorBody(f *testing.F) {
 	for _, seed := range []string{
 		``, `{}`, `null`, `[]`, `<html>`, `{"statusCode":422}`, `{"error":{"nested":true}}`,
@@ -258,9 +262,12 @@ func FuzzParseErrorBody(f *testing.F) {
 		`{"message":null,"raw_response":{"a":[1,2,{"b":"\u00fc"}]},"truto_error_insight":{"rate_limit_error":true}}`,
 		`{"message":"\ud800","raw_response":"\xff\xfe"}`, `{"truto_is_remote_error":"yes"}`,
 		strings.Repeat(`{"a":`, 20000), `{"message":"` + strings.Repeat(`\u00fc`, 5000) + `"}`,
+		`{"message":"tk\/Fz%41-9"}`, `{"raw_response":"{\"message\":\"\\u0074k/Fz%41-9\"}"}`,
+		`{"message":"&#116;k&sol;Fz%2541-9"}`, `<p>tk%2FFz%2541-9</p>`,
 	} {
 		f.Add([]byte(seed), 422)
 	}
+	red := newRedactor(fuzzToken)
 	f.Fuzz(func(t *testing.T, body []byte, status int) {
 		eb := parseErrorBody(body)
 		if len(eb.ErrorText) > maxTextLen || len(eb.Message) > maxTextLen {
@@ -272,11 +279,21 @@ func FuzzParseErrorBody(f *testing.F) {
 		if eb.RawResponse != nil && !json.Valid(eb.RawResponse) {
 			t.Fatalf("raw_response %q is not valid JSON", eb.RawResponse)
 		}
-		resp := &Response{StatusCode: status, Header: http.Header{}, Body: body}
-		err := newError("PATCH", "/p", resp, time.Unix(0, 0))
+		resp := &Response{StatusCode: status, Header: http.Header{}, Body: red.Bytes(body, false)}
+		err := newError("PATCH", "/p", resp, time.Unix(0, 0), red)
 		if n := len(err.Error()); n > 400 {
 			t.Fatalf("Error() is %d bytes, want a bounded line", n)
 		}
-		_ = Classify(resp, err)
+		d := Classify(resp, err)
+		var apiErr *APIError
+		if !errors.As(err, &apiErr) {
+			t.Fatalf("newError returned %T, want an *APIError inside", err)
+		}
+		for _, s := range []string{err.Error(), d.Reason, apiErr.ErrorText, apiErr.Message,
+			string(apiErr.RawResponse), string(apiErr.ErrorInsight), string(apiErr.Body)} {
+			if strings.Contains(s, fuzzToken) {
+				t.Fatalf("the token survives redaction in %q", s)
+			}
+		}
 	})
 }
