@@ -2,6 +2,7 @@ package trutoclient
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -45,11 +46,20 @@ func (c Class) String() string {
 	return "unknown"
 }
 
+// MaxReasonLen bounds Decision.Reason in bytes; a reason is one line of valid UTF-8. The longest
+// in practice is a transport failure: its 52-byte prefix and a cause of up to maxCauseLen bytes.
+const MaxReasonLen = 400
+
+// maxCauseLen bounds the cause of a transport failure in a reason: enough for the longest usual
+// ones whole (a TLS verification failure naming a certificate's hosts is about 150 bytes).
+const maxCauseLen = 320
+
 // Decision is Classify's verdict on one attempt.
 type Decision struct {
 	// Class is what to do.
 	Class Class
-	// Reason is short, human and stable enough to group by, e.g. "422 from provider: validation failed".
+	// Reason is short, human and stable enough to group by, e.g. "422 from provider: validation
+	// failed"; one line of at most MaxReasonLen bytes.
 	Reason string
 	// Delay is how long the account must wait: set for ClassRateLimited, and for ClassSuccess when
 	// ratelimit-remaining is 0.
@@ -77,9 +87,9 @@ func Classify(resp *Response, err error) Decision {
 	case errors.As(err, &apiErr):
 		d.StatusCode = apiErr.StatusCode
 	case err != nil && nothingSent(err):
-		return d.with(ClassTransient, "connection failed before sending: "+oneLine(err.Error(), 160))
+		return d.with(ClassTransient, "connection failed before sending: "+cause(err))
 	case err != nil:
-		return d.with(ClassPossiblyApplied, "connection error, the update may have been applied: "+oneLine(err.Error(), 160))
+		return d.with(ClassPossiblyApplied, "connection error, the update may have been applied: "+cause(err))
 	case resp == nil:
 		return d.with(ClassTransient, "no response")
 	}
@@ -125,8 +135,18 @@ func Classify(resp *Response, err error) Decision {
 }
 
 func (d Decision) with(c Class, reason string) Decision {
-	d.Class, d.Reason = c, reason
+	d.Class, d.Reason = c, oneLine(reason, MaxReasonLen)
 	return d
+}
+
+// cause is a transport failure's root cause without the request it names, so that reasons group
+// by what went wrong (the path carries the organization's id), on one line and bounded.
+func cause(err error) string {
+	var te *TransportError
+	if errors.As(err, &te) {
+		return oneLine(te.Cause(), maxCauseLen)
+	}
+	return oneLine(err.Error(), maxCauseLen)
 }
 
 // apiReason is "422 from provider: <message>", or "503 Service Unavailable" without a Truto body.
@@ -145,10 +165,13 @@ func apiReason(code int, e *APIError) string {
 	return r
 }
 
-// nothingSent reports errors that prove the request never left: dialing or resolving failed.
+// nothingSent reports errors that prove the request never left: dialing or resolving failed, or
+// the TLS handshake did (the request is only sent over an established connection).
 func nothingSent(err error) bool {
 	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
+	var certErr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	if errors.As(err, &dnsErr) || errors.As(err, &certErr) || errors.As(err, &recErr) {
 		return true
 	}
 	var opErr *net.OpError

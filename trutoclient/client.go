@@ -300,13 +300,14 @@ func (r *UpdateOrganizationRequest) validate() error {
 
 // UpdateOrganization sends one PATCH: exactly one attempt, no retries; the caller owns retrying.
 //
-// A 2xx returns the decoded organization when the response format is "", unified or normalized and
-// the body is an organization object (nil otherwise, without error). A 2xx body longer than the
-// response limit is not an error: the update was applied; the Response keeps the body's start and
-// says Truncated, and the organization is nil. A non-2xx returns the Response
-// and an *APIError or *RateLimitError. A transport failure returns a wrapped error that keeps
-// context.DeadlineExceeded and net errors matchable, with a partial Response when headers arrived.
-// An invalid request returns a *RequestError before any I/O.
+// A 2xx returns the decoded organization when the response format is "", unified or normalized
+// and the body is an organization object (nil otherwise, without error). A 2xx body longer than
+// the response limit is not an error either: the update was applied, the Response keeps the
+// body's start and says Truncated, and the organization is nil. A non-2xx returns the Response and
+// an *APIError or *RateLimitError. A transport failure returns a *TransportError that keeps
+// context.DeadlineExceeded and net errors matchable, with a partial Response when headers
+// arrived. An invalid request returns a *RequestError before any I/O. Nothing returned holds the
+// token, in any encoding the redaction recognizes.
 func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganizationRequest) (*Organization, *Response, error) {
 	if err := req.validate(); err != nil {
 		return nil, nil, err
@@ -338,13 +339,13 @@ func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganization
 	start := time.Now()
 	hresp, err := c.httpClient.Do(hreq)
 	if err != nil {
-		return nil, nil, fmt.Errorf("truto: PATCH %s: %w", path, err)
+		return nil, nil, newTransportError(http.MethodPatch, path, 0, err, c.redactor)
 	}
 	resp, readErr := readResponse(hresp, c.maxErrorBody, c.maxResponseBody)
 	resp.Latency = time.Since(start)
 	c.redactResponse(resp)
 	if readErr != nil {
-		return nil, resp, fmt.Errorf("truto: PATCH %s: %d response: %w", path, resp.StatusCode, readErr)
+		return nil, resp, newTransportError(http.MethodPatch, path, resp.StatusCode, readErr, c.redactor)
 	}
 	if !is2xx(resp.StatusCode) {
 		return nil, resp, newError(http.MethodPatch, path, resp, c.now(), c.redactor)

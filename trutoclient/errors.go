@@ -3,8 +3,10 @@ package trutoclient
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -81,6 +83,59 @@ func (e *RateLimitError) Error() string {
 
 // Unwrap returns the underlying *APIError.
 func (e *RateLimitError) Unwrap() error { return e.Err }
+
+// TransportError is a failure below HTTP: the connection could not be made or broke, the request
+// timed out or was canceled, or the answer's body could not be read. It names the request once
+// and then the root cause, e.g.
+//
+//	PATCH /unified/user-directory/organizations/org-1: tls: failed to verify certificate: x509: certificate signed by unknown authority
+//
+// errors.Is and errors.As see the cause (context.DeadlineExceeded, *net.OpError,
+// *tls.CertificateVerificationError, ...) through Unwrap.
+type TransportError struct {
+	// Method and Path name the request; Path is escaped, without the query (which names the
+	// account), as in APIError.
+	Method, Path string
+	// StatusCode is the status of an answer whose body could not be read; 0 when no answer came.
+	StatusCode int
+	// Err is the cause, without the *url.Error around it (which repeats the whole URL).
+	Err error
+	// cause is Err's message with the token redacted, fixed when the client built the error.
+	cause string
+}
+
+// newTransportError builds the error for a request that failed below HTTP, redacting the cause.
+func newTransportError(method, path string, status int, err error, red *redactor) *TransportError {
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.Err != nil {
+		err = ue.Err
+	}
+	return &TransportError{Method: method, Path: path, StatusCode: status, Err: err, cause: red.String(err.Error())}
+}
+
+// Error names the method and path, the status when an answer had begun, and the cause.
+func (e *TransportError) Error() string {
+	s := e.Method + " " + e.Path + ": "
+	if e.StatusCode != 0 {
+		s += "reading the " + strconv.Itoa(e.StatusCode) + " response body: "
+	}
+	return s + e.Cause()
+}
+
+// Cause is the cause's message alone, with the token redacted, e.g. "dial tcp 10.0.0.1:443:
+// connect: connection refused". It does not name the request, so it groups well.
+func (e *TransportError) Cause() string {
+	switch {
+	case e.cause != "":
+		return e.cause
+	case e.Err != nil:
+		return e.Err.Error()
+	}
+	return "unknown transport failure"
+}
+
+// Unwrap returns the cause.
+func (e *TransportError) Unwrap() error { return e.Err }
 
 // RequestError is an invalid request, refused before any I/O.
 type RequestError struct {

@@ -1,10 +1,16 @@
 package trutoclient
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -296,4 +302,113 @@ func FuzzParseErrorBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTransportError: a failure below HTTP names the request once, without the URL's host or
+// query, then the root cause, unredacted of nothing but the token; the cause stays reachable with
+// errors.As, and Classify's reason keeps it whole.
+func TestTransportError(t *testing.T) {
+	t.Parallel()
+	const path = "/unified/user-directory/organizations/org-1"
+	failing := func(err error) Option {
+		return WithHTTPClient(&http.Client{Transport: roundTripFunc(func(*http.Request) (*http.Response, error) { return nil, err })})
+	}
+	longCause := errors.New("x509: certificate is valid for " + strings.Repeat("a-long-host-name.example.com, ", 40) + "not api.truto.one")
+	tests := []struct {
+		name       string
+		setup      func(t *testing.T) (base string, opts []Option)
+		wantError  string // with ADDR for the server's address
+		wantReason string
+		wantCause  func(error) bool
+	}{
+		{
+			name: "unknown certificate authority",
+			setup: func(t *testing.T) (string, []Option) {
+				srv := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+				srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+				t.Cleanup(srv.Close)
+				return srv.URL, nil
+			},
+			wantError:  "PATCH " + path + ": tls: failed to verify certificate: x509: certificate signed by unknown authority",
+			wantReason: "connection failed before sending: tls: failed to verify certificate: x509: certificate signed by unknown authority",
+			wantCause: func(err error) bool {
+				var ua x509.UnknownAuthorityError
+				return errors.As(err, &ua)
+			},
+		},
+		{
+			name:       "connection refused",
+			setup:      func(t *testing.T) (string, []Option) { return closedURL(t), nil },
+			wantError:  "PATCH " + path + ": dial tcp ADDR: connect: connection refused",
+			wantReason: "connection failed before sending: dial tcp ADDR: connect: connection refused",
+			wantCause:  func(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) },
+		},
+		{
+			name: "body cut short",
+			setup: func(t *testing.T) (string, []Option) {
+				rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request) {
+					conn, buf, err := w.(http.Hijacker).Hijack()
+					if err != nil {
+						return
+					}
+					defer conn.Close()
+					_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":")
+					_ = buf.Flush()
+				})
+				return rec.srv.URL, nil
+			},
+			wantError:  "PATCH " + path + ": reading the 200 response body: unexpected EOF",
+			wantReason: "connection error, the update may have been applied: unexpected EOF",
+			wantCause:  func(err error) bool { return errors.Is(err, io.ErrUnexpectedEOF) },
+		},
+		{
+			name: "cause echoing the token",
+			setup: func(_ *testing.T) (string, []Option) {
+				return "https://truto.invalid", []Option{failing(fmt.Errorf("proxy refused Authorization: Bearer %s (%s): %w",
+					testToken, uEscape(testToken, false), io.ErrClosedPipe))}
+			},
+			wantError:  "PATCH " + path + ": proxy refused Authorization: Bearer [redacted] ([redacted]): io: read/write on closed pipe",
+			wantReason: "connection error, the update may have been applied: proxy refused Authorization: Bearer [redacted] ([redacted]): io: read/write on closed pipe",
+			wantCause:  func(err error) bool { return errors.Is(err, io.ErrClosedPipe) },
+		},
+		{
+			name:       "long cause",
+			setup:      func(_ *testing.T) (string, []Option) { return "https://truto.invalid", []Option{failing(longCause)} },
+			wantError:  "PATCH " + path + ": " + longCause.Error(),
+			wantReason: "connection error, the update may have been applied: " + oneLine(longCause.Error(), maxCauseLen),
+			wantCause:  func(err error) bool { return errors.Is(err, longCause) },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			base, opts := tt.setup(t)
+			c := newTestClient(t, base, opts...)
+			_, resp, err := c.UpdateOrganization(testContext(t), validRequest())
+			var te *TransportError
+			if !errors.As(err, &te) {
+				t.Fatalf("error = %v (%T), want a *TransportError", err, err)
+			}
+			addr := strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
+			type view struct {
+				Error, Reason   string
+				Cause, Unwraps  bool
+				PathOnce, NoURL bool
+			}
+			d := Classify(resp, err)
+			got := view{
+				Error: strings.ReplaceAll(err.Error(), addr, "ADDR"), Reason: strings.ReplaceAll(d.Reason, addr, "ADDR"),
+				Cause: tt.wantCause(err), Unwraps: errors.Unwrap(err) == te.Err && te.Err != nil,
+				PathOnce: strings.Count(err.Error(), path) == 1,
+				NoURL:    !strings.Contains(err.Error(), "://") && !strings.Contains(err.Error(), "integrated_account_id"),
+			}
+			want := view{Error: tt.wantError, Reason: tt.wantReason, Cause: true, Unwraps: true, PathOnce: true, NoURL: true}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("transport error (-want +got):\n%s", diff)
+			}
+			if len(d.Reason) > MaxReasonLen {
+				t.Errorf("reason is %d bytes, over MaxReasonLen %d", len(d.Reason), MaxReasonLen)
+			}
+		})
+	}
 }
