@@ -347,24 +347,28 @@ var namedEntities = map[string]byte{"amp": '&', "lt": '<', "gt": '>', "quot": '"
 
 // entity reads an HTML character reference at the head of the lookahead.
 func (d *decodeStream) entity() (byte, int) {
-	var name strings.Builder
+	var name [maxEntityLen]byte
 	for i := 1; i < maxEntityLen; i++ {
 		u, ok := d.peek(i)
 		if !ok {
 			return 0, 0
 		}
-		if u.c != ';' {
-			name.WriteByte(u.c)
-			continue
+		c := u.c
+		switch {
+		case c == ';' && i > 1:
+			ref := string(name[1:i])
+			if c, ok := namedEntities[ref]; ok {
+				return c, i + 1
+			}
+			if v, ok := numericReference(ref); ok {
+				return asciiOr(v), i + 1
+			}
+			return 0, 0
+		case c == '#' && i == 1, 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+			name[i] = c
+		default:
+			return 0, 0 // not a reference: stop looking ahead at once
 		}
-		ref := name.String()
-		if c, ok := namedEntities[ref]; ok {
-			return c, i + 1
-		}
-		if v, ok := numericReference(ref); ok {
-			return asciiOr(v), i + 1
-		}
-		return 0, 0
 	}
 	return 0, 0
 }
