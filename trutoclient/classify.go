@@ -18,7 +18,7 @@ const DefaultRateLimitDelay = 10 * time.Second
 // that asks for less (an HTTP-date a few milliseconds ahead) would otherwise be re-sent at once.
 const MinRateLimitDelay = time.Second
 
-// Class is what the caller should do with an attempt's outcome (DESIGN.md, "Failure policy").
+// Class is what the caller should do with an attempt's outcome: orgsync's failure policy in one type.
 type Class int
 
 const (

@@ -117,7 +117,7 @@ func TestOptionsValidate(t *testing.T) {
 	}
 }
 
-// TestOptionsJSON: the JSON tags are the "options" object of the update format in DESIGN.md.
+// TestOptionsJSON: the JSON tags are the "options" object of the update format that producers enqueue.
 func TestOptionsJSON(t *testing.T) {
 	t.Parallel()
 	const in = `{"truto_response_format": "unified", "truto_ignore_remote_data": true,
