@@ -296,7 +296,7 @@ func (r *UpdateOrganizationRequest) validate() error {
 // context.DeadlineExceeded and net errors matchable, with a partial Response when headers arrived.
 // An invalid request returns a *RequestError before any I/O.
 func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganizationRequest) (*Organization, *Response, error) {
-	if err := req.validate(); err != nil {
+	if err := req.validateAll(); err != nil {
 		return nil, nil, err
 	}
 	query, err := EncodeQuery(req.IntegratedAccountID, req.Options)
