@@ -57,11 +57,13 @@ func EncodePayload(p Payload) ([]byte, error) {
 	return json.Marshal(p)
 }
 
-// DecodePayload parses and validates a task payload.
+// DecodePayload parses and validates a task payload with the same strict
+// decoder as ParseUpdate: a repeated or case-variant field, or invalid UTF-8,
+// makes it malformed rather than silently meaning something else.
 func DecodePayload(b []byte) (Payload, error) {
 	var p Payload
-	if err := json.Unmarshal(b, &p); err != nil {
-		return Payload{}, &MalformedError{Reason: "not JSON: " + jsonReason(err)}
+	if err := decodeStrict(b, "payload", payloadShape, &p); err != nil {
+		return Payload{}, &MalformedError{Reason: err.Error()}
 	}
 	switch {
 	case p.Version < 1:
