@@ -144,7 +144,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.deadLetter(ctx, d, Event{TaskID: taskID, Class: ClassMalformed, Reason: err.Error()})
 	}
 	if taskID == "" {
-		taskID = TaskID(p.IdempotencyKey)
+		taskID = p.TaskID()
 	}
 	ev := Event{TaskID: taskID, Account: p.IntegratedAccountID}
 
@@ -358,7 +358,7 @@ type attempt struct {
 func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool) attempt {
 	req := &trutoclient.UpdateOrganizationRequest{
 		ID: p.ID, IntegratedAccountID: p.IntegratedAccountID, Body: p.Body,
-		Options: p.Options, IdempotencyKey: p.IdempotencyKey,
+		Options: p.Options, IdempotencyKey: p.UpstreamKey(),
 	}
 	var a attempt
 	backoff := retry.WithJitterPercent(20, retry.NewExponential(h.policy.InCallBase))
