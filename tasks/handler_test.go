@@ -6,9 +6,11 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
@@ -626,5 +628,30 @@ func TestAttemptHistoryThreeFailuresThenSuccess(t *testing.T) {
 	}
 	if st.State != StatusCompleted || st.Result == nil || st.Result.Attempts != 4 || st.Spent != 2 {
 		t.Errorf("status = state %s, result %+v, spent %d; want completed after 4 attempts, 2 spent (the 429 spent none)", st.State, st.Result, st.Spent)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"exactly", 7, "exactly"},
+		{"abcdef", 3, "abc..."},
+		{"héllo", 2, "h..."}, // é is 2 bytes: not cut in half
+		{"日本語", 4, "日..."},   // 3-byte characters
+		{"😀x", 3, "..."},     // a 4-byte character that does not fit
+		{"a😀", 5, "a😀"},      // fits exactly
+		{"a😀b", 5, "a😀..."},  // cut after it
+		{strings.Repeat("é", 600), MaxReasonBytes, strings.Repeat("é", 512) + "..."},
+	}
+	for _, tt := range tests {
+		got := truncate(tt.in, tt.n)
+		if diff := cmp.Diff(tt.want, got); diff != "" || !utf8.ValidString(got) {
+			t.Errorf("truncate(%q, %d) (-want +got):\n%s", tt.in, tt.n, diff)
+		}
 	}
 }
