@@ -202,7 +202,7 @@ func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup 
 	pipe := p.store.rdb.Pipeline()
 	deadNow := pipe.HExists(ctx, p.store.dlqRecords(), id)
 	deadOld := pipe.HExists(ctx, p.store.dlqRecords(), legacy)
-	// asynq 0.26 keeps a task's hash at asynq:{QUEUE}:t:ID; TestEnqueueSeesLegacyTask
+	// asynq 0.26 keeps a task's hash at asynq:{QUEUE}:t:ID; TestLegacyPayloadKeepsItsIdentity
 	// fails if that changes.
 	queuedOld := pipe.Exists(ctx, "asynq:{"+queue+"}:t:"+legacy)
 	if _, err := pipe.Exec(ctx); err != nil {
