@@ -9,7 +9,7 @@ import (
 	"github.com/orgsync/orgsync/trutoclient"
 )
 
-// Limits of an update, as DESIGN.md states them. The name limits are
+// Limits of an update. The name limits are
 // trutoclient's, so that the door and the client refuse the same names.
 const (
 	MaxIDBytes      = trutoclient.MaxIDBytes  // organization id and integrated account id
