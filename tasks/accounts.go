@@ -18,8 +18,37 @@ const (
 
 // AllAccounts is the account name of a hold on every account: Truto rejected
 // the API token itself, so no account can be served until an operator fixes
-// the token and runs `enqueue accounts resume '*'`.
+// the token and runs `enqueue accounts resume '*'`. It is reserved: no update
+// may name it as its account (ValidateAccount).
 const AllAccounts = "*"
+
+// allAccountsField is the field of the holds hash that stores the hold on
+// every account. Account ids cannot contain control characters, so no account
+// id can be this field, whatever got past validation.
+const allAccountsField = "\x00all-accounts"
+
+// legacyAllAccountsField is where workers before allAccountsField stored the
+// hold on every account. It is still honoured, so a hold set by such a worker
+// during a rolling upgrade keeps every account waiting, and
+// ResumeAccount(AllAccounts) lifts it too.
+const legacyAllAccountsField = "*"
+
+// checkHoldAccount accepts AllAccounts and every valid account id, and
+// nothing else, so no name can reach the field of the hold on every account.
+func checkHoldAccount(account string) error {
+	if account == AllAccounts {
+		return nil
+	}
+	return ValidateAccount(account)
+}
+
+// holdField is the field of the holds hash that stores account's hold.
+func holdField(account string) string {
+	if account == AllAccounts {
+		return allAccountsField
+	}
+	return account
+}
 
 // Hold is why an integrated account's updates are waiting.
 type Hold struct {
@@ -63,6 +92,9 @@ func (s *Store) ParkAccount(ctx context.Context, account string, status int, rea
 }
 
 func (s *Store) setHold(ctx context.Context, h Hold) error {
+	if err := checkHoldAccount(h.Account); err != nil {
+		return fmt.Errorf("hold account: %w", err)
+	}
 	sh := storedHold{Hold: h}
 	if !h.Until.IsZero() {
 		sh.UntilMS = h.Until.UnixMilli()
@@ -71,7 +103,7 @@ func (s *Store) setHold(ctx context.Context, h Hold) error {
 	if err != nil {
 		return err
 	}
-	if err := holdScript.Run(ctx, s.rdb, []string{s.holdsKey()}, h.Account, b, h.Kind, sh.UntilMS).Err(); err != nil {
+	if err := holdScript.Run(ctx, s.rdb, []string{s.holdsKey()}, holdField(h.Account), b, h.Kind, sh.UntilMS).Err(); err != nil {
 		return fmt.Errorf("hold account %s: %w", h.Account, err)
 	}
 	return nil
@@ -79,7 +111,14 @@ func (s *Store) setHold(ctx context.Context, h Hold) error {
 
 // ResumeAccount lifts any hold on the account; it reports whether there was one.
 func (s *Store) ResumeAccount(ctx context.Context, account string) (bool, error) {
-	n, err := s.rdb.HDel(ctx, s.holdsKey(), account).Result()
+	if err := checkHoldAccount(account); err != nil {
+		return false, fmt.Errorf("resume account: %w", err)
+	}
+	fields := []string{holdField(account)}
+	if account == AllAccounts {
+		fields = append(fields, legacyAllAccountsField)
+	}
+	n, err := s.rdb.HDel(ctx, s.holdsKey(), fields...).Result()
 	if err != nil {
 		return false, fmt.Errorf("resume account %s: %w", account, err)
 	}
@@ -89,7 +128,7 @@ func (s *Store) ResumeAccount(ctx context.Context, account string) (bool, error)
 // AccountHold returns the hold in force on the account (or on all accounts),
 // if any. Expired rate-limit holds are reported as none.
 func (s *Store) AccountHold(ctx context.Context, account string) (Hold, bool, error) {
-	raws, err := s.rdb.HMGet(ctx, s.holdsKey(), AllAccounts, account).Result()
+	raws, err := s.rdb.HMGet(ctx, s.holdsKey(), allAccountsField, legacyAllAccountsField, holdField(account)).Result()
 	if err != nil {
 		return Hold{}, false, fmt.Errorf("read hold of account %s: %w", account, err)
 	}

@@ -51,6 +51,16 @@ type DeadLetter struct {
 	OriginSeq int64 `json:"origin_seq,omitempty"`
 }
 
+// payloadVersion is the payload version of the dead update: 1 when its task
+// id is the legacy digest of its key alone, so that a replay keeps the task
+// id and the Idempotency-Key its earlier attempts had.
+func (d DeadLetter) payloadVersion() int {
+	if d.IdempotencyKey != "" && d.TaskID == LegacyTaskID(d.IdempotencyKey) {
+		return payloadV1
+	}
+	return PayloadVersion
+}
+
 func (s *Store) dlqRecords() string { return s.prefix + ":{dlq}:records" }
 func (s *Store) dlqIndex() string   { return s.prefix + ":{dlq}:index" }
 
@@ -65,6 +75,11 @@ func (s *Store) PutDeadLetter(ctx context.Context, d DeadLetter) error {
 	pipe.ZAdd(ctx, s.dlqIndex(), redis.Z{Score: float64(d.DeadAt.UnixMilli()), Member: d.TaskID})
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("write dead letter %s: %w", d.TaskID, err)
+	}
+	if d.IdempotencyKey != "" && d.Update.IntegratedAccountID != "" {
+		// Keeps the dead letter findable by its key alone a while longer;
+		// with the account given it is always found.
+		_ = s.noteKey(ctx, d.Update.IntegratedAccountID, d.IdempotencyKey)
 	}
 	return nil
 }

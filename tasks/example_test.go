@@ -11,8 +11,9 @@ import (
 	"github.com/orgsync/orgsync/tasks"
 )
 
-// A producer in another Go service enqueues one update. The idempotency key is
-// the update's identity: enqueueing it again is reported, not repeated.
+// A producer in another Go service enqueues one update. The idempotency key,
+// with the integrated account it belongs to, is the update's identity:
+// enqueueing it again is reported, not repeated.
 func ExampleProducer_Enqueue() {
 	mr := miniredis.NewMiniRedis() // in production: redis.NewClient(...) on your Redis
 	if err := mr.Start(); err != nil {
@@ -40,7 +41,7 @@ func ExampleProducer_Enqueue() {
 	_, err = producer.Enqueue(context.Background(), tasks.Update{ID: "1", IntegratedAccountID: "a", Body: json.RawMessage(`[]`)})
 	fmt.Println(err)
 	// Output:
-	// enqueued u_d95bb24b58443e1eb218f54eb75f2ca5 <nil>
+	// enqueued u_66ae14cbe5d8009c90cc02324bb038fd <nil>
 	// duplicate true true
 	// body: must be a JSON object
 }

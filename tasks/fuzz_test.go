@@ -14,6 +14,10 @@ func FuzzParseUpdate(f *testing.F) {
 		`{"id":"1","integrated_account_id":"a","body":{},"options":{"truto_exclude_fields":["x"],"remote_query":{"a":{"b":1}}}}`,
 		`{"id":"","integrated_account_id":"a","body":{}}`, `[]`, `null`, `{"id":1}`, `{"body":"{}"}`, "\xff", `{"id":"1"} x`,
 		`{"id":"1","integrated_account_id":"a","body":{},"idempotency_key":"k\u0001"}`,
+		`{"id":"1","ID":"2","integrated_account_id":"a","body":{"a":1,"a":2}}`,
+		`{"id":"\ud800","integrated_account_id":"a","body":{"n":"\ud83d\ude00"}}`,
+		`{"id":"1","integrated_account_id":"a","body":{},"options":{"remote_query":{"n":12345678901234567890}}}`,
+		"{\"id\":\"a\xffb\",\"integrated_account_id\":\"a\",\"body\":{}}",
 	} {
 		f.Add([]byte(s))
 	}

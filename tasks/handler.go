@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/sethvargo/go-retry"
@@ -17,6 +18,15 @@ import (
 
 // MaxResultBody bounds the response body kept as an update's result.
 const MaxResultBody = 1 << 20
+
+// MaxReasonBytes bounds the reason of one attempt's outcome as the handler
+// keeps it (attempt history, ledger, dead letter, logs): room for a transport
+// error's whole cause (a TLS failure says why only at its end), not for an
+// upstream that answers with a novel.
+const MaxReasonBytes = 1 << 10
+
+// maxMessageBytes bounds Truto's error message kept in an attempt.
+const maxMessageBytes = 500
 
 // Sender sends one Update Organization request; *trutoclient.Client is one.
 type Sender interface {
@@ -144,7 +154,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.deadLetter(ctx, d, Event{TaskID: taskID, Class: ClassMalformed, Reason: err.Error()})
 	}
 	if taskID == "" {
-		taskID = TaskID(p.IdempotencyKey)
+		taskID = p.TaskID()
 	}
 	ev := Event{TaskID: taskID, Account: p.IntegratedAccountID}
 
@@ -358,7 +368,7 @@ type attempt struct {
 func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool) attempt {
 	req := &trutoclient.UpdateOrganizationRequest{
 		ID: p.ID, IntegratedAccountID: p.IntegratedAccountID, Body: p.Body,
-		Options: p.Options, IdempotencyKey: p.IdempotencyKey,
+		Options: p.Options, IdempotencyKey: p.UpstreamKey(),
 	}
 	var a attempt
 	backoff := retry.WithJitterPercent(20, retry.NewExponential(h.policy.InCallBase))
@@ -384,6 +394,7 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 		_, r, err := h.sender.UpdateOrganization(ctx, req)
 		a.sent++
 		a.res, a.decision = r, trutoclient.Classify(r, err)
+		a.decision.Reason = truncate(a.decision.Reason, MaxReasonBytes)
 		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
 		if h.breaker != nil && ctx.Err() == nil {
 			// Health is shared knowledge; a failure to record it changes nothing here.
@@ -398,7 +409,7 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 		}
 		var apiErr *trutoclient.APIError
 		if errors.As(err, &apiErr) {
-			rec.Message = truncate(apiErr.Message, 500)
+			rec.Message = truncate(apiErr.Message, maxMessageBytes)
 			a.tokenRejected = apiErr.StatusCode == 401 && !apiErr.IsRemoteError
 		}
 		lastErr := ""
@@ -545,9 +556,14 @@ func (h *Handler) deadLetter(ctx context.Context, d DeadLetter, ev Event) error 
 	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
 }
 
+// truncate cuts s to at most n bytes plus "...", never inside a UTF-8
+// character, so the result stays valid text.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "..."
 }

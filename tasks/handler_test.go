@@ -6,9 +6,11 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/go-cmp/cmp"
@@ -123,6 +125,16 @@ func sampleUpdate(account string) Update {
 	return Update{ID: "org-1", IntegratedAccountID: account, Body: json.RawMessage(`{"remote_data":{"tier":"gold"}}`)}
 }
 
+// taskIDOf is the task id of the update task carries.
+func taskIDOf(t *testing.T, task *asynq.Task) string {
+	t.Helper()
+	p, err := DecodePayload(task.Payload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.TaskID()
+}
+
 func taskKey(t *testing.T, task *asynq.Task) string {
 	t.Helper()
 	p, err := DecodePayload(task.Payload())
@@ -139,7 +151,7 @@ func TestHandlerSuccessStoresResult(t *testing.T) {
 	if err := e.run(task); err != nil {
 		t.Fatalf("ProcessTask: %v", err)
 	}
-	id := TaskID(taskKey(t, task))
+	id := taskIDOf(t, task)
 	rec, err := e.store.Get(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
@@ -150,8 +162,8 @@ func TestHandlerSuccessStoresResult(t *testing.T) {
 	if rec.Result.Attempts != 1 || rec.Spent != 0 {
 		t.Errorf("attempts %d spent %d; want 1 and 0", rec.Result.Attempts, rec.Spent)
 	}
-	if got := e.up.keys[0]; got != taskKey(t, task) {
-		t.Errorf("Idempotency-Key = %q, want the update's key", got)
+	if got, want := e.up.keys[0], UpstreamKey("acct-1", taskKey(t, task)); got != want {
+		t.Errorf("Idempotency-Key = %q, want %q, derived from the update's account and key", got, want)
 	}
 	// Run again (a crash after the PATCH, or asynq re-delivering): nothing is sent twice.
 	if err := e.run(task); err != nil {
@@ -204,7 +216,7 @@ func TestHandlerFailurePolicy(t *testing.T) {
 			e := newEnv(t, Policy{}, tc.answer)
 			task := e.task(sampleUpdate("acct-1"))
 			err := e.run(task)
-			id := TaskID(taskKey(t, task))
+			id := taskIDOf(t, task)
 			ctx := context.Background()
 
 			if got := e.lastEvent().Outcome; got != tc.wantOutcome {
@@ -259,7 +271,7 @@ func TestHandlerDeadLetterRecord(t *testing.T) {
 	u.IdempotencyKey = "my-key-1"
 	task := e.task(u)
 	_ = e.run(task)
-	d, err := e.store.DeadLetter(context.Background(), TaskID("my-key-1"))
+	d, err := e.store.DeadLetter(context.Background(), TaskID("acct-9", "my-key-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +332,7 @@ func TestHandlerParkedUntilResumed(t *testing.T) {
 	if err := e.run(task); err != nil {
 		t.Fatalf("after resume: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), TaskID(taskKey(t, task)))
+	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
 	if rec.Spent != 0 || rec.State != StateCompleted {
 		t.Errorf("record %+v: want completed with no budget spent", rec)
 	}
@@ -340,7 +352,7 @@ func TestHandlerBudgetExhausted(t *testing.T) {
 	if !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("run 3: err = %v, want dead", err)
 	}
-	d, err := e.store.DeadLetter(context.Background(), TaskID(taskKey(t, task)))
+	d, err := e.store.DeadLetter(context.Background(), taskIDOf(t, task))
 	if err != nil || d.Class != ClassExhausted || d.Attempts != 3 || d.StatusCode != 500 {
 		t.Errorf("dead letter = %+v, %v", d, err)
 	}
@@ -360,7 +372,7 @@ func TestHandlerConnectionBlipsRetriedInCall(t *testing.T) {
 	if err := e.run(task); err != nil {
 		t.Fatalf("ProcessTask: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), TaskID(taskKey(t, task)))
+	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
 	if e.up.count() != 3 || rec.Spent != 0 || rec.Attempts != 3 {
 		t.Errorf("requests %d, record %+v: want 3 requests, 3 attempts, nothing spent", e.up.count(), rec)
 	}
@@ -378,7 +390,7 @@ func TestHandlerExpiredAndMalformed(t *testing.T) {
 	if err := e.run(task); !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("expired: err = %v", err)
 	}
-	d, err := e.store.DeadLetter(context.Background(), TaskID(taskKey(t, task)))
+	d, err := e.store.DeadLetter(context.Background(), taskIDOf(t, task))
 	if err != nil || d.Class != ClassExpired {
 		t.Errorf("expired dead letter = %+v, %v", d, err)
 	}
@@ -432,7 +444,7 @@ func TestPurgeForgetsDeadState(t *testing.T) {
 	task := e.task(sampleUpdate("acct-1"))
 	_ = e.run(task)
 	ctx := context.Background()
-	id := TaskID(taskKey(t, task))
+	id := taskIDOf(t, task)
 	d, err := e.store.DeadLetter(ctx, id)
 	if err != nil {
 		t.Fatal(err)
@@ -474,7 +486,7 @@ func TestHandlerSuccessAsContextEndsIsKept(t *testing.T) {
 	if err := h.ProcessTask(ctx, task); err != nil {
 		t.Fatalf("ProcessTask: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), TaskID(taskKey(t, task)))
+	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
 	if rec.State != StateCompleted {
 		t.Fatalf("a 2xx that arrived as the context ended was not recorded: %+v", rec)
 	}
@@ -492,7 +504,7 @@ func TestHandlerStoppingWorkerSpendsNothing(t *testing.T) {
 	if !errors.As(err, &we) {
 		t.Fatalf("err = %v, want a wait", err)
 	}
-	rec, _ := e.store.Get(context.Background(), TaskID(taskKey(t, task)))
+	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
 	if rec.Spent != 0 {
 		t.Errorf("a run cut short by a stopping worker spent %d budget, want 0", rec.Spent)
 	}
@@ -521,7 +533,7 @@ func TestHandlerDeadLetterWithoutMarkSendsNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Policy{})
 	task := e.task(sampleUpdate("acct-1"))
-	id := TaskID(taskKey(t, task))
+	id := taskIDOf(t, task)
 	// A crash between writing the dead letter and marking the ledger.
 	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: taskKey(t, task), DeadAt: e.now}); err != nil {
 		t.Fatal(err)
@@ -562,7 +574,7 @@ func TestHandlerReplayedRunsBeforeDeadLetterRemoved(t *testing.T) {
 	e := newEnv(t, Policy{})
 	u := sampleUpdate("acct-1")
 	u.IdempotencyKey = "replayed-key"
-	id := TaskID(u.IdempotencyKey)
+	id := TaskID(u.IntegratedAccountID, u.IdempotencyKey)
 	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: u.IdempotencyKey, DeadAt: e.now}); err != nil {
 		t.Fatal(err)
 	}
@@ -592,7 +604,7 @@ func TestAttemptHistoryThreeFailuresThenSuccess(t *testing.T) {
 		_ = e.run(task)
 		e.now = e.now.Add(5 * time.Second) // past every backoff and the 429's hold
 	}
-	st, err := e.store.Status(context.Background(), "history-key", nil)
+	st, err := e.store.Find(context.Background(), Lookup{Ref: "history-key", Account: "acct-1"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -616,5 +628,30 @@ func TestAttemptHistoryThreeFailuresThenSuccess(t *testing.T) {
 	}
 	if st.State != StatusCompleted || st.Result == nil || st.Result.Attempts != 4 || st.Spent != 2 {
 		t.Errorf("status = state %s, result %+v, spent %d; want completed after 4 attempts, 2 spent (the 429 spent none)", st.State, st.Result, st.Spent)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"exactly", 7, "exactly"},
+		{"abcdef", 3, "abc..."},
+		{"héllo", 2, "h..."}, // é is 2 bytes: not cut in half
+		{"日本語", 4, "日..."},   // 3-byte characters
+		{"😀x", 3, "..."},     // a 4-byte character that does not fit
+		{"a😀", 5, "a😀"},      // fits exactly
+		{"a😀b", 5, "a😀..."},  // cut after it
+		{strings.Repeat("é", 600), MaxReasonBytes, strings.Repeat("é", 512) + "..."},
+	}
+	for _, tt := range tests {
+		got := truncate(tt.in, tt.n)
+		if diff := cmp.Diff(tt.want, got); diff != "" || !utf8.ValidString(got) {
+			t.Errorf("truncate(%q, %d) (-want +got):\n%s", tt.in, tt.n, diff)
+		}
 	}
 }

@@ -54,7 +54,7 @@ func TestOrderingOneAtATimeInEnqueueOrder(t *testing.T) {
 	if err := e.run(second); err != nil {
 		t.Fatalf("second after first: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), TaskID("k2"))
+	rec, _ := e.store.Get(context.Background(), TaskID("acct-1", "k2"))
 	if rec.Spent != 0 {
 		t.Errorf("waiting in line spent %d budget", rec.Spent)
 	}
@@ -77,7 +77,7 @@ func TestOrderingDeadDoesNotBlockAndStaleReplayRefused(t *testing.T) {
 		t.Fatalf("second after the first died: %v", err)
 	}
 	ctx := context.Background()
-	d, err := e.store.DeadLetter(ctx, TaskID("k1"))
+	d, err := e.store.DeadLetter(ctx, TaskID("acct-1", "k1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestOrderingOrphanHeadCleared(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	// A producer crashed after joining the line, before asynq had the task.
 	ghost := orgUpdate("ghost", `{}`)
-	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("ghost"), DefaultQueue, 0); err != nil {
+	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("acct-1", "ghost"), DefaultQueue, 0); err != nil {
 		t.Fatal(err)
 	}
 	task := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
@@ -123,10 +123,10 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 	for _, k := range []string{"k1", "k2"} {
 		_ = e.run(e.enqueueTask(p, orgUpdate(k, `{"name":"`+k+`"}`)))
 		// What asynq does with a SkipRetry: archive the task in its queue.
-		if err := ins.ArchiveTask(DefaultQueue, TaskID(k)); err != nil {
+		if err := ins.ArchiveTask(DefaultQueue, TaskID("acct-1", k)); err != nil {
 			t.Fatal(err)
 		}
-		d, err := e.store.DeadLetter(ctx, TaskID(k))
+		d, err := e.store.DeadLetter(ctx, TaskID("acct-1", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,7 +142,7 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 		}
 	}
 	for _, k := range []string{"k1", "k2"} {
-		info, err := ins.GetTaskInfo(DefaultQueue, TaskID(k))
+		info, err := ins.GetTaskInfo(DefaultQueue, TaskID("acct-1", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,17 +161,17 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
 	ctx := context.Background()
 	// What asynq does with a SkipRetry: archive the task in its queue.
-	if err := asynq.NewInspectorFromRedisClient(e.store.rdb).ArchiveTask(DefaultQueue, TaskID("k1")); err != nil {
+	if err := asynq.NewInspectorFromRedisClient(e.store.rdb).ArchiveTask(DefaultQueue, TaskID("acct-1", "k1")); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := e.store.DeadLetter(ctx, TaskID("k1"))
+	d, _ := e.store.DeadLetter(ctx, TaskID("acct-1", "k1"))
 	d.Queue = DefaultQueue
 	if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 		t.Fatalf("first replay = %+v, %v", out, err)
 	}
 	// The first replay "failed" to remove the dead letter; the update then completed.
 	_ = e.store.PutDeadLetter(ctx, d)
-	info, _ := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, TaskID("k1"))
+	info, _ := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, TaskID("acct-1", "k1"))
 	if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
 		t.Fatalf("replayed run: %v", err)
 	}
@@ -180,10 +180,10 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	if err != nil || out.Status != "skipped" {
 		t.Fatalf("second replay = %+v, %v; want skipped", out, err)
 	}
-	if _, err := e.store.DeadLetter(ctx, TaskID("k1")); !errors.Is(err, ErrNotFound) {
+	if _, err := e.store.DeadLetter(ctx, TaskID("acct-1", "k1")); !errors.Is(err, ErrNotFound) {
 		t.Errorf("the leftover dead letter was not removed: %v", err)
 	}
-	if rec, _ := e.store.Get(ctx, TaskID("k1")); rec.State != StateCompleted || rec.Result == nil {
+	if rec, _ := e.store.Get(ctx, TaskID("acct-1", "k1")); rec.State != StateCompleted || rec.Result == nil {
 		t.Errorf("the second replay reset the completed update's ledger: %+v", rec)
 	}
 	if e.up.count() != before {
@@ -199,7 +199,7 @@ func TestReplayRefusedBehindQueuedLaterUpdate(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
 	e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`)) // queued, not yet run
-	d, _ := e.store.DeadLetter(context.Background(), TaskID("k1"))
+	d, _ := e.store.DeadLetter(context.Background(), TaskID("acct-1", "k1"))
 	out, err := p.Replay(context.Background(), d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" || !strings.Contains(out.Reason, "queued") {
 		t.Errorf("replay = %+v, %v; want skipped because k2 is queued", out, err)

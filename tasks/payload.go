@@ -13,7 +13,16 @@ const TypeUpdateOrganization = "orgsync:update_organization"
 // PayloadVersion is the version of the payload this code writes. Workers read
 // every version up to this one; a newer one is dead-lettered with a reason that
 // says to upgrade the worker.
-const PayloadVersion = 1
+//
+// Version 2 made the idempotency key belong to its integrated account: the
+// task id is TaskID(account, key) and the key sent to Truto is
+// UpstreamKey(account, key). A version-1 payload keeps its old identity to the
+// end, replays included: task id LegacyTaskID(key), and the caller's key sent
+// as is, so every attempt of one update carries the same key.
+const PayloadVersion = 2
+
+// payloadV1 is the version before keys belonged to accounts.
+const payloadV1 = 1
 
 // Payload is what goes onto the queue: the update plus what the worker needs to
 // bound it. It never holds a secret.
@@ -51,17 +60,40 @@ type MalformedError struct{ Reason string }
 
 func (e *MalformedError) Error() string { return "malformed task payload: " + e.Reason }
 
-// EncodePayload renders p as the task payload, stamping the current version.
+// TaskID is the asynq task id of the payload's update.
+func (p Payload) TaskID() string {
+	if p.Version == payloadV1 {
+		return LegacyTaskID(p.IdempotencyKey)
+	}
+	return TaskID(p.IntegratedAccountID, p.IdempotencyKey)
+}
+
+// UpstreamKey is the Idempotency-Key sent to Truto on every attempt of the
+// payload's update.
+func (p Payload) UpstreamKey() string {
+	if p.Version == payloadV1 {
+		return p.IdempotencyKey
+	}
+	return UpstreamKey(p.IntegratedAccountID, p.IdempotencyKey)
+}
+
+// EncodePayload renders p as the task payload, stamping the current version
+// unless p.Version names an older one this code still writes (a replay of a
+// version-1 dead letter keeps version 1, and with it its task id and key).
 func EncodePayload(p Payload) ([]byte, error) {
-	p.Version = PayloadVersion
+	if p.Version < payloadV1 || p.Version > PayloadVersion {
+		p.Version = PayloadVersion
+	}
 	return json.Marshal(p)
 }
 
-// DecodePayload parses and validates a task payload.
+// DecodePayload parses and validates a task payload with the same strict
+// decoder as ParseUpdate: a repeated or case-variant field, or invalid UTF-8,
+// makes it malformed rather than silently meaning something else.
 func DecodePayload(b []byte) (Payload, error) {
 	var p Payload
-	if err := json.Unmarshal(b, &p); err != nil {
-		return Payload{}, &MalformedError{Reason: "not JSON: " + jsonReason(err)}
+	if err := decodeStrict(b, "payload", payloadShape, &p); err != nil {
+		return Payload{}, &MalformedError{Reason: err.Error()}
 	}
 	switch {
 	case p.Version < 1:

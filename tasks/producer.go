@@ -126,24 +126,31 @@ func (p *Producer) Enqueue(ctx context.Context, u Update, opts ...EnqueueOption)
 	if cfg.processAt.After(start) {
 		start = cfg.processAt.UTC()
 	}
-	return p.enqueue(ctx, Payload{Update: u, EnqueuedAt: start, MaxRetry: cfg.maxRetry, Run: cfg.run}, cfg)
+	return p.enqueue(ctx, Payload{Version: PayloadVersion, Update: u, EnqueuedAt: start, MaxRetry: cfg.maxRetry, Run: cfg.run}, cfg)
 }
 
 func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (Enqueued, error) {
-	id := TaskID(pl.IdempotencyKey)
+	id := pl.TaskID()
 	out := Enqueued{TaskID: id, IdempotencyKey: pl.IdempotencyKey, Queue: cfg.queue, Status: "enqueued"}
-	// A dead update keeps its identity until an operator replays or purges it,
-	// even after asynq's capped archive has forgotten it.
-	dead := false
-	if !cfg.replay {
-		var err error
-		if dead, err = p.store.rdb.HExists(ctx, p.store.dlqRecords(), id).Result(); err != nil {
-			return Enqueued{}, fmt.Errorf("enqueue %s: check dead letters: %w", id, err)
-		}
+	// Remembered so that `enqueue status KEY` finds the update by key alone.
+	if err := p.store.noteKey(ctx, pl.IntegratedAccountID, pl.IdempotencyKey); err != nil {
+		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
-	if dead {
-		out.Status = "duplicate"
-		return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", id, ErrDuplicate, id)
+	if !cfg.replay {
+		// A dead update keeps its identity until an operator replays or purges
+		// it, even after asynq's capped archive has forgotten it; and an update
+		// enqueued before keys belonged to accounts keeps its old identity.
+		dup, dupID, dead, err := p.existing(ctx, pl, cfg.queue)
+		if err != nil {
+			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+		}
+		if dup {
+			out.TaskID, out.Status = dupID, "duplicate"
+			if dead {
+				return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", dupID, ErrDuplicate, dupID)
+			}
+			return out, fmt.Errorf("enqueue %s: %w", dupID, ErrDuplicate)
+		}
 	}
 	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue, pl.OriginSeq)
 	if err != nil {
@@ -184,6 +191,53 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
 	return out, nil
+}
+
+// existing reports whether the update already exists outside asynq's task id
+// check: as a dead letter under its task id, or as a version-1 task (queued,
+// completed within the retention, or dead) of the same account under the
+// key's legacy id. It returns the id it exists under, and whether it is dead.
+func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup bool, id string, dead bool, err error) {
+	id, legacy := pl.TaskID(), LegacyTaskID(pl.IdempotencyKey)
+	pipe := p.store.rdb.Pipeline()
+	deadNow := pipe.HExists(ctx, p.store.dlqRecords(), id)
+	deadOld := pipe.HExists(ctx, p.store.dlqRecords(), legacy)
+	// asynq 0.26 keeps a task's hash at asynq:{QUEUE}:t:ID; TestLegacyPayloadKeepsItsIdentity
+	// fails if that changes.
+	queuedOld := pipe.Exists(ctx, "asynq:{"+queue+"}:t:"+legacy)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return false, "", false, fmt.Errorf("check dead letters: %w", err)
+	}
+	switch {
+	case deadNow.Val():
+		return true, id, true, nil
+	case legacy == id || (!deadOld.Val() && queuedOld.Val() == 0):
+		return false, "", false, nil // the common case: no version-1 task with this key
+	}
+	// A version-1 task has this key; it is this update only if it is the same account's.
+	if deadOld.Val() {
+		d, err := p.store.DeadLetter(ctx, legacy)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return false, "", false, err
+		}
+		if err == nil && d.Update.IntegratedAccountID == pl.IntegratedAccountID {
+			return true, legacy, true, nil
+		}
+	}
+	if queuedOld.Val() > 0 {
+		info, err := asynq.NewInspectorFromRedisClient(p.store.rdb).GetTaskInfo(queue, legacy)
+		switch {
+		case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
+		case err != nil:
+			return false, "", false, fmt.Errorf("look up %s: %w", legacy, err)
+		default:
+			if old, err := DecodePayload(info.Payload); err == nil && old.Version == payloadV1 &&
+				old.IntegratedAccountID == pl.IntegratedAccountID {
+				return true, legacy, info.State == asynq.TaskStateArchived, nil
+			}
+		}
+	}
+	return false, "", false, nil
 }
 
 // DefaultEnqueueConcurrency is how many enqueues EnqueueMany keeps in flight.

@@ -66,7 +66,7 @@ func TestEnqueueDuplicateKey(t *testing.T) {
 	ctx := context.Background()
 	u := Update{ID: "org-1", IntegratedAccountID: "acct", Body: json.RawMessage(`{"name":"A"}`), IdempotencyKey: "k-1"}
 	first, err := p.Enqueue(ctx, u)
-	if err != nil || first.Status != "enqueued" || first.TaskID != TaskID("k-1") {
+	if err != nil || first.Status != "enqueued" || first.TaskID != TaskID("acct", "k-1") {
 		t.Fatalf("first enqueue = %+v, %v", first, err)
 	}
 	second, err := p.Enqueue(ctx, u)
@@ -81,7 +81,7 @@ func TestEnqueueDuplicateKey(t *testing.T) {
 		t.Fatalf("keyless enqueues = %+v %v, %+v %v; want two tasks", a, err1, b, err2)
 	}
 	// A dead-lettered key stays taken after asynq forgets it.
-	if err := store.PutDeadLetter(ctx, DeadLetter{TaskID: TaskID("k-dead"), IdempotencyKey: "k-dead", DeadAt: time.Now()}); err != nil {
+	if err := store.PutDeadLetter(ctx, DeadLetter{TaskID: TaskID("acct", "k-dead"), IdempotencyKey: "k-dead", DeadAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	u.IdempotencyKey = "k-dead"
@@ -152,7 +152,7 @@ func TestEnqueueMany(t *testing.T) {
 	us = append(us, Update{ID: "x", IntegratedAccountID: "acct", Body: json.RawMessage(`[]`)}) // invalid
 	res, errs := p.EnqueueMany(ctx, us, WithMaxRetry(2))
 	for i := 0; i < 40; i++ {
-		if errs[i] != nil || res[i].TaskID != TaskID(us[i].IdempotencyKey) {
+		if errs[i] != nil || res[i].TaskID != TaskID("acct", us[i].IdempotencyKey) {
 			t.Fatalf("update %d: %+v, %v", i, res[i], errs[i])
 		}
 	}

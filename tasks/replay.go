@@ -102,7 +102,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	}
 	u := d.Update
 	u.IdempotencyKey = d.IdempotencyKey
-	pl := Payload{Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
+	pl := Payload{Version: d.payloadVersion(), Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
 	// Enqueue first, then remove the dead letter: a crash in between leaves
 	// both, and the next replay finds the task and only removes the record.
 	_, err := p.enqueue(ctx, pl, enqueueConfig{queue: queue, retention: p.retention, replay: true})

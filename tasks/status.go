@@ -38,14 +38,128 @@ type Status struct {
 	History        []Attempt   `json:"history,omitempty"`
 }
 
-// Status looks an update up by task id (or, when ref is not a task id, by
-// idempotency key) across asynq's queues, the ledger and the dead letters.
-// It returns ErrNotFound when nothing knows it.
-func (s *Store) Status(ctx context.Context, ref string, queues []string) (Status, error) {
-	taskID := ref
-	if !strings.HasPrefix(ref, "u_") || len(ref) != 34 {
-		taskID = TaskID(ref)
+// Lookup says which update Find is about.
+type Lookup struct {
+	// Ref is a task id or an idempotency key.
+	Ref string
+	// Account is the integrated account of the update; with a key it picks
+	// that account's update, since each account has its own keys.
+	Account string
+	// AsKey and AsTaskID say what Ref is; with neither, both are tried.
+	AsKey, AsTaskID bool
+}
+
+// Match is one update a lookup found, and how.
+type Match struct {
+	TaskID    string `json:"task_id"`
+	Account   string `json:"account,omitempty"`
+	MatchedAs string `json:"matched_as"` // "task_id" or "idempotency_key"
+}
+
+// ErrAmbiguous is matched by the error of a lookup that found several updates.
+var ErrAmbiguous = errors.New("ambiguous reference")
+
+// AmbiguousError is a lookup that found several updates: a key several
+// accounts used, or a reference that is one update's task id and another's key.
+type AmbiguousError struct {
+	Ref     string
+	Matches []Match
+}
+
+func (e *AmbiguousError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%q matches %d updates:", e.Ref, len(e.Matches))
+	for i, m := range e.Matches {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, " %s (as %s", m.TaskID, strings.ReplaceAll(m.MatchedAs, "_", " "))
+		if m.Account != "" {
+			fmt.Fprintf(&b, ", account %q", m.Account)
+		}
+		b.WriteByte(')')
 	}
+	return b.String()
+}
+
+// Is makes errors.Is(err, ErrAmbiguous) true.
+func (e *AmbiguousError) Is(target error) bool { return target == ErrAmbiguous }
+
+// Status looks an update up by task id or idempotency key (both are tried;
+// see Find) across asynq's queues, the ledger and the dead letters. It
+// returns ErrNotFound when nothing knows it, and an *AmbiguousError when
+// several updates match.
+func (s *Store) Status(ctx context.Context, ref string, queues []string) (Status, error) {
+	return s.Find(ctx, Lookup{Ref: ref}, queues)
+}
+
+// Find looks up the update l names. A reference of task id form is tried as a
+// task id; any reference is tried as a key: of l.Account when given, else of
+// every account that used it recently, and as an update enqueued before keys
+// belonged to accounts. Exactly one match is its status; none is ErrNotFound;
+// several are an *AmbiguousError listing them, to pick with l.Account,
+// l.AsKey or l.AsTaskID.
+func (s *Store) Find(ctx context.Context, l Lookup, queues []string) (Status, error) {
+	type candidate struct {
+		id, as  string
+		account string // the account the id was derived from; "" for a task id or legacy id
+	}
+	var cands []candidate
+	if !l.AsKey && isTaskIDForm(l.Ref) {
+		cands = append(cands, candidate{l.Ref, "task_id", ""})
+	}
+	if !l.AsTaskID && ValidateKey(l.Ref) == nil {
+		accounts := []string{l.Account}
+		if l.Account == "" {
+			var err error
+			if accounts, err = s.keyAccounts(ctx, l.Ref); err != nil {
+				return Status{}, err
+			}
+		}
+		for _, a := range accounts {
+			cands = append(cands, candidate{TaskID(a, l.Ref), "idempotency_key", a})
+		}
+		cands = append(cands, candidate{LegacyTaskID(l.Ref), "idempotency_key", ""})
+	}
+	var found []Status
+	var matches []Match
+	seen := map[string]bool{}
+	for _, c := range cands {
+		if seen[c.id] {
+			continue
+		}
+		seen[c.id] = true
+		st, err := s.statusByID(ctx, c.id, queues)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		account := c.account
+		if st.Update != nil {
+			account = st.Update.IntegratedAccountID
+		}
+		if l.Account != "" && account != l.Account {
+			continue // a task id or legacy task of another account (or of one unknown)
+		}
+		if c.as == "idempotency_key" && st.IdempotencyKey != "" && st.IdempotencyKey != l.Ref {
+			continue
+		}
+		found = append(found, st)
+		matches = append(matches, Match{TaskID: c.id, Account: account, MatchedAs: c.as})
+	}
+	switch len(found) {
+	case 0:
+		return Status{}, fmt.Errorf("update %s: %w", l.Ref, ErrNotFound)
+	case 1:
+		return found[0], nil
+	}
+	return Status{}, &AmbiguousError{Ref: l.Ref, Matches: matches}
+}
+
+// statusByID is the status of the update with task id taskID, or ErrNotFound.
+func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) (Status, error) {
 	st := Status{TaskID: taskID}
 	rec, err := s.Get(ctx, taskID)
 	if err != nil {
@@ -109,7 +223,7 @@ func (s *Store) Status(ctx context.Context, ref string, queues []string) (Status
 		return st, nil
 	}
 	if rec.Attempts == 0 && rec.State == "" {
-		return st, fmt.Errorf("update %s: %w", ref, ErrNotFound)
+		return st, fmt.Errorf("update %s: %w", taskID, ErrNotFound)
 	}
 	st.State = "unknown"
 	return st, nil

@@ -5,17 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"unicode/utf8"
 
 	"github.com/orgsync/orgsync/trutoclient"
 )
 
-// Limits of an update, as DESIGN.md states them.
+// Limits of an update. The name limits are
+// trutoclient's, so that the door and the client refuse the same names.
 const (
-	MaxIDBytes      = 256     // organization id and integrated account id
-	MaxBodyBytes    = 1 << 20 // the JSON body
-	MaxKeyBytes     = 255     // idempotency key
-	maxErrorDisplay = 80      // bytes of an offending value quoted in an error
+	MaxIDBytes      = trutoclient.MaxIDBytes  // organization id and integrated account id
+	MaxBodyBytes    = 1 << 20                 // the JSON body
+	MaxKeyBytes     = trutoclient.MaxKeyBytes // idempotency key
+	maxErrorDisplay = 80                      // bytes of an offending value quoted in an error
 )
 
 // Update is one intent: apply Body to organization ID of integrated account
@@ -38,12 +38,14 @@ type ValidationError struct {
 func (e *ValidationError) Error() string { return e.Field + ": " + e.Reason }
 
 // Validate reports the first problem with u as a *ValidationError, or nil.
-// An empty IdempotencyKey is valid: the producer generates one.
+// An empty IdempotencyKey is valid: the producer generates one. The rules for
+// the id, the account id and the key are trutoclient's (what the client would
+// refuse at send is refused here), plus orgsync's reserved account names.
 func (u *Update) Validate() error {
-	if err := validateName("id", u.ID); err != nil {
+	if err := fromRequestError(trutoclient.ValidateOrganizationID(u.ID)); err != nil {
 		return err
 	}
-	if err := validateName("integrated_account_id", u.IntegratedAccountID); err != nil {
+	if err := ValidateAccount(u.IntegratedAccountID); err != nil {
 		return err
 	}
 	if err := validateBody(u.Body); err != nil {
@@ -51,6 +53,9 @@ func (u *Update) Validate() error {
 	}
 	if err := u.Options.Validate(); err != nil {
 		return &ValidationError{Field: "options", Reason: err.Error()}
+	}
+	if err := checkOptionsText(u.Options.ExcludeFields, u.Options.RemoteQuery); err != nil {
+		return err
 	}
 	if u.IdempotencyKey != "" {
 		if err := ValidateKey(u.IdempotencyKey); err != nil {
@@ -60,21 +65,26 @@ func (u *Update) Validate() error {
 	return nil
 }
 
-func validateName(field, v string) error {
-	switch {
-	case v == "":
-		return &ValidationError{Field: field, Reason: "is required"}
-	case len(v) > MaxIDBytes:
-		return &ValidationError{Field: field, Reason: fmt.Sprintf("is %d bytes; at most %d allowed", len(v), MaxIDBytes)}
-	case !utf8.ValidString(v):
-		return &ValidationError{Field: field, Reason: "is not valid UTF-8"}
+// ValidateAccount checks an integrated account id: trutoclient's rules, and
+// not a name orgsync reserves for itself (AllAccounts, the hold on everyone).
+func ValidateAccount(account string) error {
+	if err := fromRequestError(trutoclient.ValidateAccountID(account)); err != nil {
+		return err
 	}
-	for _, r := range v {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return &ValidationError{Field: field, Reason: fmt.Sprintf("contains control character %U", r)}
-		}
+	if account == AllAccounts {
+		return &ValidationError{Field: "integrated_account_id", Reason: fmt.Sprintf("%q is reserved (it names all accounts in `enqueue accounts resume`)", account)}
 	}
 	return nil
+}
+
+// fromRequestError turns trutoclient's *RequestError into a *ValidationError
+// for the same field.
+func fromRequestError(err error) error {
+	var re *trutoclient.RequestError
+	if errors.As(err, &re) {
+		return &ValidationError{Field: re.Field, Reason: re.Reason}
+	}
+	return err
 }
 
 func validateBody(b json.RawMessage) error {
@@ -86,40 +96,23 @@ func validateBody(b json.RawMessage) error {
 		return &ValidationError{Field: "body", Reason: fmt.Sprintf("is %d bytes; at most %d allowed", len(b), MaxBodyBytes)}
 	case trimmed[0] != '{':
 		return &ValidationError{Field: "body", Reason: "must be a JSON object"}
-	case !json.Valid(trimmed):
-		return &ValidationError{Field: "body", Reason: "is not valid JSON"}
 	}
-	return nil
+	return checkJSON(trimmed, "body", "body", nil)
 }
 
-// ValidateKey checks an idempotency key: 1..255 bytes of printable ASCII.
-func ValidateKey(k string) error {
-	if k == "" {
-		return &ValidationError{Field: "idempotency_key", Reason: "is empty"}
-	}
-	if len(k) > MaxKeyBytes {
-		return &ValidationError{Field: "idempotency_key", Reason: fmt.Sprintf("is %d bytes; at most %d allowed", len(k), MaxKeyBytes)}
-	}
-	for i := 0; i < len(k); i++ {
-		if k[i] < 0x20 || k[i] > 0x7e {
-			return &ValidationError{Field: "idempotency_key", Reason: fmt.Sprintf("byte %d is not printable ASCII", i)}
-		}
-	}
-	return nil
-}
+// ValidateKey checks an idempotency key: 1..255 bytes of printable ASCII
+// without leading or trailing spaces (trutoclient.ValidateIdempotencyKey).
+func ValidateKey(k string) error { return fromRequestError(trutoclient.ValidateIdempotencyKey(k)) }
 
 // ParseUpdate decodes one NDJSON line (or any JSON document) into a validated
 // Update. Unknown fields are refused so that a typo ("integrated_acount_id")
-// is an error rather than a silently missing value.
+// is an error rather than a silently missing value; so are a field given twice,
+// a field name in another case, and invalid UTF-8 anywhere (see checkJSON).
+// Numbers in options keep every digit.
 func ParseUpdate(line []byte) (Update, error) {
 	var u Update
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&u); err != nil {
-		return Update{}, &ValidationError{Field: "line", Reason: "not a JSON update object: " + jsonReason(err)}
-	}
-	if dec.More() {
-		return Update{}, &ValidationError{Field: "line", Reason: "has data after the JSON object"}
+	if err := decodeStrict(line, "line", updateShape, &u); err != nil {
+		return Update{}, err
 	}
 	// Compact the body so the stored and sent bytes do not carry the line's
 	// incidental whitespace; the meaning is unchanged.

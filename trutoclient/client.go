@@ -309,7 +309,7 @@ func (r *UpdateOrganizationRequest) validate() error {
 // arrived. An invalid request returns a *RequestError before any I/O. Nothing returned holds the
 // token, in any encoding the redaction recognizes.
 func (c *Client) UpdateOrganization(ctx context.Context, req *UpdateOrganizationRequest) (*Organization, *Response, error) {
-	if err := req.validate(); err != nil {
+	if err := req.validateAll(); err != nil {
 		return nil, nil, err
 	}
 	query, err := EncodeQuery(req.IntegratedAccountID, req.Options)

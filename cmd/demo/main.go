@@ -298,16 +298,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 func orgID(i int) string { return fmt.Sprintf("org-%06d", i) }
 
 // enqueueAll enqueues update r of every organization before update r+1
-// (tasks.Producer.EnqueueMany keeps each organization's updates in order).
+// (tasks.Producer.EnqueueMany keeps each organization's updates in order). It
+// returns the Idempotency-Key each update is sent under, which is what the
+// fake counts its effects by.
 func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, error) {
 	var updates []tasks.Update
 	var keys []string
 	for r := 0; len(updates) < s.updates; r++ {
 		for o := 0; o < s.orgs() && len(updates) < s.updates; o++ {
-			key := fmt.Sprintf("demo-%06d-%d", o, r)
-			keys = append(keys, key)
+			key, account := fmt.Sprintf("demo-%06d-%d", o, r), fmt.Sprintf("acct-%03d", o%s.accounts)
+			keys = append(keys, tasks.UpstreamKey(account, key))
 			updates = append(updates, tasks.Update{
-				ID: orgID(o), IntegratedAccountID: fmt.Sprintf("acct-%03d", o%s.accounts), IdempotencyKey: key,
+				ID: orgID(o), IntegratedAccountID: account, IdempotencyKey: key,
 				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","round":%d}}`, r, r)),
 			})
 		}

@@ -62,10 +62,10 @@ func TestBulkMixedFile(t *testing.T) {
 		t.Errorf("summary (-want +got):\n%s", diff)
 	}
 	wantErr := []string{
-		"line 2: line: not a JSON update object",
+		"line 2: line: is not valid JSON",
 		"line 5: body: must be a JSON object",
 		fmt.Sprintf("line 6: longer than %d bytes", maxLineBytes),
-		`line 7: line: not a JSON update object: json: unknown field "integrated_acount_id"`,
+		`line 7: integrated_acount_id: is not a field; the fields here are body, id, idempotency_key, integrated_account_id, options`,
 	}
 	gotErr := strings.Split(strings.TrimSpace(r.stderr), "\n")
 	if len(gotErr) != len(wantErr) {
@@ -77,10 +77,10 @@ func TestBulkMixedFile(t *testing.T) {
 		}
 	}
 	wantIDs := []string{
-		tasks.TaskID(tasks.RunKey("mixed", 1, []byte(lines[0]))),
-		tasks.TaskID("key-4"),
-		tasks.TaskID(tasks.RunKey("mixed", 9, []byte(validLine("o9")))),
-		tasks.TaskID(tasks.RunKey("mixed", 10, []byte(lines[9]))),
+		tasks.TaskID("acc1", tasks.RunKey("mixed", 1, []byte(lines[0]))),
+		tasks.TaskID("acc1", "key-4"),
+		tasks.TaskID("acc1", tasks.RunKey("mixed", 9, []byte(validLine("o9")))),
+		tasks.TaskID("acc1", tasks.RunKey("mixed", 10, []byte(lines[9]))),
 	}
 	if diff := cmp.Diff(wantIDs, f.pendingIDs(t, tasks.DefaultQueue), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
 		t.Errorf("pending task ids (-want +got):\n%s", diff)
@@ -150,7 +150,7 @@ func TestBulkMaxRetry(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
-	p, _ := f.payload(t, tasks.TaskID("k"))
+	p, _ := f.payload(t, tasks.TaskID("a", "k"))
 	if p.MaxRetry != 4 || p.Run != "x" {
 		t.Errorf("payload max_retry %d run %q, want 4 and x", p.MaxRetry, p.Run)
 	}
@@ -264,4 +264,42 @@ func BenchmarkBulk(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(lines*iters)/b.Elapsed().Seconds(), "lines/s")
+}
+
+// TestBulkRefusesAmbiguousLines: lines encoding/json alone would read with
+// another meaning are refused, each reported with its number and field; the
+// rest go, with numbers exact.
+func TestBulkRefusesAmbiguousLines(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	lines := []string{
+		`{"id":"o1","integrated_account_id":"acc1","INTEGRATED_ACCOUNT_ID":"acc2","body":{}}`,
+		"{\"id\":\"o\xff2\",\"integrated_account_id\":\"acc1\",\"body\":{}}",
+		"{\"id\":\"o3\",\"integrated_account_id\":\"acc1\",\"body\":{\"name\":\"\xc3\"}}",
+		`{"id":"o4","integrated_account_id":"acc1","body":{"a":1,"a":2}}`,
+		`{"id":"o5","integrated_account_id":"*","body":{}}`,
+		`{"id":"..","integrated_account_id":"acc1","body":{}}`,
+		`{"id":"o7","integrated_account_id":"acc1","body":{},"idempotency_key":"k7 "}`,
+		`{"id":"o8","integrated_account_id":"acc1","body":{},"idempotency_key":"k8","options":{"remote_query":{"n":12345678901234567890}}}`,
+	}
+	r := cli(t, f.srv, strings.Join(lines, "\n"), "bulk", "-")
+	if r.code != 1 {
+		t.Fatalf("exit %d, want 1; stderr %q", r.code, r.stderr)
+	}
+	wantErr := []string{
+		`line 1: INTEGRATED_ACCOUNT_ID: is not a field: names are case-sensitive; did you mean "integrated_account_id"?`,
+		`line 2: id: the value is not valid UTF-8`,
+		`line 3: body.name: the value is not valid UTF-8`,
+		`line 4: body.a: appears twice in one object; give each field once`,
+		`line 5: integrated_account_id: "*" is reserved (it names all accounts in ` + "`enqueue accounts resume`)",
+		`line 6: id: ".." cannot be sent as a path segment`,
+		`line 7: idempotency_key: has leading or trailing spaces, which a header value loses`,
+	}
+	if diff := cmp.Diff(wantErr, strings.Split(strings.TrimSpace(r.stderr), "\n")); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+	p, _ := f.payload(t, tasks.TaskID("acc1", "k8"))
+	if got := string(p.Options.RemoteQuery["n"].(json.Number)); got != "12345678901234567890" {
+		t.Errorf("remote_query n = %s, want 12345678901234567890", got)
+	}
 }

@@ -33,11 +33,17 @@ func dlqFixture(t *testing.T) (*fixture, []tasks.DeadLetter) {
 	return f, append([]tasks.DeadLetter{malformed}, ds...)
 }
 
+// fixtureAccount is the account of each key of dlqFixture.
+var fixtureAccount = map[string]string{"k1": "acc1", "k2": "acc1", "k3": "acc2", "k4": "acc2", "k5": "acc3"}
+
+// idOf is the task id of dlqFixture's dead letter with key k.
+func idOf(k string) string { return tasks.TaskID(fixtureAccount[k], k) }
+
 // ids lists the task ids of the dead letters with these keys.
 func ids(keys ...string) []string {
 	out := []string{}
 	for _, k := range keys {
-		out = append(out, tasks.TaskID(k))
+		out = append(out, idOf(k))
 	}
 	return out
 }
@@ -107,7 +113,7 @@ func TestDLQListTable(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errb.String())
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TASK ID") || !strings.Contains(lines[1], tasks.TaskID("k1")) ||
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "TASK ID") || !strings.Contains(lines[1], idOf("k1")) ||
 		!strings.Contains(lines[1], "422") || !strings.Contains(lines[1], "upstream said no") {
 		t.Errorf("table =\n%s\nwant a header and two rows", out.String())
 	}
@@ -145,21 +151,21 @@ func TestDLQReplay(t *testing.T) {
 	t.Run("by id", func(t *testing.T) {
 		t.Parallel()
 		f, _ := dlqFixture(t)
-		got, r := replaySummaryOf(t, f, 0, tasks.TaskID("k2"), "--verbose", "--max-retry", "7")
+		got, r := replaySummaryOf(t, f, 0, idOf("k2"), "--verbose", "--max-retry", "7")
 		if diff := cmp.Diff(replaySummary{Replayed: 1}, got); diff != "" {
 			t.Errorf("summary (-want +got):\n%s", diff)
 		}
-		if !strings.Contains(r.stderr, tasks.TaskID("k2")+": replayed") {
+		if !strings.Contains(r.stderr, idOf("k2")+": replayed") {
 			t.Errorf("verbose stderr %q does not list the record", r.stderr)
 		}
 		if diff := cmp.Diff(ids("k2"), f.pendingIDs(t, tasks.DefaultQueue)); diff != "" {
 			t.Errorf("pending (-want +got):\n%s", diff)
 		}
-		p, info := f.payload(t, tasks.TaskID("k2"))
+		p, info := f.payload(t, idOf("k2"))
 		if info.State != asynq.TaskStatePending || p.IdempotencyKey != "k2" || p.Replays != 1 || p.MaxRetry != 7 {
 			t.Errorf("replayed task: state %v key %q replays %d max retry %d; want pending, k2, 1, 7", info.State, p.IdempotencyKey, p.Replays, p.MaxRetry)
 		}
-		if slices.Contains(f.deadIDs(t), tasks.TaskID("k2")) {
+		if slices.Contains(f.deadIDs(t), idOf("k2")) {
 			t.Errorf("dead letter of k2 is still there")
 		}
 	})
@@ -191,7 +197,7 @@ func TestDLQReplay(t *testing.T) {
 	t.Run("unknown id", func(t *testing.T) {
 		t.Parallel()
 		f, _ := dlqFixture(t)
-		got, r := replaySummaryOf(t, f, 1, "u_ffffffffffffffffffffffffffffffff", tasks.TaskID("k1"))
+		got, r := replaySummaryOf(t, f, 1, "u_ffffffffffffffffffffffffffffffff", idOf("k1"))
 		if diff := cmp.Diff(replaySummary{Replayed: 1}, got); diff != "" {
 			t.Errorf("summary (-want +got):\n%s", diff)
 		}
@@ -267,7 +273,7 @@ func TestDLQPurge(t *testing.T) {
 		{"confirmed", []string{"--all", "--class", "permanent"}, "y\n", 0, 3, 3},
 		{"confirmed yes", []string{"--all"}, "YES\n", 0, 6, 0},
 		{"--yes does not ask", []string{"--all", "--account", "acc2", "--yes"}, "", 0, 2, 4},
-		{"by id", []string{tasks.TaskID("k1"), tasks.TaskID("k5"), "--yes"}, "", 0, 2, 4},
+		{"by id", []string{idOf("k1"), idOf("k5"), "--yes"}, "", 0, 2, 4},
 		{"by unknown id", []string{"u_ffffffffffffffffffffffffffffffff", "--yes"}, "", 1, 0, 6},
 		{"nothing matches", []string{"--all", "--account", "nobody"}, "", 0, 0, 6},
 	}
@@ -313,14 +319,14 @@ func TestPurgeDropsArchivedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// As the worker leaves it: asynq's archive mirrors the dead letter.
-	if err := f.ins.ArchiveTask(tasks.DefaultQueue, tasks.TaskID("arch")); err != nil {
+	if err := f.ins.ArchiveTask(tasks.DefaultQueue, tasks.TaskID("a", "arch")); err != nil {
 		t.Fatal(err)
 	}
 	f.putDeadLetters(t, deadLetter("arch", "a", "o", 422, "permanent", time.Now()))
-	if r := cli(t, f.srv, "", "dlq", "purge", tasks.TaskID("arch"), "--yes"); r.code != 0 {
+	if r := cli(t, f.srv, "", "dlq", "purge", tasks.TaskID("a", "arch"), "--yes"); r.code != 0 {
 		t.Fatalf("purge: exit %d, stderr %q", r.code, r.stderr)
 	}
-	if _, err := f.ins.GetTaskInfo(tasks.DefaultQueue, tasks.TaskID("arch")); err == nil {
+	if _, err := f.ins.GetTaskInfo(tasks.DefaultQueue, tasks.TaskID("a", "arch")); err == nil {
 		t.Errorf("the archived copy is still in asynq; it would block the key")
 	}
 	if _, err := f.producer.Enqueue(ctx, u); err != nil {
@@ -343,14 +349,14 @@ func TestDLQExportEditBulk(t *testing.T) {
 	if edited == exp.stdout {
 		t.Fatalf("could not edit the exported line %q", exp.stdout)
 	}
-	if r := cli(t, f.srv, "", "dlq", "purge", tasks.TaskID("k2"), "--yes"); r.code != 0 {
+	if r := cli(t, f.srv, "", "dlq", "purge", idOf("k2"), "--yes"); r.code != 0 {
 		t.Fatalf("purge: exit %d, stderr %q", r.code, r.stderr)
 	}
 	r := cli(t, f.srv, edited, "bulk", "-")
 	if r.code != 0 {
 		t.Fatalf("bulk of the edited line: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
-	p, _ := f.payload(t, tasks.TaskID("k2"))
+	p, _ := f.payload(t, idOf("k2"))
 	if string(p.Body) != `{"remote_data":{"tier":"fixed"}}` || p.IdempotencyKey != "k2" || p.ID != "org2" {
 		t.Errorf("re-enqueued payload = %+v, want the fixed body under key k2", p)
 	}

@@ -154,7 +154,7 @@ func (f *fixture) payload(t *testing.T, id string) (tasks.Payload, *asynq.TaskIn
 // deadLetter builds a dead letter of a valid update with key key.
 func deadLetter(key, account, org string, status int, class string, deadAt time.Time) tasks.DeadLetter {
 	return tasks.DeadLetter{
-		TaskID: tasks.TaskID(key),
+		TaskID: tasks.TaskID(account, key),
 		Queue:  tasks.DefaultQueue,
 		Update: tasks.Update{ID: org, IntegratedAccountID: account, Body: json.RawMessage(`{"name":"` + org + `"}`),
 			IdempotencyKey: key},

@@ -167,7 +167,10 @@ func (a *app) refuseUpdate(err error) error {
 		Reason string `json:"reason"`
 	}{"invalid", ve.Field, ve.Reason})
 	hint := "fix it and run again"
-	if fl, ok := flagOfField[ve.Field]; ok {
+	// A field can be a path into the update (body.remote_data.tier): its first part names the flag.
+	top, _, _ := strings.Cut(ve.Field, ".")
+	top, _, _ = strings.Cut(top, "[")
+	if fl, ok := flagOfField[top]; ok {
 		hint = "fix " + fl + " and run again"
 	}
 	return refused("invalid update: %s %s; %s", ve.Field, ve.Reason, hint)

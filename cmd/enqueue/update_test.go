@@ -37,7 +37,7 @@ func TestUpdateHappyPath(t *testing.T) {
 	}
 	var got enqueued
 	decode(t, r, &got)
-	want := enqueued{TaskID: tasks.TaskID("k-1"), IdempotencyKey: "k-1", Queue: tasks.DefaultQueue, Status: "enqueued"}
+	want := enqueued{TaskID: tasks.TaskID("acc1", "k-1"), IdempotencyKey: "k-1", Queue: tasks.DefaultQueue, Status: "enqueued"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("output (-want +got):\n%s", diff)
 	}
@@ -66,7 +66,7 @@ func TestUpdateGeneratesKeyAndSchedules(t *testing.T) {
 	}
 	var got enqueued
 	decode(t, r, &got)
-	if got.IdempotencyKey == "" || got.TaskID != tasks.TaskID(got.IdempotencyKey) || got.Status != "enqueued" {
+	if got.IdempotencyKey == "" || got.TaskID != tasks.TaskID("acc1", got.IdempotencyKey) || got.Status != "enqueued" {
 		t.Errorf("output = %+v, want a generated key and its task id", got)
 	}
 	p, info := f.payload(t, got.TaskID)
@@ -91,7 +91,7 @@ func TestUpdateDuplicate(t *testing.T) {
 	}
 	var got enqueued
 	decode(t, second, &got)
-	want := enqueued{TaskID: tasks.TaskID("same"), IdempotencyKey: "same", Queue: tasks.DefaultQueue, Status: "duplicate"}
+	want := enqueued{TaskID: tasks.TaskID("acc1", "same"), IdempotencyKey: "same", Queue: tasks.DefaultQueue, Status: "duplicate"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("second output (-want +got):\n%s", diff)
 	}
@@ -126,6 +126,15 @@ func TestUpdateInvalid(t *testing.T) {
 		{"bad format", append(base[:len(base):len(base)], "--body", "{}", "--format", "xml"), "options", "--format"},
 		{"bad key", append(base[:len(base):len(base)], "--body", "{}", "--idempotency-key", "tab\there"), "idempotency_key", "--idempotency-key"},
 		{"negative max retry", append(base[:len(base):len(base)], "--body", "{}", "--max-retry", "-1"), "max_retry", "--max-retry"},
+		{"reserved account", []string{"update", "--id", "o", "--account", "*", "--body", "{}"}, "integrated_account_id", "--account"},
+		{"dot-dot id", []string{"update", "--id", "..", "--account", "acc1", "--body", "{}"}, "id", "--id"},
+		{"dot id", []string{"update", "--id", ".", "--account", "acc1", "--body", "{}"}, "id", "--id"},
+		{"key with a trailing space", append(base[:len(base):len(base)], "--body", "{}", "--idempotency-key", "k "), "idempotency_key", "--idempotency-key"},
+		{"key with a leading space", append(base[:len(base):len(base)], "--body", "{}", "--idempotency-key", " k"), "idempotency_key", "--idempotency-key"},
+		{"body key twice", append(base[:len(base):len(base)], "--body", `{"a":{"b":1,"b":2}}`), "body.a.b", "--body"},
+		{"body invalid UTF-8", append(base[:len(base):len(base)], "--body", "{\"a\":\"\xff\"}"), "body.a", "--body"},
+		{"id invalid UTF-8", []string{"update", "--id", "o\xff", "--account", "acc1", "--body", "{}"}, "id", "--id"},
+		{"remote query invalid UTF-8", append(base[:len(base):len(base)], "--body", "{}", "--remote-query", "k=\xff"), "options.remote_query.k", "--remote-query"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -254,7 +254,7 @@ func TestAdminJSONAPIAndGauges(t *testing.T) {
 			status, class, account = 503, tasks.ClassExhausted, "acct-b"
 		}
 		key := fmt.Sprintf("key-%02d", i)
-		d := tasks.DeadLetter{TaskID: tasks.TaskID(key), Queue: tasks.DefaultQueue, IdempotencyKey: key,
+		d := tasks.DeadLetter{TaskID: tasks.TaskID(account, key), Queue: tasks.DefaultQueue, IdempotencyKey: key,
 			Update: tasks.Update{ID: fmt.Sprintf("org-%d", i%4), IntegratedAccountID: account, Body: json.RawMessage(`{"n":1}`), IdempotencyKey: key},
 			Class:  class, StatusCode: status, Reason: "because", Attempts: 1, DeadAt: e.now.Add(time.Duration(i-12) * time.Hour)}
 		if err := e.store.PutDeadLetter(ctx, d); err != nil {

@@ -331,8 +331,8 @@ func TestEndToEnd(t *testing.T) {
 	var keys []string
 	lines := bytes.Split(bytes.TrimSpace(file.Bytes()), []byte("\n"))
 	for i, l := range lines {
-		if _, err := tasks.ParseUpdate(l); err == nil {
-			keys = append(keys, tasks.RunKey("e2e", i+1, l))
+		if u, err := tasks.ParseUpdate(l); err == nil {
+			keys = append(keys, tasks.UpstreamKey(u.IntegratedAccountID, tasks.RunKey("e2e", i+1, l)))
 		}
 	}
 	c := trutotest.CountEffects(byKey, keys)

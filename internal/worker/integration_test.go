@@ -34,6 +34,37 @@ type pipeline struct {
 	done     chan error
 	mu       sync.Mutex
 	events   map[string]int
+	// accountOf is the account of each idempotency key enqueued: keys belong
+	// to accounts, and the tests' keys are unique across accounts.
+	accountOf map[string]string
+}
+
+// enqueueOne enqueues u, remembering its key's account.
+func (p *pipeline) enqueueOne(ctx context.Context, u tasks.Update) error {
+	p.mu.Lock()
+	p.accountOf[u.IdempotencyKey] = u.IntegratedAccountID
+	p.mu.Unlock()
+	_, err := p.producer.Enqueue(ctx, u)
+	return err
+}
+
+// taskID is the task id of the update with key k.
+func (p *pipeline) taskID(k string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return tasks.TaskID(p.accountOf[k], k)
+}
+
+// sentKeys are the Idempotency-Keys the updates with keys are sent under,
+// which is what the fake counts its effects by.
+func (p *pipeline) sentKeys(keys []string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = tasks.UpstreamKey(p.accountOf[k], k)
+	}
+	return out
 }
 
 func testConfig(redisURL, baseURL string) Config {
@@ -47,7 +78,7 @@ func testConfig(redisURL, baseURL string) Config {
 
 func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}}
+	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}, accountOf: map[string]string{}}
 	p.rdb = p.redis.Client()
 	p.fake = trutotest.NewServer(testToken, trutotest.WithFaults(faults), trutotest.WithSeed(1))
 	t.Cleanup(p.fake.Close)
@@ -100,7 +131,7 @@ func (p *pipeline) enqueue(n int, account func(i int) string) []string {
 			defer func() { <-sem; wg.Done() }()
 			u := tasks.Update{ID: fmt.Sprintf("org-%06d", i), IntegratedAccountID: account(i), IdempotencyKey: keys[i],
 				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"n":%d}}`, i, i))}
-			if _, err := p.producer.Enqueue(context.Background(), u); err != nil {
+			if err := p.enqueueOne(context.Background(), u); err != nil {
 				errs <- err
 			}
 		}(i)
@@ -136,7 +167,7 @@ func (p *pipeline) states(keys []string) map[string]int {
 	pipe := p.rdb.Pipeline()
 	cmds := make([]*redis.StringCmd, len(keys))
 	for i, k := range keys {
-		cmds[i] = pipe.HGet(ctx, "orgsync:{"+tasks.TaskID(k)+"}:rec", "state")
+		cmds[i] = pipe.HGet(ctx, "orgsync:{"+p.taskID(k)+"}:rec", "state")
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, c := range cmds {
@@ -162,7 +193,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
 	})
 	stats := p.fake.Stats()
-	c := p.fake.CountEffects(keys)
+	c := p.fake.CountEffects(p.sentKeys(keys))
 	lost, dup := c.Lost, c.Duplicated
 	if lost != 0 || dup != 0 || stats.DuplicateEffects != 0 || stats.Effects != n || stats.KeyConflicts != 0 || stats.Unkeyed != 0 {
 		t.Errorf("lost %d, duplicated %d; fake stats %+v; want every one of %d applied exactly once", lost, dup, stats, n)
@@ -175,7 +206,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 	}
 	t.Logf("fake: %d requests, %d effects, %d idempotent replays, by status %v", stats.Requests, stats.Effects, stats.Replays, stats.ByStatus)
 	// A stored result is readable by task id.
-	st, err := p.store.Status(context.Background(), tasks.TaskID(keys[0]), nil)
+	st, err := p.store.Status(context.Background(), p.taskID(keys[0]), nil)
 	if err != nil || st.State != tasks.StatusCompleted || st.Result == nil || st.Result.StatusCode != 200 {
 		t.Errorf("status of the first update = %+v, %v", st, err)
 	}
