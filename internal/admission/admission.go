@@ -1,0 +1,440 @@
+// Package admission decides when an update may be sent, before it reaches
+// the queue. Updates wait in Redis, in a lane per integrated account (each
+// organization's updates in enqueue order, one at a time), and a schedule of
+// accounts by the time each may next send. An update is admitted (handed to
+// asynq's pending list) only when it can be sent now: its account is neither
+// parked nor holding, a slot of the account's and the token's rate limits is
+// taken for it, nothing earlier of its organization is admitted or running.
+// Waiting costs no handler run and no per-update Redis traffic: a held
+// account's lane is frozen as a whole, and admitters sleep until the next
+// slot or until woken.
+//
+// Every process can admit: the rules are one Lua script whose keys share one
+// hash slot, so several admitters never admit the same update twice and a
+// Redis Cluster works. Leases cover the time from admission to the end of the
+// run; an update whose lease runs out (its worker or admitter was killed) is
+// put back under a new generation, and the stale ticket is refused if asynq
+// ever runs it.
+package admission
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orgsync/orgsync/internal/ratelimit"
+)
+
+//go:embed script.lua
+var scriptSource string
+
+var script = redis.NewScript(scriptSource)
+
+// Defaults.
+const (
+	// DefaultLease is how long an admitted or running update is held for its
+	// admitter or worker without a heartbeat before it is put back.
+	DefaultLease = 10 * time.Second
+	// DefaultMaxAdmitted bounds the updates admitted but not yet started,
+	// across all processes: admission runs no further ahead of the workers.
+	DefaultMaxAdmitted = 64
+	// DefaultBatch is how many updates one admission call may admit.
+	DefaultBatch = 32
+	// DefaultMaxLearnedInterval is the slowest a learned rate gets: one
+	// request per minute.
+	DefaultMaxLearnedInterval = time.Minute
+)
+
+// Config configures a Scheduler. Zero fields take the defaults; a zero Limit
+// means no configured limit.
+type Config struct {
+	KeyPrefix string
+	// Account and Token are the ceilings; learned rates stay at or below them.
+	Account, Token ratelimit.Limit
+	// Headroom is the fraction of each limit left unused (default
+	// ratelimit.DefaultHeadroom; negative for none).
+	Headroom float64
+	// TokenBurst lets the token's limit admit this many requests at once
+	// before spacing them (default 1: evenly spaced).
+	TokenBurst  int
+	Lease       time.Duration
+	MaxAdmitted int
+	Batch       int
+	// MaxLearnedInterval is the slowest rate learning may settle on.
+	MaxLearnedInterval time.Duration
+}
+
+// Scheduler is the admission state in Redis. Safe for concurrent use.
+type Scheduler struct {
+	rdb  redis.UniversalClient
+	c    Config
+	key  string // the schedule's key; its hash tag routes every script call
+	base string
+	now  func() time.Time // nil: Redis's clock
+}
+
+// Option configures a Scheduler.
+type Option func(*Scheduler)
+
+// WithClock makes the scripts use now instead of Redis's clock (tests).
+func WithClock(now func() time.Time) Option { return func(s *Scheduler) { s.now = now } }
+
+// New returns a Scheduler on rdb.
+func New(rdb redis.UniversalClient, c Config, opts ...Option) *Scheduler {
+	if c.KeyPrefix == "" {
+		c.KeyPrefix = "orgsync"
+	}
+	if c.Headroom == 0 {
+		c.Headroom = ratelimit.DefaultHeadroom
+	}
+	if c.Headroom < 0 {
+		c.Headroom = 0
+	}
+	if c.TokenBurst < 1 {
+		c.TokenBurst = 1
+	}
+	if c.Lease <= 0 {
+		c.Lease = DefaultLease
+	}
+	if c.MaxAdmitted <= 0 {
+		c.MaxAdmitted = DefaultMaxAdmitted
+	}
+	if c.Batch <= 0 {
+		c.Batch = DefaultBatch
+	}
+	if c.MaxLearnedInterval <= 0 {
+		c.MaxLearnedInterval = DefaultMaxLearnedInterval
+	}
+	base := c.KeyPrefix + ":{adm}:"
+	s := &Scheduler{rdb: rdb, c: c, key: base + "accts", base: base}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Config returns the effective configuration.
+func (s *Scheduler) Config() Config { return s.c }
+
+func (s *Scheduler) run(ctx context.Context, op string, args ...any) *redis.Cmd {
+	now := int64(0)
+	if s.now != nil {
+		now = s.now().UnixMilli()
+	}
+	return script.Run(ctx, s.rdb, []string{s.key}, append([]any{op, now}, args...)...)
+}
+
+// intervalMS is the spacing between requests under lim, headroom included,
+// in milliseconds (0 for no limit).
+func (s *Scheduler) intervalMS(lim ratelimit.Limit) float64 {
+	if lim.IsZero() {
+		return 0
+	}
+	return float64(lim.Window.Milliseconds()) / float64(lim.Requests) / (1 - s.c.Headroom)
+}
+
+// Item is one update to admit.
+type Item struct {
+	ID      string // the update's task id
+	Account string
+	Org     string // the organization's ordering key (unique within the account)
+	Queue   string
+	// NotBefore is the earliest it may go (a scheduled update); zero for now.
+	NotBefore time.Time
+	Payload   []byte
+}
+
+// Add puts the update in its account's lane, behind its organization's
+// earlier updates. It returns the update's sequence number, or 0 when the id
+// is already waiting, admitted or running (nothing is changed then).
+func (s *Scheduler) Add(ctx context.Context, it Item) (int64, error) {
+	seq, err := s.run(ctx, "add", it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("admission: add %s: %w", it.ID, err)
+	}
+	return seq, nil
+}
+
+// Ticket is an admitted update: run it now.
+type Ticket struct {
+	ID      string
+	Gen     int64 // the admission generation; a ticket of an older one is stale
+	Queue   string
+	Payload []byte
+}
+
+// Never is the "next" of an Admit that found nothing waiting on a time.
+var Never = time.Unix(0, 0).Add(math.MaxInt64 / 2)
+
+// Admit admits up to Config.Batch updates that can be sent now, for owner (a
+// process id, whose heartbeats keep their leases). It also says when to look
+// again: now when more may be ready, the next slot or hold's end, or Never
+// when only an enqueue, a finishing update, a worker starting an admitted
+// update or an operator can change things (each of which wakes Wait).
+func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Time, error) {
+	res, err := s.run(ctx, "admit", s.c.Batch, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
+		s.intervalMS(s.c.Token), s.intervalMS(s.c.Account), s.c.TokenBurst, owner).Slice()
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("admission: admit: %w", err)
+	}
+	next := Never
+	if f, err := strconv.ParseFloat(str(res[0]), 64); err == nil && f < 1e14 {
+		next = time.UnixMicro(int64(f * 1000))
+	}
+	var out []Ticket
+	for i := 1; i+3 < len(res); i += 4 {
+		gen, _ := res[i+1].(int64)
+		out = append(out, Ticket{ID: str(res[i]), Gen: gen, Queue: str(res[i+2]), Payload: []byte(str(res[i+3]))})
+	}
+	return out, next, nil
+}
+
+// Start claims an admitted update for the worker owner is. It reports false
+// for a stale ticket (the update was put back, or finished, since): the
+// caller must not run it.
+func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner string) (bool, error) {
+	n, err := s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()).Int64()
+	if err != nil {
+		return false, fmt.Errorf("admission: start %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// Extend renews the leases owner holds on ids and returns those it no
+// longer holds (finished, or put back after its lease ran out).
+func (s *Scheduler) Extend(ctx context.Context, owner string, ids []string) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := []any{owner, s.c.Lease.Milliseconds()}
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	lost, err := s.run(ctx, "extend", args...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("admission: extend leases: %w", err)
+	}
+	return lost, nil
+}
+
+// Finish takes a completed or dead-lettered update out of admission; its
+// organization's next update becomes ready. It reports whether it was there.
+func (s *Scheduler) Finish(ctx context.Context, id string) (bool, error) {
+	n, err := s.run(ctx, "finish", id).Int64()
+	if err != nil {
+		return false, fmt.Errorf("admission: finish %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// Retry puts a running update of generation gen back in its lane, to go
+// again no earlier than notBefore. It reports false when gen is stale (the
+// update was put back or finished meanwhile), changing nothing.
+func (s *Scheduler) Retry(ctx context.Context, id string, gen int64, notBefore time.Time) (bool, error) {
+	n, err := s.run(ctx, "retry", id, gen, ms(notBefore)).Int64()
+	if err != nil {
+		return false, fmt.Errorf("admission: retry %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// Hold makes the account's whole lane wait until until (a rate limit's
+// reset). A hold only ever extends.
+func (s *Scheduler) Hold(ctx context.Context, account string, until time.Time) error {
+	if err := s.run(ctx, "hold", account, ms(until)).Err(); err != nil {
+		return fmt.Errorf("admission: hold account %s: %w", account, err)
+	}
+	return nil
+}
+
+// Park freezes the account's lane until Resume. An empty account parks
+// every account (the API token was rejected).
+func (s *Scheduler) Park(ctx context.Context, account, reason string) error {
+	if err := s.run(ctx, "park", account, reason).Err(); err != nil {
+		return fmt.Errorf("admission: park account %q: %w", account, err)
+	}
+	return nil
+}
+
+// Resume lifts a park and any hold on the account ("" for the
+// all-accounts park); its lane goes again at its limit. It reports whether
+// there was one.
+func (s *Scheduler) Resume(ctx context.Context, account string) (bool, error) {
+	n, err := s.run(ctx, "resume", account).Int64()
+	if err != nil {
+		return false, fmt.Errorf("admission: resume account %q: %w", account, err)
+	}
+	return n > 0, nil
+}
+
+// Feedback is what an answer taught about an account's real limit.
+type Feedback int
+
+// Kinds of feedback.
+const (
+	// Limited: a 429. The account's admitted rate halves, and where it hurt is remembered.
+	Limited Feedback = iota + 1
+	// Accepted: a request that was not refused for rate. The rate grows back:
+	// quickly to 85 % of where it last hurt, slowly past it, never above the
+	// configured ceiling.
+	Accepted
+)
+
+// Learn lowers or raises the account's admitted rate from an answer.
+func (s *Scheduler) Learn(ctx context.Context, account string, fb Feedback) error {
+	kind := "ok"
+	if fb == Limited {
+		kind = "limited"
+	}
+	return s.learn(ctx, account, kind, 0)
+}
+
+// LearnLimit sets the account's admitted rate from a limit the upstream
+// stated (Truto's ratelimit-limit header), when it is below the ceiling.
+func (s *Scheduler) LearnLimit(ctx context.Context, account string, lim ratelimit.Limit) error {
+	if lim.IsZero() {
+		return nil
+	}
+	return s.learn(ctx, account, "limit", s.intervalMS(lim))
+}
+
+func (s *Scheduler) learn(ctx context.Context, account, kind string, value float64) error {
+	base := s.intervalMS(s.c.Account)
+	if base == 0 {
+		base = s.intervalMS(ratelimit.DefaultAccountLimit)
+	}
+	err := s.run(ctx, "learn", account, kind, s.intervalMS(s.c.Account), base,
+		s.c.MaxLearnedInterval.Milliseconds(), value).Err()
+	if err != nil {
+		return fmt.Errorf("admission: learn the rate of account %s: %w", account, err)
+	}
+	return nil
+}
+
+// Reap puts back up to max updates whose lease ran out, and returns how many.
+func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
+	n, err := s.run(ctx, "reap", max).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("admission: reap expired leases: %w", err)
+	}
+	return int(n), nil
+}
+
+// Wait blocks until an admitter is woken (work became ready sooner than
+// planned, or an operator resumed an account) or d passed. It reports whether
+// it was woken.
+func (s *Scheduler) Wait(ctx context.Context, d time.Duration) (bool, error) {
+	if d <= 0 {
+		return false, nil
+	}
+	// go-redis rounds BLPOP timeouts to whole seconds; Redis takes decimals.
+	secs := strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64)
+	err := s.rdb.Do(ctx, "BLPOP", s.base+"notify", secs).Err()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("admission: wait: %w", err)
+	}
+	return true, nil
+}
+
+// AccountState is where an account's updates stand in admission.
+type AccountState struct {
+	Account string `json:"account"`
+	// Waiting is its updates in admission: waiting, admitted or running.
+	Waiting int64 `json:"waiting"`
+	// ReadyOrgs is how many of its organizations have an update ready to go.
+	ReadyOrgs int64 `json:"ready_orgs"`
+	// NextSlot is when its rate limit next allows a request.
+	NextSlot time.Time `json:"next_slot,omitzero"`
+	// NextAdmission is when it is scheduled to be served (zero: not scheduled:
+	// nothing ready, or parked).
+	NextAdmission time.Time `json:"next_admission,omitzero"`
+	// LearnedRate is the rate admission holds it to below the configured one
+	// (requests per second; 0: the configured rate).
+	LearnedRate float64 `json:"learned_rate,omitempty"`
+	// HeldUntil is the end of a rate-limit hold.
+	HeldUntil time.Time `json:"held_until,omitzero"`
+	// Parked is why it is parked ("" if not).
+	Parked string `json:"parked,omitempty"`
+}
+
+// Account reads the account's admission state.
+func (s *Scheduler) Account(ctx context.Context, account string) (AccountState, error) {
+	res, err := s.run(ctx, "account", account).Slice()
+	if err != nil {
+		return AccountState{}, fmt.Errorf("admission: account %s: %w", account, err)
+	}
+	st := AccountState{Account: account, Parked: str(res[5])}
+	st.Waiting, _ = strconv.ParseInt(str(res[0]), 10, 64)
+	st.NextSlot = fromMS(str(res[1]))
+	if iv, _ := strconv.ParseFloat(str(res[2]), 64); iv > s.intervalMS(s.c.Account) {
+		st.LearnedRate = 1000 / iv
+	}
+	st.HeldUntil = fromMS(str(res[4]))
+	st.ReadyOrgs, _ = res[6].(int64)
+	st.NextAdmission = fromMS(str(res[7]))
+	return st, nil
+}
+
+// Stats is admission as a whole.
+type Stats struct {
+	// Scheduled is the accounts with an update ready or waiting on a slot or hold.
+	Scheduled int64 `json:"scheduled_accounts"`
+	// Admitted is the updates handed to the queue and not yet started.
+	Admitted int64 `json:"admitted"`
+	// Running is the updates a worker has started.
+	Running int64 `json:"running"`
+	// Parked is how many accounts are parked.
+	Parked int64 `json:"parked_accounts"`
+	// AllParked is why every account is parked ("" if not).
+	AllParked string `json:"all_parked,omitempty"`
+	// Next is when the next scheduled account may send (zero: none).
+	Next time.Time `json:"next,omitzero"`
+}
+
+// Stats reads admission as a whole.
+func (s *Scheduler) Stats(ctx context.Context) (Stats, error) {
+	res, err := s.run(ctx, "stats").Slice()
+	if err != nil {
+		return Stats{}, fmt.Errorf("admission: stats: %w", err)
+	}
+	st := Stats{AllParked: str(res[4]), Next: fromMS(str(res[5]))}
+	st.Scheduled, _ = res[0].(int64)
+	st.Admitted, _ = res[1].(int64)
+	st.Running, _ = res[2].(int64)
+	st.Parked, _ = res[3].(int64)
+	return st, nil
+}
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v string) time.Time {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f <= 0 || f >= 1e14 {
+		return time.Time{}
+	}
+	return time.UnixMicro(int64(f * 1000)).UTC()
+}
+
+func str(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case int64:
+		return strconv.FormatInt(v, 10)
+	}
+	return ""
+}

@@ -1,0 +1,199 @@
+package admission
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// DefaultReapInterval is how often an admitter looks for updates whose lease
+// ran out; with DefaultLease, a killed worker's updates go again within
+// about 12 s.
+const DefaultReapInterval = 2 * time.Second
+
+// Leases is the set of updates one process holds leases on (those it
+// admitted and no worker has started yet, and those its workers run), kept
+// alive by one heartbeat for all of them.
+type Leases struct {
+	s     *Scheduler
+	owner string
+	mu    sync.Mutex
+	ids   map[string]struct{}
+}
+
+// NewLeases returns the lease set of the process owner.
+func NewLeases(s *Scheduler, owner string) *Leases {
+	return &Leases{s: s, owner: owner, ids: map[string]struct{}{}}
+}
+
+// Owner is the process id the leases are held under.
+func (l *Leases) Owner() string { return l.owner }
+
+// Hold adds ids to the set.
+func (l *Leases) Hold(ids ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		l.ids[id] = struct{}{}
+	}
+}
+
+// Release drops ids from the set.
+func (l *Leases) Release(ids ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		delete(l.ids, id)
+	}
+}
+
+// Len is how many leases the set holds.
+func (l *Leases) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.ids)
+}
+
+// Renew extends every lease in the set once and drops those held no longer.
+func (l *Leases) Renew(ctx context.Context) error {
+	l.mu.Lock()
+	ids := make([]string, 0, len(l.ids))
+	for id := range l.ids {
+		ids = append(ids, id)
+	}
+	l.mu.Unlock()
+	for len(ids) > 0 {
+		n := min(len(ids), 500)
+		lost, err := l.s.Extend(ctx, l.owner, ids[:n])
+		if err != nil {
+			return err
+		}
+		l.Release(lost...)
+		ids = ids[n:]
+	}
+	return nil
+}
+
+// Run renews the leases every third of the lease until ctx ends.
+func (l *Leases) Run(ctx context.Context, logger *slog.Logger) {
+	t := time.NewTicker(l.s.c.Lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := l.Renew(ctx); err != nil && ctx.Err() == nil {
+				logger.Warn("could not renew admission leases; their updates go again elsewhere if this lasts",
+					"leases", l.Len(), "error", err.Error())
+			}
+		}
+	}
+}
+
+// Admitter runs admission in one process: it admits what can go now, hands
+// the tickets to deliver (which puts them on the queue), and sleeps until the
+// next slot or until woken. It also puts back updates whose lease ran out.
+type Admitter struct {
+	s       *Scheduler
+	leases  *Leases
+	deliver func(context.Context, []Ticket) error
+	logger  *slog.Logger
+	reap    time.Duration
+	// Woken counts admission passes started by a wake-up rather than a timer
+	// (for tests and metrics); read it with Passes.
+	mu            sync.Mutex
+	passes, woken int64
+}
+
+// NewAdmitter returns an admitter for the process whose leases are leases.
+// deliver must enqueue each ticket for a worker; on error the tickets go
+// back to their lanes at once.
+func NewAdmitter(s *Scheduler, leases *Leases, deliver func(context.Context, []Ticket) error, logger *slog.Logger) *Admitter {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Admitter{s: s, leases: leases, deliver: deliver, logger: logger, reap: DefaultReapInterval}
+}
+
+// Passes reports how many admission passes ran, and how many of them a
+// wake-up started.
+func (a *Admitter) Passes() (passes, woken int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.passes, a.woken
+}
+
+// Run admits until ctx ends. Redis errors are logged once per outage and retried.
+func (a *Admitter) Run(ctx context.Context) {
+	var lastReap time.Time
+	failing := false
+	woken := false
+	for ctx.Err() == nil {
+		if time.Since(lastReap) >= a.reap {
+			if n, err := a.s.Reap(ctx, 1000); err == nil && n > 0 {
+				a.logger.Info("updates whose lease ran out go again", "updates", n)
+			}
+			lastReap = time.Now()
+		}
+		tickets, next, err := a.s.Admit(ctx, a.leases.Owner())
+		a.mu.Lock()
+		a.passes++
+		if woken {
+			a.woken++
+		}
+		a.mu.Unlock()
+		if err != nil {
+			if !failing && ctx.Err() == nil {
+				a.logger.Warn("admission cannot reach Redis; retrying", "error", err.Error())
+			}
+			failing = true
+			sleep(ctx, time.Second)
+			continue
+		}
+		if failing {
+			a.logger.Info("admission reaches Redis again")
+			failing = false
+		}
+		if len(tickets) > 0 {
+			a.hand(ctx, tickets)
+		}
+		wait := min(time.Until(next), a.reap)
+		if wait <= 0 {
+			woken = false
+			continue
+		}
+		woken, err = a.s.Wait(ctx, wait)
+		if err != nil && ctx.Err() == nil {
+			sleep(ctx, 100*time.Millisecond)
+		}
+	}
+}
+
+// hand delivers tickets, holding their leases until a worker starts them.
+func (a *Admitter) hand(ctx context.Context, tickets []Ticket) {
+	ids := make([]string, len(tickets))
+	for i, t := range tickets {
+		ids[i] = t.ID
+	}
+	a.leases.Hold(ids...)
+	if err := a.deliver(ctx, tickets); err != nil {
+		a.leases.Release(ids...)
+		a.logger.Warn("could not hand admitted updates to the queue; they go back to their lanes",
+			"updates", len(tickets), "error", err.Error())
+		for _, t := range tickets {
+			// If this fails too, the lease runs out and the reaper puts it back.
+			_, _ = a.s.Retry(context.WithoutCancel(ctx), t.ID, t.Gen, time.Time{})
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

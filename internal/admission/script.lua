@@ -1,0 +1,330 @@
+-- Admission: updates wait here, in Redis, until they can be sent now.
+--
+-- Every key is under one hash tag (KEYS[1] is "<prefix>:{adm}:accts"), so the
+-- whole script runs on one Redis Cluster slot. Times are milliseconds, from
+-- Redis's clock unless the caller passes one (tests).
+--
+--   accts          ZSET account -> when it may next send (only accounts with
+--                  a ready organization and no park)
+--   lane:<a>       ZSET org -> when its head update may go (orgs whose head
+--                  waits; an org whose head is admitted or running is absent)
+--   org:<o>        ZSET update id -> sequence number: the organization's line
+--   upd:<id>       HASH a, o, q (queue), nb (not before), pl (payload), seq,
+--                  gen (admission generation), state, owner
+--   acct:<a>       HASH n (updates held), tat (next slot), iv (learned
+--                  interval), known (interval at the last 429), until (hold
+--                  end), parked (reason)
+--   token          STRING the API token's next slot
+--   admitted       ZSET id -> lease end: admitted, not yet started by a worker
+--   running        ZSET id -> lease end: started, heartbeated by its worker
+--   parked         SET parked accounts;  parked_all  STRING reason
+--   plan           STRING when the sleeping admitters look next
+--   notify         LIST one token wakes one sleeping admitter
+--   seq            STRING the sequence counter
+local ACCTS = KEYS[1]
+local B = string.sub(ACCTS, 1, -6)
+local op = ARGV[1]
+local now = tonumber(ARGV[2])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NEVER = 1e15
+-- SLACK: a time this close to now counts as now (milliseconds).
+local SLACK = 1
+
+-- num renders a time for storing: tostring would keep only 14 digits.
+local function num(x) return string.format('%.3f', x) end
+
+local function akey(a) return B .. 'acct:' .. a end
+local function lkey(a) return B .. 'lane:' .. a end
+local function okey(o) return B .. 'org:' .. o end
+local function ukey(id) return B .. 'upd:' .. id end
+
+local function wake()
+  redis.call('LPUSH', B .. 'notify', '1')
+  redis.call('LTRIM', B .. 'notify', 0, 0)
+end
+
+-- schedule places account a at the time it may next send: its earliest ready
+-- organization, its next rate-limit slot, the end of its hold, whichever is
+-- last. An account with nothing ready, or parked, leaves the schedule. An
+-- admitter is woken when the time is sooner than any of them plans to look.
+local function schedule(a)
+  local st = redis.call('HMGET', akey(a), 'parked', 'until', 'tat')
+  local first = redis.call('ZRANGE', lkey(a), 0, 0, 'WITHSCORES')
+  if st[1] or #first == 0 then
+    redis.call('ZREM', ACCTS, a)
+    return nil
+  end
+  local at = math.max(tonumber(first[2]), tonumber(st[2] or '0'), tonumber(st[3] or '0'))
+  redis.call('ZADD', ACCTS, at, a)
+  if at < tonumber(redis.call('GET', B .. 'plan') or NEVER) then wake() end
+  return at
+end
+
+-- ready puts organization o of account a in a's lane when id heads its line.
+local function ready(a, o, id, at)
+  if redis.call('ZRANK', okey(o), id) == 0 then
+    redis.call('ZADD', lkey(a), at, o)
+    schedule(a)
+  end
+end
+
+-- forget lets an account's record expire once it holds no updates and is
+-- not parked: after its next slot and hold have passed, and, when it has a
+-- learned rate, an hour later, so the lesson outlives a short lull.
+local function forget(a)
+  local st = redis.call('HMGET', akey(a), 'n', 'parked', 'until', 'tat', 'iv')
+  if tonumber(st[1] or '0') <= 0 and not st[2] then
+    local keep = math.max(tonumber(st[3] or '0'), tonumber(st[4] or '0'), now) - now + 1000
+    if st[5] then keep = keep + 3600000 end
+    redis.call('PEXPIRE', akey(a), math.ceil(keep))
+  end
+end
+
+if op == 'add' then
+  -- id, account, org, queue, not_before, payload
+  local id, a, o = ARGV[3], ARGV[4], ARGV[5]
+  local uk = ukey(id)
+  if redis.call('EXISTS', uk) == 1 then return 0 end
+  local seq = redis.call('INCR', B .. 'seq')
+  redis.call('ZADD', okey(o), seq, id)
+  redis.call('HSET', uk, 'a', a, 'o', o, 'q', ARGV[6], 'nb', ARGV[7], 'pl', ARGV[8],
+    'seq', seq, 'gen', 0, 'state', 'waiting')
+  redis.call('HINCRBY', akey(a), 'n', 1)
+  redis.call('PERSIST', akey(a))
+  ready(a, o, id, math.max(now, tonumber(ARGV[7])))
+  return seq
+
+elseif op == 'admit' then
+  -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner.
+  -- Returns {next, id, gen, queue, payload, ...}: next is when to look again
+  -- (now: more may be ready; NEVER: nothing is waiting, or only on a worker
+  -- starting an admitted update, or on an operator).
+  local n, maxAdm, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local tiv, civ, burst, owner = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+  redis.call('SET', B .. 'plan', 0) -- awake: scheduling below wakes no one
+  local out = {}
+  local nxt = NEVER
+  if redis.call('EXISTS', B .. 'parked_all') == 1 then
+    redis.call('SET', B .. 'plan', NEVER)
+    return {num(NEVER)}
+  end
+  local inAdm = redis.call('ZCARD', B .. 'admitted')
+  local ttat = tonumber(redis.call('GET', B .. 'token') or '0')
+  local count = 0
+  local done = false
+  for _ = 1, 4 * n + 4 do
+    if count >= n then break end
+    if inAdm >= maxAdm then redis.call('SET', B .. 'cap', 1); done = true; break end
+    local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
+    if #first == 0 then done = true; break end
+    local a = first[1]
+    if tonumber(first[2]) > now + SLACK then nxt = tonumber(first[2]); done = true; break end
+    local slack = (burst - 1) * tiv
+    if tiv > 0 and ttat - now > slack then nxt = ttat - slack; done = true; break end
+    local at = schedule(a) -- its score may be stale: recompute before trusting it
+    if at ~= nil and at <= now + SLACK then
+      local o = redis.call('ZRANGE', lkey(a), 0, 0)[1]
+      redis.call('ZREM', lkey(a), o)
+      local id = redis.call('ZRANGE', okey(o), 0, 0)[1]
+      if id then
+        local uk = ukey(id)
+        local gen = redis.call('HINCRBY', uk, 'gen', 1)
+        redis.call('HSET', uk, 'state', 'admitted', 'owner', owner)
+        redis.call('ZADD', B .. 'admitted', now + lease, id)
+        inAdm = inAdm + 1
+        local ak = akey(a)
+        local st = redis.call('HMGET', ak, 'iv', 'tat')
+        local iv = math.max(tonumber(st[1] or '0'), civ)
+        local tat = math.max(tonumber(st[2] or '0'), now) + iv
+        if iv < SLACK then
+          -- No limit: a step of a microsecond, never past the slack, still
+          -- makes the accounts with work take turns.
+          tat = math.min(math.max(tonumber(st[2] or '0'), now) + 0.001, now + SLACK / 2)
+        end
+        redis.call('HSET', ak, 'tat', num(tat))
+        if tiv > 0 then ttat = math.max(ttat, now) + tiv end
+        local u = redis.call('HMGET', uk, 'q', 'pl')
+        out[#out + 1] = id
+        out[#out + 1] = gen
+        out[#out + 1] = u[1]
+        out[#out + 1] = u[2]
+        count = count + 1
+      end
+      schedule(a)
+    end
+  end
+  if not done then nxt = now end -- stopped at n, or at the loop's bound: more may be ready
+  if tiv > 0 then redis.call('SET', B .. 'token', num(ttat)) end
+  redis.call('SET', B .. 'plan', num(nxt))
+  table.insert(out, 1, num(nxt))
+  return out
+
+elseif op == 'start' then
+  -- id, gen, owner, lease_ms. 1: the caller runs it; 0: a stale ticket.
+  local id = ARGV[3]
+  local uk = ukey(id)
+  local h = redis.call('HMGET', uk, 'gen', 'state')
+  if h[1] ~= ARGV[4] or (h[2] ~= 'admitted' and h[2] ~= 'running') then return 0 end
+  redis.call('ZREM', B .. 'admitted', id)
+  redis.call('ZADD', B .. 'running', now + tonumber(ARGV[6]), id)
+  redis.call('HSET', uk, 'state', 'running', 'owner', ARGV[5])
+  if redis.call('DEL', B .. 'cap') == 1 then wake() end
+  return 1
+
+elseif op == 'extend' then
+  -- owner, lease_ms, id...: extends the leases the owner still holds and
+  -- returns the ids it no longer does.
+  local owner, lease = ARGV[3], tonumber(ARGV[4])
+  local lost = {}
+  for i = 5, #ARGV do
+    local h = redis.call('HMGET', ukey(ARGV[i]), 'owner', 'state')
+    if h[1] == owner and (h[2] == 'admitted' or h[2] == 'running') then
+      redis.call('ZADD', B .. h[2], 'XX', now + lease, ARGV[i])
+    else
+      lost[#lost + 1] = ARGV[i]
+    end
+  end
+  return lost
+
+elseif op == 'finish' then
+  -- id: completed or dead. The organization's next update becomes ready.
+  local id = ARGV[3]
+  local uk = ukey(id)
+  redis.call('ZREM', B .. 'running', id)
+  redis.call('ZREM', B .. 'admitted', id)
+  local h = redis.call('HMGET', uk, 'a', 'o')
+  if not h[1] then return 0 end
+  local a, o = h[1], h[2]
+  local rank = redis.call('ZRANK', okey(o), id)
+  redis.call('ZREM', okey(o), id)
+  redis.call('DEL', uk)
+  redis.call('HINCRBY', akey(a), 'n', -1)
+  if rank == 0 then
+    redis.call('ZREM', lkey(a), o)
+    local nid = redis.call('ZRANGE', okey(o), 0, 0)[1]
+    if nid then
+      redis.call('ZADD', lkey(a), math.max(now, tonumber(redis.call('HGET', ukey(nid), 'nb') or '0')), o)
+    end
+    schedule(a)
+  end
+  forget(a)
+  return 1
+
+elseif op == 'retry' then
+  -- id, gen, not_before: back to its lane, if gen is still its generation.
+  local id = ARGV[3]
+  local uk = ukey(id)
+  local h = redis.call('HMGET', uk, 'a', 'o', 'gen', 'state')
+  if not h[1] or h[3] ~= ARGV[4] or (h[4] ~= 'admitted' and h[4] ~= 'running') then return 0 end
+  redis.call('ZREM', B .. 'running', id)
+  redis.call('ZREM', B .. 'admitted', id)
+  redis.call('HSET', uk, 'state', 'waiting', 'nb', ARGV[5])
+  ready(h[1], h[2], id, math.max(now, tonumber(ARGV[5])))
+  return 1
+
+elseif op == 'hold' then
+  -- account, until_ms: its lane waits until then, as a whole.
+  local a = ARGV[3]
+  if tonumber(ARGV[4]) > tonumber(redis.call('HGET', akey(a), 'until') or '0') then
+    redis.call('HSET', akey(a), 'until', ARGV[4])
+  end
+  schedule(a)
+  return 1
+
+elseif op == 'park' then
+  -- account, reason: its lane is frozen until resumed. account "" parks all.
+  if ARGV[3] == '' then
+    redis.call('SET', B .. 'parked_all', ARGV[4])
+    return 1
+  end
+  redis.call('HSET', akey(ARGV[3]), 'parked', ARGV[4])
+  redis.call('SADD', B .. 'parked', ARGV[3])
+  schedule(ARGV[3])
+  return 1
+
+elseif op == 'resume' then
+  -- account ("" for the all-accounts park): lifts a park and a hold.
+  local a = ARGV[3]
+  if a == '' then
+    local n = redis.call('DEL', B .. 'parked_all')
+    wake()
+    return n
+  end
+  local n = redis.call('HDEL', akey(a), 'parked', 'until')
+  redis.call('SREM', B .. 'parked', a)
+  schedule(a)
+  forget(a)
+  return n
+
+elseif op == 'learn' then
+  -- account, kind, ceiling_iv, base_iv, max_iv, value. kind: "limited" (a
+  -- 429: halve the rate, remember where it hurt), "ok" (a success: grow back,
+  -- quickly up to 85 % of where it hurt, slowly past it), "limit" (the
+  -- upstream said its limit: value is the interval it allows).
+  local a, kind = ARGV[3], ARGV[4]
+  local civ, base, maxIv, value = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local ak = akey(a)
+  local st = redis.call('HMGET', ak, 'iv', 'known')
+  local iv = math.max(tonumber(st[1] or '0'), civ)
+  local known = tonumber(st[2] or '0')
+  if kind == 'limited' then
+    if iv <= 0 then iv = base end
+    redis.call('HSET', ak, 'known', num(iv), 'iv', num(math.min(iv * 2, maxIv)))
+  elseif kind == 'limit' then
+    if value > civ then
+      redis.call('HSET', ak, 'iv', num(math.max(value, iv)), 'known', num(value * 0.85))
+    end
+  elseif kind == 'ok' then
+    if st[1] == false or iv <= civ then return 0 end
+    local ceil = 1 / math.max(civ, base / 10)
+    local r = 1 / iv
+    local target = 0
+    if known > 0 then target = 0.85 / known end
+    if r < target then r = math.min(r + ceil / 32, target) else r = r + ceil / 1024 end
+    iv = 1 / r
+    if iv <= civ then
+      redis.call('HDEL', ak, 'iv', 'known')
+    else
+      redis.call('HSET', ak, 'iv', num(iv))
+    end
+  end
+  return 1
+
+elseif op == 'reap' then
+  -- max: updates whose lease ran out (their worker died, or the admitter
+  -- died before handing them to the queue) go back to their lanes, under a
+  -- new generation so the old ticket is refused if it ever runs.
+  local n = 0
+  for _, set in ipairs({'running', 'admitted'}) do
+    local ids = redis.call('ZRANGEBYSCORE', B .. set, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+    for _, id in ipairs(ids) do
+      redis.call('ZREM', B .. set, id)
+      local uk = ukey(id)
+      local h = redis.call('HMGET', uk, 'a', 'o')
+      if h[1] then
+        redis.call('HINCRBY', uk, 'gen', 1)
+        redis.call('HSET', uk, 'state', 'waiting')
+        ready(h[1], h[2], id, now)
+        n = n + 1
+      end
+    end
+  end
+  return n
+
+elseif op == 'account' then
+  -- account: {n, tat, iv, known, until, parked, lane size, scheduled at}
+  local a = ARGV[3]
+  local st = redis.call('HMGET', akey(a), 'n', 'tat', 'iv', 'known', 'until', 'parked')
+  local sc = redis.call('ZSCORE', ACCTS, a)
+  return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '',
+    redis.call('ZCARD', lkey(a)), sc or ''}
+
+elseif op == 'stats' then
+  local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
+  return {redis.call('ZCARD', ACCTS), redis.call('ZCARD', B .. 'admitted'), redis.call('ZCARD', B .. 'running'),
+    redis.call('SCARD', B .. 'parked'), redis.call('GET', B .. 'parked_all') or '', first[2] or '', num(now)}
+end
+return redis.error_reply('admission: unknown operation ' .. tostring(op))
