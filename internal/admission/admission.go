@@ -326,11 +326,26 @@ func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
 	return int(n), nil
 }
 
+// minBlock is the shortest wait spent blocked in Redis.
+const minBlock = 150 * time.Millisecond
+
 // Wait blocks until an admitter is woken (work became ready sooner than
 // planned, or an operator resumed an account) or d passed. It reports whether
 // it was woken.
 func (s *Scheduler) Wait(ctx context.Context, d time.Duration) (bool, error) {
 	if d <= 0 {
+		return false, nil
+	}
+	if d < minBlock {
+		// Redis ends a blocking wait on its own timer (hz 10: every 100 ms),
+		// so a short wait sleeps here instead, and a wake-up meanwhile is
+		// seen by the next pass, at most d later.
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
 		return false, nil
 	}
 	// go-redis rounds BLPOP timeouts to whole seconds; Redis takes decimals.

@@ -399,7 +399,7 @@ func TestMaxAdmittedWaitsForWorkers(t *testing.T) {
 		if ok, _ := s.Start(ctx, got[0], 1, "w"); !ok {
 			t.Fatal("Start refused")
 		}
-		if woken, _ := s.Wait(ctx, 10*time.Millisecond); !woken {
+		if woken, _ := s.Wait(ctx, time.Second); !woken {
 			t.Error("a start under a binding cap woke no admitter")
 		}
 		if got, _ := admit(t, s); len(got) != 1 {
