@@ -148,13 +148,17 @@ type Item struct {
 	// NotBefore is the earliest it may go (a scheduled update); zero for now.
 	NotBefore time.Time
 	Payload   []byte
+	// Origin is the sequence number of the update's first enqueue, for a
+	// replay (which joins the end of the line but keeps its age); 0 for a
+	// new update, whose origin is its own sequence number.
+	Origin int64
 }
 
 // Add puts the update in its account's lane, behind its organization's
 // earlier updates. It returns the update's sequence number, or 0 when the id
 // is already waiting, admitted or running (nothing is changed then).
 func (s *Scheduler) Add(ctx context.Context, it Item) (int64, error) {
-	seq, err := s.run(ctx, "add", it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload).Int64()
+	seq, err := s.run(ctx, "add", it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("admission: add %s: %w", it.ID, err)
 	}
@@ -167,6 +171,8 @@ type Ticket struct {
 	Gen     int64 // the admission generation; a ticket of an older one is stale
 	Queue   string
 	Payload []byte
+	// Probe marks the one update an open circuit lets through to test the upstream.
+	Probe bool
 }
 
 // Never is the "next" of an Admit that found nothing waiting on a time.
@@ -178,7 +184,11 @@ var Never = time.Unix(0, 0).Add(math.MaxInt64 / 2)
 // when only an enqueue, a finishing update, a worker starting an admitted
 // update or an operator can change things (each of which wakes Wait).
 func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Time, error) {
-	res, err := s.run(ctx, "admit", s.c.Batch, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
+	return s.admit(ctx, owner, s.c.Batch)
+}
+
+func (s *Scheduler) admit(ctx context.Context, owner string, n int) ([]Ticket, time.Time, error) {
+	res, err := s.run(ctx, "admit", n, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
 		s.intervalMS(s.c.Token), s.intervalMS(s.c.Account), s.c.TokenBurst, owner).Slice()
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("admission: admit: %w", err)
@@ -195,15 +205,26 @@ func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Tim
 	return out, next, nil
 }
 
+// Started is a claimed update's place in its organization's order.
+type Started struct {
+	// Seq is its place in its organization's line.
+	Seq int64
+	// Origin is the place of its first enqueue (a replay keeps it).
+	Origin int64
+}
+
 // Start claims an admitted update for the worker owner is. It reports false
 // for a stale ticket (the update was put back, or finished, since): the
 // caller must not run it.
-func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner string) (bool, error) {
-	n, err := s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()).Int64()
+func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner string) (Started, bool, error) {
+	res, err := s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()).Int64Slice()
 	if err != nil {
-		return false, fmt.Errorf("admission: start %s: %w", id, err)
+		return Started{}, false, fmt.Errorf("admission: start %s: %w", id, err)
 	}
-	return n == 1, nil
+	if len(res) < 3 || res[0] != 1 {
+		return Started{}, false, nil
+	}
+	return Started{Seq: res[1], Origin: res[2]}, true, nil
 }
 
 // Extend renews the leases owner holds on ids and returns those it no
@@ -245,18 +266,19 @@ func (s *Scheduler) Retry(ctx context.Context, id string, gen int64, notBefore t
 }
 
 // Hold makes the account's whole lane wait until until (a rate limit's
-// reset). A hold only ever extends.
-func (s *Scheduler) Hold(ctx context.Context, account string, until time.Time) error {
-	if err := s.run(ctx, "hold", account, ms(until)).Err(); err != nil {
+// reset), for reason (with the HTTP status that said so). A hold only ever
+// extends.
+func (s *Scheduler) Hold(ctx context.Context, account string, until time.Time, reason string, status int) error {
+	if err := s.run(ctx, "hold", account, ms(until), reason, status).Err(); err != nil {
 		return fmt.Errorf("admission: hold account %s: %w", account, err)
 	}
 	return nil
 }
 
 // Park freezes the account's lane until Resume. An empty account parks
-// every account (the API token was rejected).
-func (s *Scheduler) Park(ctx context.Context, account, reason string) error {
-	if err := s.run(ctx, "park", account, reason).Err(); err != nil {
+// every account (the API token was rejected). A park keeps its first reason.
+func (s *Scheduler) Park(ctx context.Context, account, reason string, status int) error {
+	if err := s.run(ctx, "park", account, reason, status).Err(); err != nil {
 		return fmt.Errorf("admission: park account %q: %w", account, err)
 	}
 	return nil
@@ -397,6 +419,83 @@ func (s *Scheduler) Account(ctx context.Context, account string) (AccountState, 
 	st.ReadyOrgs, _ = res[6].(int64)
 	st.NextAdmission = fromMS(str(res[7]))
 	return st, nil
+}
+
+// Hold is a park or a rate-limit hold on an account.
+type Hold struct {
+	Kind       string    // "parked" or "rate_limited"
+	Account    string    // "" for the all-accounts park
+	Reason     string    //
+	StatusCode int       //
+	Since      time.Time //
+	Until      time.Time // the end of a rate-limit hold; zero for a park
+}
+
+// Holds lists the holds in force: the all-accounts park, parked accounts,
+// then accounts rate-limited until a time.
+func (s *Scheduler) Holds(ctx context.Context) ([]Hold, error) {
+	res, err := s.run(ctx, "holds").StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("admission: list holds: %w", err)
+	}
+	var out []Hold
+	for i := 0; i+5 < len(res); i += 6 {
+		status, _ := strconv.Atoi(res[i+3])
+		out = append(out, Hold{Kind: res[i], Account: res[i+1], Reason: res[i+2], StatusCode: status,
+			Since: fromMS(res[i+4]), Until: fromMS(res[i+5])})
+	}
+	return out, nil
+}
+
+// UpdateState is where one update stands in admission.
+type UpdateState struct {
+	State     string // "waiting", "admitted" or "running"
+	Gen       int64
+	Account   string
+	Seq       int64
+	Origin    int64
+	NotBefore time.Time
+	// Ahead is how many updates of its organization go before it.
+	Ahead int64
+}
+
+// Update reads the update's admission state; ok is false when admission does
+// not hold it (never enqueued, or finished).
+func (s *Scheduler) Update(ctx context.Context, id string) (st UpdateState, ok bool, err error) {
+	res, err := s.run(ctx, "update", id).Slice()
+	if err != nil {
+		return UpdateState{}, false, fmt.Errorf("admission: update %s: %w", id, err)
+	}
+	if len(res) < 7 {
+		return UpdateState{}, false, nil
+	}
+	st = UpdateState{State: str(res[0]), Account: str(res[2]), NotBefore: fromMS(str(res[5]))}
+	st.Gen, _ = strconv.ParseInt(str(res[1]), 10, 64)
+	st.Seq, _ = strconv.ParseInt(str(res[3]), 10, 64)
+	st.Origin, _ = strconv.ParseInt(str(res[4]), 10, 64)
+	st.Ahead, _ = res[6].(int64)
+	return st, true, nil
+}
+
+// Place is one update in an organization's line.
+type Place struct {
+	ID          string
+	Seq, Origin int64
+}
+
+// Line returns the organization's line, in order.
+func (s *Scheduler) Line(ctx context.Context, org string) ([]Place, error) {
+	res, err := s.run(ctx, "line", org).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("admission: line of %s: %w", org, err)
+	}
+	var out []Place
+	for i := 0; i+2 < len(res); i += 3 {
+		seq, _ := strconv.ParseFloat(res[i+1], 64)
+		og, _ := strconv.ParseFloat(res[i+2], 64)
+		out = append(out, Place{ID: res[i], Seq: int64(seq), Origin: int64(og)})
+	}
+	return out, nil
 }
 
 // Stats is admission as a whole.

@@ -206,7 +206,7 @@ func TestBacklogDelaysNoOtherAccount(t *testing.T) {
 		}
 		pipe := rdb.Pipeline()
 		for i := range 20000 {
-			script.Run(ctx, pipe, []string{s.key}, "add", t0.UnixMilli(), fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "p-big")
+			script.Run(ctx, pipe, []string{s.key}, "add", t0.UnixMilli(), fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "p-big", 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			t.Fatal(err)
@@ -245,7 +245,7 @@ func TestParkFreezesTheLaneAndResumeReleasesIt(t *testing.T) {
 		s, _ := newTest(t, rdb, Config{})
 		add(t, s, "a1", "A", "o1")
 		add(t, s, "b1", "B", "o1")
-		if err := s.Park(ctx, "A", "401 from the provider"); err != nil {
+		if err := s.Park(ctx, "A", "401 from the provider", 401); err != nil {
 			t.Fatal(err)
 		}
 		add(t, s, "a2", "A", "o2") // joins a parked lane: stays frozen
@@ -280,7 +280,7 @@ func TestParkAllHoldsEveryAccount(t *testing.T) {
 		ctx := context.Background()
 		s, _ := newTest(t, rdb, Config{})
 		add(t, s, "a1", "A", "o1")
-		if err := s.Park(ctx, "", "the API token was rejected"); err != nil {
+		if err := s.Park(ctx, "", "the API token was rejected", 401); err != nil {
 			t.Fatal(err)
 		}
 		if got, next := admit(t, s); len(got) != 0 || next != Never {
@@ -302,10 +302,10 @@ func TestHoldWaitsTheWholeLane(t *testing.T) {
 		s, clk := newTest(t, rdb, Config{})
 		add(t, s, "a1", "A", "o1")
 		add(t, s, "a2", "A", "o2")
-		if err := s.Hold(ctx, "A", t0.Add(5*time.Second)); err != nil {
+		if err := s.Hold(ctx, "A", t0.Add(5*time.Second), "429", 429); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Hold(ctx, "A", t0.Add(time.Second)); err != nil { // a shorter hold never shortens it
+		if err := s.Hold(ctx, "A", t0.Add(time.Second), "429", 429); err != nil { // a shorter hold never shortens it
 			t.Fatal(err)
 		}
 		got, next := admit(t, s)
@@ -330,7 +330,7 @@ func TestRetryWaitsItsTimeAndRefusesAStaleGeneration(t *testing.T) {
 		if len(tickets) != 1 || tickets[0].Gen != 1 {
 			t.Fatalf("tickets %+v; want u1 at generation 1", tickets)
 		}
-		if ok, _ := s.Start(ctx, "u1", 1, "p"); !ok {
+		if _, ok, _ := s.Start(ctx, "u1", 1, "p"); !ok {
 			t.Fatal("Start refused a current ticket")
 		}
 		if ok, _ := s.Retry(ctx, "u1", 0, t0); ok {
@@ -357,7 +357,7 @@ func TestLeaseRunOutPutsBackUnderANewGeneration(t *testing.T) {
 		s, clk := newTest(t, rdb, Config{Lease: 10 * time.Second})
 		add(t, s, "u1", "A", "o1")
 		tickets, _, _ := s.Admit(ctx, "dead-worker")
-		if ok, _ := s.Start(ctx, "u1", tickets[0].Gen, "dead-worker"); !ok {
+		if _, ok, _ := s.Start(ctx, "u1", tickets[0].Gen, "dead-worker"); !ok {
 			t.Fatal("Start refused")
 		}
 		clk.add(9 * time.Second)
@@ -368,7 +368,7 @@ func TestLeaseRunOutPutsBackUnderANewGeneration(t *testing.T) {
 		if n, _ := s.Reap(ctx, 100); n != 1 {
 			t.Fatalf("reaped %d; want u1", n)
 		}
-		if ok, _ := s.Start(ctx, "u1", tickets[0].Gen, "dead-worker"); ok {
+		if _, ok, _ := s.Start(ctx, "u1", tickets[0].Gen, "dead-worker"); ok {
 			t.Fatal("the dead worker's stale ticket was accepted")
 		}
 		again, _, _ := s.Admit(ctx, "live-worker")
@@ -396,7 +396,7 @@ func TestMaxAdmittedWaitsForWorkers(t *testing.T) {
 		if len(got) != 2 || next != Never {
 			t.Fatalf("admitted %v, next %v; want 2 and to wait for a worker", got, next)
 		}
-		if ok, _ := s.Start(ctx, got[0], 1, "w"); !ok {
+		if _, ok, _ := s.Start(ctx, got[0], 1, "w"); !ok {
 			t.Fatal("Start refused")
 		}
 		if woken, _ := s.Wait(ctx, time.Second); !woken {
@@ -483,6 +483,49 @@ func TestFinishedAccountsLeaveNoKeys(t *testing.T) {
 			default:
 				t.Errorf("key %s left behind after every update finished", k)
 			}
+		}
+	})
+}
+
+func TestHoldsUpdateStateAndLine(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		s, _ := newTest(t, rdb, Config{})
+		add(t, s, "u1", "A", "o1")
+		add(t, s, "u2", "A", "o1")
+		if _, err := s.Add(ctx, Item{ID: "r1", Account: "A", Org: "A/o1", Queue: "q", Origin: 1}); err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Park(ctx, "A", "provider said 401", 401)
+		_ = s.Park(ctx, "A", "a second reason is not kept", 503)
+		_ = s.Hold(ctx, "B", t0.Add(time.Minute), "429 from Truto", 429)
+		_ = s.Park(ctx, "", "the API token was rejected", 401)
+		holds, err := s.Holds(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []Hold{
+			{Kind: "parked", Account: "", Reason: "the API token was rejected", StatusCode: 401, Since: t0.UTC()},
+			{Kind: "parked", Account: "A", Reason: "provider said 401", StatusCode: 401, Since: t0.UTC()},
+			{Kind: "rate_limited", Account: "B", Reason: "429 from Truto", StatusCode: 429, Since: t0.UTC(), Until: t0.Add(time.Minute).UTC()},
+		}
+		if diff := cmp.Diff(want, holds); diff != "" {
+			t.Errorf("holds (-want +got):\n%s", diff)
+		}
+		st, ok, err := s.Update(ctx, "u2")
+		if err != nil || !ok {
+			t.Fatalf("Update(u2) = %v, %v", ok, err)
+		}
+		if diff := cmp.Diff(UpdateState{State: "waiting", Account: "A", Seq: 2, Origin: 2, Ahead: 1}, st); diff != "" {
+			t.Errorf("u2 (-want +got):\n%s", diff)
+		}
+		if _, ok, _ := s.Update(ctx, "nope"); ok {
+			t.Error("an unknown id has an admission state")
+		}
+		line, _ := s.Line(ctx, "A/o1")
+		if diff := cmp.Diff([]Place{{"u1", 1, 1}, {"u2", 2, 2}, {"r1", 3, 1}}, line); diff != "" {
+			t.Errorf("line (-want +got):\n%s", diff)
 		}
 	})
 }

@@ -92,6 +92,11 @@ func (l *Leases) Run(ctx context.Context, logger *slog.Logger) {
 	}
 }
 
+// Gate is asked before each admission pass (the circuit breaker). When allow
+// is false nothing is admitted and the admitter looks again after wait; when
+// probe is true one update is admitted, marked as the probe.
+type Gate func(ctx context.Context) (allow, probe bool, wait time.Duration, err error)
+
 // Admitter runs admission in one process: it admits what can go now, hands
 // the tickets to deliver (which puts them on the queue), and sleeps until the
 // next slot or until woken. It also puts back updates whose lease ran out.
@@ -101,6 +106,7 @@ type Admitter struct {
 	deliver func(context.Context, []Ticket) error
 	logger  *slog.Logger
 	reap    time.Duration
+	gate    Gate
 	// Woken counts admission passes started by a wake-up rather than a timer
 	// (for tests and metrics); read it with Passes.
 	mu            sync.Mutex
@@ -116,6 +122,9 @@ func NewAdmitter(s *Scheduler, leases *Leases, deliver func(context.Context, []T
 	}
 	return &Admitter{s: s, leases: leases, deliver: deliver, logger: logger, reap: DefaultReapInterval}
 }
+
+// SetGate makes every pass ask g first. Call it before Run.
+func (a *Admitter) SetGate(g Gate) { a.gate = g }
 
 // Passes reports how many admission passes ran, and how many of them a
 // wake-up started.
@@ -137,7 +146,23 @@ func (a *Admitter) Run(ctx context.Context) {
 			}
 			lastReap = time.Now()
 		}
-		tickets, next, err := a.s.Admit(ctx, a.leases.Owner())
+		n, probe := a.s.c.Batch, false
+		if a.gate != nil {
+			allow, pr, wait, err := a.gate(ctx)
+			if err == nil && !allow {
+				// Nothing goes while the circuit is open but its probes.
+				_, _ = a.s.Wait(ctx, min(max(wait, 10*time.Millisecond), a.reap))
+				woken = false
+				continue
+			}
+			if pr {
+				n, probe = 1, true
+			}
+		}
+		tickets, next, err := a.s.admit(ctx, a.leases.Owner(), n)
+		if probe && len(tickets) == 1 {
+			tickets[0].Probe = true
+		}
 		a.mu.Lock()
 		a.passes++
 		if woken {

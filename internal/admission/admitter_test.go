@@ -61,7 +61,7 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 		for range 4 { // a worker process's concurrency
 			go func() {
 				for tk := range work {
-					ok, err := s.Start(ctx, tk.ID, tk.Gen, owner)
+					_, ok, err := s.Start(ctx, tk.ID, tk.Gen, owner)
 					if err != nil || !ok {
 						continue // stale tickets are expected only after a lease ran out
 					}
@@ -169,7 +169,7 @@ func TestKilledWorkersUpdatesGoAgain(t *testing.T) {
 	if err != nil || len(first) != 1 {
 		t.Fatalf("Admit = %v, %v", first, err)
 	}
-	if ok, _ := s.Start(ctx, "u1", first[0].Gen, "doomed"); !ok {
+	if _, ok, _ := s.Start(ctx, "u1", first[0].Gen, "doomed"); !ok {
 		t.Fatal("Start refused")
 	}
 	got := make(chan Ticket, 1)
@@ -189,7 +189,7 @@ func TestKilledWorkersUpdatesGoAgain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the dead worker's update did not go again")
 	}
-	if ok, _ := s.Start(ctx, "u1", first[0].Gen, "doomed"); ok {
+	if _, ok, _ := s.Start(ctx, "u1", first[0].Gen, "doomed"); ok {
 		t.Error("the dead worker's ticket is still accepted")
 	}
 }
@@ -202,5 +202,52 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(5 * time.Millisecond) // polling a condition, not timing one
+	}
+}
+
+// TestGateLetsOnlyTheProbeThrough: while the gate (the circuit) is closed to
+// all but probes, each pass admits one update, marked as the probe.
+func TestGateLetsOnlyTheProbeThrough(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := New(srv.Client(), Config{})
+	for i := range 3 {
+		if _, err := s.Add(ctx, Item{ID: fmt.Sprint("u", i), Account: "A", Org: fmt.Sprint("A/o", i), Queue: "q"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var passes int
+	got := make(chan Ticket, 3)
+	a := NewAdmitter(s, NewLeases(s, "p"), func(_ context.Context, ts []Ticket) error {
+		for _, tk := range ts {
+			got <- tk
+		}
+		return nil
+	}, nil)
+	a.SetGate(func(context.Context) (bool, bool, time.Duration, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		passes++
+		if passes%2 == 1 {
+			return false, false, 10 * time.Millisecond, nil // open, no probe due
+		}
+		return true, true, 0, nil
+	})
+	go a.Run(ctx)
+	for range 3 {
+		select {
+		case tk := <-got:
+			if !tk.Probe {
+				t.Errorf("%s went through an open gate without being the probe", tk.ID)
+			}
+			if _, err := s.Finish(ctx, tk.ID); err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the probes did not come")
+		}
 	}
 }

@@ -41,7 +41,7 @@ func BenchmarkCycle(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, tk := range tickets {
-			if _, err := s.Start(ctx, tk.ID, tk.Gen, "p"); err != nil {
+			if _, _, err := s.Start(ctx, tk.ID, tk.Gen, "p"); err != nil {
 				b.Fatal(err)
 			}
 			if _, err := s.Finish(ctx, tk.ID); err != nil {
@@ -72,7 +72,7 @@ func BenchmarkBacklogFairness(b *testing.B) {
 	for lo := 0; lo < b.N; lo += 5000 {
 		pipe := rdb.Pipeline()
 		for i := lo; i < min(lo+5000, b.N); i++ {
-			script.Run(ctx, pipe, []string{s.key}, "add", 0, fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "{}")
+			script.Run(ctx, pipe, []string{s.key}, "add", 0, fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "{}", 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			b.Fatal(err)

@@ -10,14 +10,16 @@
 --                  waits; an org whose head is admitted or running is absent)
 --   org:<o>        ZSET update id -> sequence number: the organization's line
 --   upd:<id>       HASH a, o, q (queue), nb (not before), pl (payload), seq,
---                  gen (admission generation), state, owner
+--                  og (origin: the sequence number of its first enqueue, kept
+--                  by replays), gen (admission generation), state, owner
 --   acct:<a>       HASH n (updates held), tat (next slot), iv (learned
---                  interval), known (interval at the last 429), until (hold
---                  end), parked (reason)
+--                  interval), known (interval at the last 429), until, hwhy,
+--                  hstatus, hsince (a hold), parked, pstatus, psince (a park)
 --   token          STRING the API token's next slot
 --   admitted       ZSET id -> lease end: admitted, not yet started by a worker
 --   running        ZSET id -> lease end: started, heartbeated by its worker
---   parked         SET parked accounts;  parked_all  STRING reason
+--   parked         SET parked accounts;  held  ZSET account -> hold end
+--   parked_all     HASH why, status, since: every account parked
 --   plan           STRING when the sleeping admitters look next
 --   notify         LIST one token wakes one sleeping admitter
 --   seq            STRING the sequence counter
@@ -84,14 +86,16 @@ local function forget(a)
 end
 
 if op == 'add' then
-  -- id, account, org, queue, not_before, payload
+  -- id, account, org, queue, not_before, payload, origin (0: this enqueue)
   local id, a, o = ARGV[3], ARGV[4], ARGV[5]
   local uk = ukey(id)
   if redis.call('EXISTS', uk) == 1 then return 0 end
   local seq = redis.call('INCR', B .. 'seq')
+  local og = tonumber(ARGV[9])
+  if og == 0 then og = seq end
   redis.call('ZADD', okey(o), seq, id)
   redis.call('HSET', uk, 'a', a, 'o', o, 'q', ARGV[6], 'nb', ARGV[7], 'pl', ARGV[8],
-    'seq', seq, 'gen', 0, 'state', 'waiting')
+    'seq', seq, 'og', og, 'gen', 0, 'state', 'waiting')
   redis.call('HINCRBY', akey(a), 'n', 1)
   redis.call('PERSIST', akey(a))
   ready(a, o, id, math.max(now, tonumber(ARGV[7])))
@@ -163,16 +167,17 @@ elseif op == 'admit' then
   return out
 
 elseif op == 'start' then
-  -- id, gen, owner, lease_ms. 1: the caller runs it; 0: a stale ticket.
+  -- id, gen, owner, lease_ms. {1, seq, origin}: the caller runs it; {0}: a
+  -- stale ticket.
   local id = ARGV[3]
   local uk = ukey(id)
-  local h = redis.call('HMGET', uk, 'gen', 'state')
-  if h[1] ~= ARGV[4] or (h[2] ~= 'admitted' and h[2] ~= 'running') then return 0 end
+  local h = redis.call('HMGET', uk, 'gen', 'state', 'seq', 'og')
+  if h[1] ~= ARGV[4] or (h[2] ~= 'admitted' and h[2] ~= 'running') then return {0} end
   redis.call('ZREM', B .. 'admitted', id)
   redis.call('ZADD', B .. 'running', now + tonumber(ARGV[6]), id)
   redis.call('HSET', uk, 'state', 'running', 'owner', ARGV[5])
   if redis.call('DEL', B .. 'cap') == 1 then wake() end
-  return 1
+  return {1, tonumber(h[3]), tonumber(h[4] or h[3])}
 
 elseif op == 'extend' then
   -- owner, lease_ms, id...: extends the leases the owner still holds and
@@ -226,21 +231,30 @@ elseif op == 'retry' then
   return 1
 
 elseif op == 'hold' then
-  -- account, until_ms: its lane waits until then, as a whole.
+  -- account, until_ms, reason, status: its lane waits until then, as a
+  -- whole. A hold only ever extends.
   local a = ARGV[3]
   if tonumber(ARGV[4]) > tonumber(redis.call('HGET', akey(a), 'until') or '0') then
-    redis.call('HSET', akey(a), 'until', ARGV[4])
+    redis.call('HSET', akey(a), 'until', ARGV[4], 'hwhy', ARGV[5], 'hstatus', ARGV[6], 'hsince', num(now))
+    redis.call('ZADD', B .. 'held', ARGV[4], a)
+    redis.call('ZREMRANGEBYSCORE', B .. 'held', '-inf', now)
   end
   schedule(a)
+  forget(a)
   return 1
 
 elseif op == 'park' then
-  -- account, reason: its lane is frozen until resumed. account "" parks all.
+  -- account, reason, status: its lane is frozen until resumed. Account ""
+  -- parks every account.
   if ARGV[3] == '' then
-    redis.call('SET', B .. 'parked_all', ARGV[4])
+    redis.call('HSET', B .. 'parked_all', 'why', ARGV[4], 'status', ARGV[5], 'since', num(now))
     return 1
   end
-  redis.call('HSET', akey(ARGV[3]), 'parked', ARGV[4])
+  local ak = akey(ARGV[3])
+  if not redis.call('HGET', ak, 'parked') then
+    redis.call('HSET', ak, 'parked', ARGV[4], 'pstatus', ARGV[5], 'psince', num(now))
+    redis.call('PERSIST', ak)
+  end
   redis.call('SADD', B .. 'parked', ARGV[3])
   schedule(ARGV[3])
   return 1
@@ -254,7 +268,9 @@ elseif op == 'resume' then
     return n
   end
   local n = redis.call('HDEL', akey(a), 'parked', 'until')
+  redis.call('HDEL', akey(a), 'pstatus', 'psince', 'hwhy', 'hstatus', 'hsince')
   redis.call('SREM', B .. 'parked', a)
+  redis.call('ZREM', B .. 'held', a)
   schedule(a)
   forget(a)
   return n
@@ -322,9 +338,48 @@ elseif op == 'account' then
   return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '',
     redis.call('ZCARD', lkey(a)), sc or ''}
 
+elseif op == 'holds' then
+  -- {kind, account, reason, status, since, until, ...}: the all-accounts
+  -- park, parked accounts, then accounts held until a time.
+  local out = {}
+  local all = redis.call('HMGET', B .. 'parked_all', 'why', 'status', 'since')
+  if all[1] then
+    for _, v in ipairs({'parked', '', all[1], all[2], all[3], ''}) do out[#out + 1] = v end
+  end
+  for _, a in ipairs(redis.call('SMEMBERS', B .. 'parked')) do
+    local h = redis.call('HMGET', akey(a), 'parked', 'pstatus', 'psince')
+    for _, v in ipairs({'parked', a, h[1] or '', h[2] or '', h[3] or '', ''}) do out[#out + 1] = v end
+  end
+  redis.call('ZREMRANGEBYSCORE', B .. 'held', '-inf', now)
+  for _, a in ipairs(redis.call('ZRANGE', B .. 'held', 0, -1)) do
+    local h = redis.call('HMGET', akey(a), 'hwhy', 'hstatus', 'hsince', 'until', 'parked')
+    if not h[5] then
+      for _, v in ipairs({'rate_limited', a, h[1] or '', h[2] or '', h[3] or '', h[4] or ''}) do out[#out + 1] = v end
+    end
+  end
+  return out
+
+elseif op == 'update' then
+  -- id: {state, gen, account, seq, origin, not_before, ahead}: ahead is how
+  -- many updates of its organization go before it.
+  local h = redis.call('HMGET', ukey(ARGV[3]), 'state', 'gen', 'a', 'seq', 'og', 'nb', 'o')
+  if not h[1] then return {} end
+  return {h[1], h[2], h[3], h[4], h[5] or h[4], h[6], redis.call('ZRANK', okey(h[7]), ARGV[3]) or 0}
+
+elseif op == 'line' then
+  -- org: {id, seq, origin, ...}: its line, in order.
+  local out = {}
+  local ids = redis.call('ZRANGE', okey(ARGV[3]), 0, -1, 'WITHSCORES')
+  for i = 1, #ids, 2 do
+    out[#out + 1] = ids[i]
+    out[#out + 1] = ids[i + 1]
+    out[#out + 1] = redis.call('HGET', ukey(ids[i]), 'og') or ids[i + 1]
+  end
+  return out
+
 elseif op == 'stats' then
   local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
   return {redis.call('ZCARD', ACCTS), redis.call('ZCARD', B .. 'admitted'), redis.call('ZCARD', B .. 'running'),
-    redis.call('SCARD', B .. 'parked'), redis.call('GET', B .. 'parked_all') or '', first[2] or '', num(now)}
+    redis.call('SCARD', B .. 'parked'), redis.call('HGET', B .. 'parked_all', 'why') or '', first[2] or '', num(now)}
 end
 return redis.error_reply('admission: unknown operation ' .. tostring(op))
