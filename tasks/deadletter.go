@@ -28,6 +28,8 @@ const (
 type DeadLetter struct {
 	TaskID string `json:"task_id"`
 	Queue  string `json:"queue"`
+	// QueueTaskID is the id of asynq's archived copy (the run that died).
+	QueueTaskID string `json:"queue_task_id,omitempty"`
 	// Update is the update as enqueued, with its idempotency key. It is empty
 	// for a malformed payload, whose bytes are in RawPayload instead.
 	Update         Update    `json:"update"`

@@ -6,18 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/sethvargo/go-retry"
 
+	"github.com/orgsync/orgsync/internal/admission"
+	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/trutoclient"
 )
 
-// MaxResultBody bounds the response body kept as an update's result.
-const MaxResultBody = 1 << 20
+// MaxResultBody bounds the response body kept as an update's result: the
+// client reads no more of a 2xx body than this.
+const MaxResultBody = trutoclient.DefaultMaxResponseBody
 
 // MaxReasonBytes bounds the reason of one attempt's outcome as the handler
 // keeps it (attempt history, ledger, dead letter, logs): room for a transport
@@ -33,28 +37,18 @@ type Sender interface {
 	UpdateOrganization(ctx context.Context, req *trutoclient.UpdateOrganizationRequest) (*trutoclient.Organization, *trutoclient.Response, error)
 }
 
-// Limiter spaces requests to stay under Truto's limits, shared by every
-// worker (internal/ratelimit). Reserve either grants a slot wait from now
-// (at most a second or so), or refuses and says when the update's turn may
-// come (the account's backlog ahead of it included).
-type Limiter interface {
-	Reserve(ctx context.Context, account, updateID string) (ok bool, wait time.Duration, err error)
-}
-
-// Breaker is a circuit breaker on upstream health, shared by every worker
-// (internal/circuit). While it is open, updates wait without spending budget.
+// Breaker learns upstream health from every answer, shared by every worker
+// (internal/circuit). Admission asks it before admitting; the handler only
+// reports.
 type Breaker interface {
-	Allow(ctx context.Context) (allow, probe bool, wait time.Duration, reason string, err error)
 	Record(ctx context.Context, failed, probe bool) error
-	// NoteWaiting remembers an update that waits on the open circuit.
-	NoteWaiting(ctx context.Context, queue, taskID string) error
 }
 
 // Event is what the handler reports after each run, for metrics and progress displays.
 type Event struct {
 	TaskID     string
 	Account    string
-	Outcome    string // "completed", "retry", "waiting", "dead"
+	Outcome    string // one of the Outcome constants
 	Class      string // trutoclient class, or ClassMalformed/ClassExpired/ClassExhausted, or "skipped" when the ledger already knew the answer
 	StatusCode int
 	Latency    time.Duration
@@ -64,33 +58,44 @@ type Event struct {
 
 // Outcomes of one run.
 const (
+	// OutcomeCompleted: applied (or known applied); the result is stored.
 	OutcomeCompleted = "completed"
-	OutcomeRetry     = "retry"
-	OutcomeWaiting   = "waiting"
-	OutcomeDead      = "dead"
+	// OutcomeRetry: a transient failure; budget spent, back to admission after the backoff.
+	OutcomeRetry = "retry"
+	// OutcomeWaiting: back to admission without spending budget (a 429, a
+	// parked account, a stopping worker).
+	OutcomeWaiting = "waiting"
+	// OutcomeDead: dead-lettered.
+	OutcomeDead = "dead"
+	// OutcomeStale: a ticket admission no longer honours (its update went
+	// back after a lease ran out, or finished); nothing was done.
+	OutcomeStale = "stale"
 )
 
-// Handler runs organization updates. It implements asynq.Handler.
+// Handler runs admitted organization updates. It implements asynq.Handler.
 //
-// Contract, per run of a task (DESIGN.md "Failure policy"):
+// Waiting happens before the handler, in admission: a run is an update that
+// may be sent now. Contract, per run of a task:
 //   - a payload that cannot be read is dead-lettered (class malformed);
+//   - a task that did not come through admission (queued by an older
+//     producer) joins admission and ends; a stale ticket ends at once;
 //   - an update the ledger already knows as completed is not sent again: its
 //     stored result is written back and the run succeeds;
 //   - an update older than Policy.MaxAge is dead-lettered (class expired);
-//   - an update whose account is rate limited or parked waits (*WaitError):
-//     nothing is sent and no budget is spent;
 //   - otherwise one PATCH is sent (with up to Policy.InCallRetries quick
 //     retries for connection-level failures), under the update's idempotency
-//     key, and the answer is classified by trutoclient.Classify:
+//     key, and the answer is classified by trutoclient.Classify and settled:
 //     2xx completes with the response stored; a permanent error is
-//     dead-lettered at once; 429 pauses the account for every worker and
-//     waits; 401 or an account-blocked 503 parks the account and waits;
-//     a transient or possibly-applied failure spends one unit of budget and
-//     returns *RetryError, or is dead-lettered (class exhausted) once more than
-//     Policy.MaxRetry units are spent.
+//     dead-lettered; 429 holds the account's lane and lowers its learned
+//     rate; 401 or an account-blocked 503 parks the account (all accounts
+//     when the API token was rejected); a transient failure spends one unit
+//     of budget and goes back to admission after its backoff, or is
+//     dead-lettered (class exhausted) once more than its budget is spent.
 //
-// Dead-lettered runs return an error wrapping asynq.SkipRetry, so asynq's
-// archive mirrors the dead letter for the queue UI.
+// Runs that put the update back return asynq.RevokeTask (asynq keeps no
+// copy; admission holds the update). Dead-lettered runs return an error
+// wrapping asynq.SkipRetry, so asynq's archive mirrors the dead letter for the
+// queue UI.
 type Handler struct {
 	sender  Sender
 	store   *Store
@@ -98,8 +103,8 @@ type Handler struct {
 	now     func() time.Time
 	logger  *slog.Logger
 	observe func(Event)
-	limiter Limiter
 	breaker Breaker
+	leases  *admission.Leases
 }
 
 // HandlerOption configures a Handler.
@@ -111,11 +116,13 @@ func WithLogger(l *slog.Logger) HandlerOption { return func(h *Handler) { h.logg
 // WithObserver receives an Event after every run.
 func WithObserver(fn func(Event)) HandlerOption { return func(h *Handler) { h.observe = fn } }
 
-// WithLimiter spaces requests under shared rate limits before sending.
-func WithLimiter(l Limiter) HandlerOption { return func(h *Handler) { h.limiter = l } }
-
-// WithBreaker gates sending on a shared circuit breaker.
+// WithBreaker reports every answer to a shared circuit breaker.
 func WithBreaker(b Breaker) HandlerOption { return func(h *Handler) { h.breaker = b } }
+
+// WithLeases holds a lease on each running update in the worker's lease set,
+// whose heartbeat keeps it; by default the handler holds its own set, which
+// nothing renews (tests).
+func WithLeases(l *admission.Leases) HandlerOption { return func(h *Handler) { h.leases = l } }
 
 // WithHandlerClock injects the clock (tests).
 func WithHandlerClock(now func() time.Time) HandlerOption { return func(h *Handler) { h.now = now } }
@@ -133,208 +140,230 @@ func NewHandler(sender Sender, store *Store, policy Policy, opts ...HandlerOptio
 	for _, o := range opts {
 		o(h)
 	}
+	if h.leases == nil {
+		h.leases = admission.NewLeases(store.adm, NewKey())
+	}
 	return h
 }
 
 // Policy returns the effective policy (defaults filled in).
 func (h *Handler) Policy() Policy { return h.policy }
 
-// ProcessTask runs one update; see Handler for the contract.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
-	queue, _ := asynq.GetQueueName(ctx)
-	taskID, _ := asynq.GetTaskID(ctx)
+// run is one run of one update: what ProcessTask knows as it goes.
+type run struct {
+	task  *asynq.Task
+	id    string
+	gen   int64
+	probe bool
+	p     Payload
+	rec   Record
+	ev    Event
+}
 
+// ProcessTask runs one admitted update; see Handler for the contract.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	p, err := DecodePayload(t.Payload())
 	if err != nil {
-		if taskID == "" {
-			taskID = "unknown"
-		}
-		d := DeadLetter{TaskID: taskID, Queue: queue, RawPayload: rawExcerpt(t.Payload(), 64<<10),
-			Class: ClassMalformed, Reason: err.Error(), DeadAt: h.now().UTC()}
-		return h.deadLetter(ctx, d, Event{TaskID: taskID, Class: ClassMalformed, Reason: err.Error()})
+		return h.malformed(ctx, t, err)
+	}
+	r := &run{task: t, id: p.TaskID(), p: p}
+	r.ev = Event{TaskID: r.id, Account: p.IntegratedAccountID}
+	gen, probe, admitted := ticketOf(t)
+	if !admitted {
+		return h.join(ctx, r)
+	}
+	r.gen, r.probe = gen, probe
+	place, ok, err := h.store.adm.Start(ctx, r.id, gen, h.leases.Owner())
+	if err != nil {
+		return err // Redis trouble: asynq runs it again; nothing was sent
+	}
+	if !ok {
+		r.ev.Outcome, r.ev.Reason = OutcomeStale, "stale ticket: admission has this update elsewhere"
+		h.observe(r.ev)
+		return asynq.RevokeTask
+	}
+	h.leases.Hold(r.id)
+	defer h.leases.Release(r.id)
+	r.p.OrderSeq, r.p.OriginSeq = place.Seq, place.Origin
+
+	if r.rec, err = h.store.Get(ctx, r.id); err != nil {
+		return h.putBack(ctx, r, time.Second, "the ledger could not be read: "+err.Error())
+	}
+	if done, err := h.known(ctx, r); done {
+		return err
+	}
+	if age := h.now().Sub(p.EnqueuedAt); age > h.policy.MaxAge {
+		reason := fmt.Sprintf("expired: enqueued %s ago, over the %s budget (--max-age)", age.Round(time.Second), h.policy.MaxAge)
+		return h.deadLetter(ctx, r, ClassExpired, 0, reason, nil)
+	}
+	a := h.send(ctx, r)
+	return h.settle(ctx, r, a)
+}
+
+// malformed dead-letters a payload that cannot be read.
+func (h *Handler) malformed(ctx context.Context, t *asynq.Task, cause error) error {
+	taskID, _ := asynq.GetTaskID(ctx)
+	if id, _, ok := strings.Cut(taskID, "."); ok {
+		taskID = id
 	}
 	if taskID == "" {
-		taskID = p.TaskID()
+		taskID = "unknown"
 	}
-	ev := Event{TaskID: taskID, Account: p.IntegratedAccountID}
+	queue, _ := asynq.GetQueueName(ctx)
+	d := DeadLetter{TaskID: taskID, Queue: queue, RawPayload: rawExcerpt(t.Payload(), 64<<10),
+		Class: ClassMalformed, Reason: cause.Error(), DeadAt: h.now().UTC()}
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
+		return err
+	}
+	_, _ = h.store.adm.Finish(context.WithoutCancel(ctx), taskID)
+	h.logger.Info("update dead-lettered", "task_id", taskID, "class", ClassMalformed, "reason", d.Reason)
+	h.observe(Event{TaskID: taskID, Outcome: OutcomeDead, Class: ClassMalformed, Reason: d.Reason})
+	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
+}
 
-	rec, err := h.store.Get(ctx, taskID)
-	if err != nil {
-		return err // Redis trouble: a failure, but our budget is untouched
+// join puts a task that was queued straight into asynq (by a producer from
+// before admission) into admission, where it waits its turn like any other.
+func (h *Handler) join(ctx context.Context, r *run) error {
+	queue, _ := asynq.GetQueueName(ctx)
+	if queue == "" {
+		queue = DefaultQueue
 	}
+	_, err := h.store.adm.Add(ctx, admission.Item{ID: r.id, Account: r.p.IntegratedAccountID, Org: orgKey(r.p.Update),
+		Queue: queue, Payload: r.task.Payload(), Origin: r.p.OriginSeq})
+	if err != nil {
+		return err
+	}
+	r.ev.Outcome, r.ev.Reason = OutcomeWaiting, "queued before admission: joined its account's lane"
+	h.observe(r.ev)
+	return asynq.RevokeTask
+}
+
+// known ends the run when the ledger already knows the update's outcome.
+func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 	switch {
-	case rec.State == StateCompleted:
+	case r.rec.State == StateCompleted:
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
-		if rec.Result != nil {
-			h.writeResult(t, *rec.Result)
+		if r.rec.Result != nil {
+			h.writeResult(r.task, *r.rec.Result)
 		}
-		_ = h.store.leaveLine(ctx, p.Update, taskID, true, p.origin()) // in case a crash came first
-		ev.Outcome, ev.Class, ev.Reason = OutcomeCompleted, "skipped", "already completed"
-		h.observe(ev)
-		return nil
-	case rec.State == StateDead || (rec.DeadLettered && h.deadLetterIsCurrent(ctx, taskID, p)):
+		h.finish(ctx, r)
+		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, "skipped", "already completed"
+		h.observe(r.ev)
+		return true, nil
+	case r.rec.State == StateDead || (r.rec.DeadLettered && h.deadLetterIsCurrent(ctx, r.id, r.p)):
 		// A dead letter exists: finish marking it (a crash may have come in
 		// between) and send nothing, so a dead update can never also apply.
-		if rec.State != StateDead {
-			if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, taskID, "dead-lettered") }); err != nil {
-				return err
+		if r.rec.State != StateDead {
+			if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, r.id, "dead-lettered") }); err != nil {
+				return true, err
 			}
 		}
-		_ = h.store.leaveLine(ctx, p.Update, taskID, false, 0)
-		ev.Outcome, ev.Class, ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
-		h.observe(ev)
-		return fmt.Errorf("already dead-lettered: %w", asynq.SkipRetry)
+		h.finish(ctx, r)
+		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
+		h.observe(r.ev)
+		return true, fmt.Errorf("already dead-lettered: %w", asynq.SkipRetry)
 	}
+	return false, nil
+}
 
-	maxRetry := h.policy.MaxRetry
-	if p.MaxRetry > 0 {
-		maxRetry = p.MaxRetry
+// settle records the answer and decides where the update goes: one line per
+// class of trutoclient.Classify.
+func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
+	d := a.decision
+	r.ev.Sent, r.ev.Class, r.ev.StatusCode, r.ev.Reason = a.sent, d.Class.String(), d.StatusCode, d.Reason
+	if a.res != nil {
+		r.ev.Latency = a.res.Latency
 	}
-	base := DeadLetter{TaskID: taskID, Queue: queue, Update: p.Update, IdempotencyKey: p.IdempotencyKey,
-		EnqueuedAt: p.EnqueuedAt, Run: p.Run, Replays: p.Replays, MaxRetry: maxRetry, OrderSeq: p.OrderSeq, OriginSeq: p.origin(),
-		Attempts: rec.Attempts, FirstAttemptAt: rec.FirstAttemptAt, LastAttemptAt: rec.LastAttemptAt}
-
-	now := h.now()
-	if age := now.Sub(p.EnqueuedAt); age > h.policy.MaxAge {
-		base.Class, base.DeadAt = ClassExpired, now.UTC()
-		base.Reason = fmt.Sprintf("expired: enqueued %s ago, over the %s budget (--max-age)", age.Round(time.Second), h.policy.MaxAge)
-		ev.Class, ev.Reason = ClassExpired, base.Reason
-		return h.deadLetter(ctx, base, ev)
-	}
-
-	if hold, held, err := h.store.AccountHold(ctx, p.IntegratedAccountID); err != nil {
-		return err
-	} else if held {
-		ev.Class = "account_" + hold.Kind
-		return h.wait(ctx, taskID, h.holdDelay(hold, now), "account "+hold.Kind+": "+hold.Reason, ev)
-	}
-
-	// One at a time per organization, in enqueue order.
-	if p.OrderSeq > 0 {
-		head, err := h.store.ahead(ctx, p.Update, taskID, h.policy.OrphanGrace)
-		if err != nil {
-			return err
-		}
-		if head != "" {
-			ev.Class = "ordering"
-			w := h.store.headWait(ctx, p.Update, head)
-			d := w + time.Duration(rand.Int64N(int64(DefaultOrderWait)))
-			return h.wait(ctx, taskID, d, "waiting for the earlier update "+head+" of organization "+p.ID, ev)
-		}
-	}
-
-	probe := false
-	if h.breaker != nil {
-		allow, pr, wait, reason, err := h.breaker.Allow(ctx)
-		if err != nil {
-			return err
-		}
-		if !allow {
-			ev.Class = "circuit_open"
-			// Remembered so that the circuit's closing can call it back at once.
-			_ = h.breaker.NoteWaiting(ctx, queue, taskID)
-			return h.wait(ctx, taskID, wait, reason, ev)
-		}
-		probe = pr
-	}
-	if ok, why, err := h.takeSlot(ctx, p.IntegratedAccountID, taskID); err != nil {
-		return err
-	} else if !ok {
-		ev.Class = "rate_limit"
-		return h.wait(ctx, taskID, why.Delay, why.Reason, ev)
-	}
-
-	a := h.send(ctx, taskID, p, probe)
-	decision, res := a.decision, a.res
-	ev.Sent, ev.Class, ev.StatusCode, ev.Reason = a.sent, decision.Class.String(), decision.StatusCode, decision.Reason
-	if res != nil {
-		ev.Latency = res.Latency
-	}
-	if decision.Class == trutoclient.ClassSuccess {
-		// Applied: record it whatever happens to this run's context, or the
+	account := r.p.IntegratedAccountID
+	switch {
+	case d.Class == trutoclient.ClassSuccess:
+		// Applied: recorded whatever happens to this run's context, or the
 		// next run would send it again.
-		return h.complete(context.WithoutCancel(ctx), t, taskID, p, rec, a, ev)
-	}
-	if a.storeErr != nil {
-		return a.storeErr
-	}
-	if ctx.Err() != nil {
-		// The worker is stopping (or the lease or deadline ran out) mid-request:
-		// the answer is unknown, the key makes a re-send safe, and it is not the
+		return h.complete(context.WithoutCancel(ctx), r, a)
+	case a.storeErr != nil:
+		return h.putBack(ctx, r, time.Second, "the attempt could not be recorded: "+a.storeErr.Error())
+	case ctx.Err() != nil:
+		// The worker is stopping (or the deadline ran out) mid-request: the
+		// answer is unknown, the key makes a re-send safe, and it is not the
 		// update's fault, so nothing was spent.
-		ev.Class = "stopping"
-		return h.wait(context.WithoutCancel(ctx), taskID, time.Second, "worker stopped mid-request", ev)
-	}
-
-	switch decision.Class {
-	case trutoclient.ClassPermanent:
-		base.Class, base.StatusCode, base.Reason = decision.Class.String(), decision.StatusCode, decision.Reason
-		if res != nil {
-			base.ErrorBody = rawExcerpt(res.Body, MaxDeadLetterErrorBody)
+		return h.putBack(ctx, r, 0, "worker stopped mid-request")
+	case d.Class == trutoclient.ClassPermanent:
+		return h.deadLetter(ctx, r, d.Class.String(), d.StatusCode, d.Reason, a.res)
+	case d.Class == trutoclient.ClassRateLimited:
+		until := h.now().Add(d.Delay) // from the answer, not from before the request
+		_ = h.store.adm.Learn(ctx, account, admission.Limited)
+		if err := h.store.PauseAccount(ctx, account, until, d.StatusCode, d.Reason); err != nil {
+			return h.putBack(ctx, r, d.Delay, "rate limited: "+d.Reason)
 		}
-		return h.deadLetter(ctx, h.withLedger(ctx, base), ev)
-	case trutoclient.ClassRateLimited:
-		until := h.now().Add(decision.Delay) // from the answer, not from before the request
-		if err := h.store.PauseAccount(ctx, p.IntegratedAccountID, until, decision.StatusCode, decision.Reason); err != nil {
-			return err
-		}
-		h.logger.Info("account rate limited", "account", p.IntegratedAccountID, "until", until, "reason", decision.Reason)
-		return h.wait(ctx, taskID, decision.Delay, "rate limited: "+decision.Reason, ev)
-	case trutoclient.ClassAccountAttention:
-		account, what := p.IntegratedAccountID, "account parked"
+		h.logger.Info("account rate limited", "account", account, "until", until, "reason", d.Reason)
+		return h.putBack(ctx, r, d.Delay, "rate limited: "+d.Reason)
+	case d.Class == trutoclient.ClassAccountAttention:
+		what := "account parked"
 		if a.tokenRejected {
 			// Our token is bad: every account would get the same answer.
 			account, what = AllAccounts, "all accounts parked: the API token was rejected"
 		}
-		if err := h.store.ParkAccount(ctx, account, decision.StatusCode, decision.Reason); err != nil {
+		if err := h.store.ParkAccount(ctx, account, d.StatusCode, d.Reason); err != nil {
 			return err
 		}
 		h.logger.Warn(what+"; its updates wait until `enqueue accounts resume "+account+"`",
-			"account", account, "status", decision.StatusCode, "reason", decision.Reason)
-		return h.wait(ctx, taskID, h.policy.ParkedRecheck, what+": "+decision.Reason, ev)
+			"account", account, "status", d.StatusCode, "reason", d.Reason)
+		return h.putBack(ctx, r, 0, what+": "+d.Reason)
+	case a.spent > h.maxRetry(r.p):
+		reason := fmt.Sprintf("retry budget of %d spent; last failure: %s", h.maxRetry(r.p), d.Reason)
+		r.ev.Class = ClassExhausted
+		return h.deadLetter(ctx, r, ClassExhausted, d.StatusCode, reason, a.res)
 	}
-
-	// Transient or possibly applied: the budget pays for it.
-	if a.spent > maxRetry {
-		base.Class, base.StatusCode = ClassExhausted, decision.StatusCode
-		base.Reason = fmt.Sprintf("retry budget of %d spent; last failure: %s", maxRetry, decision.Reason)
-		if res != nil {
-			base.ErrorBody = rawExcerpt(res.Body, MaxDeadLetterErrorBody)
-		}
-		ev.Class = ClassExhausted
-		return h.deadLetter(ctx, h.withLedger(ctx, base), ev)
-	}
-	ev.Outcome = OutcomeRetry
-	h.observe(ev)
-	return &RetryError{Spent: a.spent, Decision: decision}
+	// Transient or possibly applied: the budget paid for it.
+	return h.backOff(ctx, r, h.policy.Backoff(a.spent), d.Reason)
 }
 
-// takeSlot reserves a rate-limit slot for account and waits for it. When
-// the next slot is too far off it takes none and returns the wait to hand back.
-func (h *Handler) takeSlot(ctx context.Context, account, taskID string) (bool, *WaitError, error) {
-	if h.limiter == nil {
-		return true, nil, nil
+func (h *Handler) maxRetry(p Payload) int {
+	if p.MaxRetry > 0 {
+		return p.MaxRetry
 	}
-	ok, wait, err := h.limiter.Reserve(ctx, account, taskID)
-	if err != nil {
-		return false, nil, err
+	return h.policy.MaxRetry
+}
+
+// putBack returns the update to its lane without spending budget, to go no
+// earlier than d from now (and no earlier than its account's hold or park allow).
+func (h *Handler) putBack(ctx context.Context, r *run, d time.Duration, reason string) error {
+	r.ev.Outcome = OutcomeWaiting
+	return h.requeue(ctx, r, d, reason)
+}
+
+// backOff returns the update to its lane after a failure that spent budget.
+func (h *Handler) backOff(ctx context.Context, r *run, d time.Duration, reason string) error {
+	r.ev.Outcome = OutcomeRetry
+	return h.requeue(ctx, r, d, reason)
+}
+
+func (h *Handler) requeue(ctx context.Context, r *run, d time.Duration, reason string) error {
+	ctx = context.WithoutCancel(ctx)
+	if r.ev.Reason == "" {
+		r.ev.Reason = reason
 	}
-	if !ok {
-		// The wait already counts the account's backlog ahead of this update;
-		// a little jitter keeps neighbours from coming back in the same second.
-		d := wait + time.Duration(rand.Int64N(int64(wait/4)+1))
-		return false, &WaitError{Delay: d, Reason: fmt.Sprintf("rate limit: account %s's turn in about %s", account, wait.Round(time.Millisecond))}, nil
+	// Shown by `enqueue status`; failure to write it changes nothing.
+	_ = h.store.noteWaiting(ctx, r.id, reason)
+	if _, err := h.store.adm.Retry(ctx, r.id, r.gen, h.now().Add(d)); err != nil {
+		// Its lease runs out and admission puts it back; asynq need not keep it.
+		h.logger.Warn("could not put an update back in its lane; it goes again when its lease runs out",
+			"task_id", r.id, "error", err.Error())
 	}
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return false, &WaitError{Delay: time.Second, Reason: "worker stopped while waiting for a rate-limit slot"}, nil
-		case <-t.C:
-		}
+	h.observe(r.ev)
+	return asynq.RevokeTask
+}
+
+// finish takes the update out of admission; its organization's next update
+// becomes ready.
+func (h *Handler) finish(ctx context.Context, r *run) {
+	if err := h.durably(ctx, func(ctx context.Context) error {
+		_, err := h.store.adm.Finish(ctx, r.id)
+		return err
+	}); err != nil {
+		// Its lease runs out, it is run again, and the ledger finishes it then.
+		h.logger.Warn("could not take a finished update out of admission", "task_id", r.id, "error", err.Error())
 	}
-	return true, nil, nil
 }
 
 // deadLetterIsCurrent tells a dead update whose ledger was not marked from a
@@ -365,7 +394,8 @@ type attempt struct {
 // whole spends at most one unit of budget, and none when the run's context
 // ended (a stopping worker is not the update's fault) or the run was the open
 // circuit's probe.
-func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool) attempt {
+func (h *Handler) send(ctx context.Context, r *run) attempt {
+	p := r.p
 	req := &trutoclient.UpdateOrganizationRequest{
 		ID: p.ID, IntegratedAccountID: p.IntegratedAccountID, Body: p.Body,
 		Options: p.Options, IdempotencyKey: p.UpstreamKey(),
@@ -374,38 +404,25 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 	backoff := retry.WithJitterPercent(20, retry.NewExponential(h.policy.InCallBase))
 	backoff = retry.WithMaxRetries(uint64(max(h.policy.InCallRetries, 0)), backoff)
 	_ = retry.Do(ctx, backoff, func(ctx context.Context) error {
-		if a.sent > 0 {
-			// An in-call retry is a request like any other: it needs a slot.
-			if ok, _, err := h.takeSlot(ctx, p.IntegratedAccountID, taskID); err != nil || !ok {
-				// No slot soon: end the run with the failure in hand, which
-				// then pays for the run (it was spared as a try to be retried).
-				if !probe && ctx.Err() == nil {
-					if spent, err := h.store.spendOne(context.WithoutCancel(ctx), taskID); err == nil {
-						a.spent = spent
-					}
-				}
-				return nil
-			}
-		}
 		at := h.now().UTC()
 		if a.first.IsZero() {
 			a.first = at
 		}
-		_, r, err := h.sender.UpdateOrganization(ctx, req)
+		_, res, err := h.sender.UpdateOrganization(ctx, req)
 		a.sent++
-		a.res, a.decision = r, trutoclient.Classify(r, err)
+		a.res, a.decision = res, trutoclient.Classify(res, err)
 		a.decision.Reason = truncate(a.decision.Reason, MaxReasonBytes)
 		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
 		if h.breaker != nil && ctx.Err() == nil {
 			// Health is shared knowledge; a failure to record it changes nothing here.
-			_ = h.breaker.Record(context.WithoutCancel(ctx), failed, probe && a.sent == 1)
+			_ = h.breaker.Record(context.WithoutCancel(ctx), failed, r.probe && a.sent == 1)
 		}
-		retryable := failed && r == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
+		retryable := failed && res == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
 		rec := Attempt{At: at, Sent: true, StatusCode: a.decision.StatusCode, Class: a.decision.Class.String(), Reason: a.decision.Reason}
-		if r != nil {
-			rec.LatencyMS = r.Latency.Milliseconds()
-			rec.RateLimit = r.Header.Get("Ratelimit-Remaining")
-			rec.RetryAfter = r.Header.Get("Retry-After")
+		if res != nil {
+			rec.LatencyMS = res.Latency.Milliseconds()
+			rec.RateLimit = res.Header.Get("Ratelimit-Remaining")
+			rec.RetryAfter = res.Header.Get("Retry-After")
 		}
 		var apiErr *trutoclient.APIError
 		if errors.As(err, &apiErr) {
@@ -419,8 +436,8 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 		// Only the last try of the run spends, and only if the run was not cut short.
 		// A probe of an open circuit is the breaker's question, not the update's
 		// failure: it spends nothing either.
-		spend := failed && !probe && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
-		spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), taskID, rec, spend, lastErr)
+		spend := failed && !r.probe && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
+		spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), r.id, rec, spend, lastErr)
 		if err != nil {
 			a.storeErr = err
 			return nil
@@ -434,48 +451,76 @@ func (h *Handler) send(ctx context.Context, taskID string, p Payload, probe bool
 	return a
 }
 
-func (h *Handler) complete(ctx context.Context, t *asynq.Task, taskID string, p Payload, rec Record, a attempt, ev Event) error {
-	res := a.res
-	first := rec.FirstAttemptAt
+// complete stores the result of an applied update, lets its organization's
+// next update go, and tells admission what the answer said of the account's
+// limit.
+func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
+	res, p := a.res, r.p
+	first := r.rec.FirstAttemptAt
 	if first.IsZero() {
 		first = a.first
 	}
-	result := Result{TaskID: taskID, IdempotencyKey: p.IdempotencyKey, StatusCode: res.StatusCode,
-		Attempts: rec.Attempts + a.sent, FirstAttemptAt: first, CompletedAt: h.now().UTC(),
-		Replayed: res.Header.Get("Idempotent-Replayed") == "true"}
+	result := Result{TaskID: r.id, IdempotencyKey: p.IdempotencyKey, StatusCode: res.StatusCode,
+		Attempts: r.rec.Attempts + a.sent, FirstAttemptAt: first, CompletedAt: h.now().UTC(),
+		Replayed: res.Header.Get("Idempotent-Replayed") == "true", Truncated: res.Truncated}
 	if len(res.Header) > 0 {
 		result.Header = make(map[string]string, len(res.Header))
 		for k := range res.Header {
 			result.Header[k] = res.Header.Get(k)
 		}
 	}
-	body := res.Body
-	if len(body) > MaxResultBody {
-		result.BodyText = rawExcerpt(body, MaxResultBody)
-	} else if json.Valid(body) {
-		result.Body = body
+	if !res.Truncated && json.Valid(res.Body) {
+		result.Body = res.Body
 	} else {
-		result.BodyText = rawExcerpt(body, MaxResultBody)
+		result.BodyText = rawExcerpt(res.Body, MaxResultBody)
 	}
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.complete(ctx, taskID, result) }); err != nil {
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.complete(ctx, r.id, result) }); err != nil {
 		// The update is applied but the ledger could not say so: the next run
 		// re-sends under the same key, and Truto's idempotency cache answers it.
 		h.logger.Error("update applied but its result could not be stored; it will be re-sent with the same idempotency key",
-			"task_id", taskID, "error", err.Error())
+			"task_id", r.id, "error", err.Error())
 		return err
 	}
-	h.writeResult(t, result)
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.leaveLine(ctx, p.Update, taskID, true, p.origin()) }); err != nil {
-		// The next update of the organization clears a finished head itself.
-		h.logger.Warn("could not take a completed update out of its organization's line", "task_id", taskID, "error", err.Error())
+	h.writeResult(r.task, result)
+	if err := h.store.noteApplied(ctx, p.Update, p.origin()); err != nil {
+		h.logger.Warn("could not note the organization's newest applied update (the stale-replay guard may miss it)",
+			"task_id", r.id, "error", err.Error())
+	}
+	h.finish(ctx, r)
+	account := p.IntegratedAccountID
+	_ = h.store.adm.Learn(ctx, account, admission.Accepted)
+	if lim, ok := statedLimit(res.RateLimit.Limit); ok {
+		_ = h.store.adm.LearnLimit(ctx, account, lim)
 	}
 	if a.decision.Delay > 0 {
 		// The answer said the window is used up: hold the account for everyone.
-		_ = h.store.PauseAccount(ctx, p.IntegratedAccountID, h.now().Add(a.decision.Delay), res.StatusCode, "ratelimit-remaining is 0")
+		_ = h.store.PauseAccount(ctx, account, h.now().Add(a.decision.Delay), res.StatusCode, "ratelimit-remaining is 0")
 	}
-	ev.Outcome = OutcomeCompleted
-	h.observe(ev)
+	r.ev.Outcome = OutcomeCompleted
+	h.observe(r.ev)
 	return nil
+}
+
+// statedLimit reads Truto's ratelimit-limit header ("110;w=10": 110 requests
+// per 10 seconds; a bare number has no window and says nothing usable).
+func statedLimit(v string) (ratelimit.Limit, bool) {
+	n, params, ok := strings.Cut(strings.TrimSpace(v), ";")
+	reqs, err := strconv.Atoi(strings.TrimSpace(n))
+	if !ok || err != nil || reqs <= 0 {
+		return ratelimit.Limit{}, false
+	}
+	for _, kv := range strings.Split(params, ";") {
+		k, val, _ := strings.Cut(strings.TrimSpace(kv), "=")
+		if k != "w" {
+			continue
+		}
+		secs, err := strconv.Atoi(val)
+		if err != nil || secs <= 0 || secs > 86400 {
+			return ratelimit.Limit{}, false
+		}
+		return ratelimit.Limit{Requests: reqs, Window: time.Duration(secs) * time.Second}, true
+	}
+	return ratelimit.Limit{}, false
 }
 
 // durably runs a ledger write that must not be lost to a passing Redis blip,
@@ -502,37 +547,21 @@ func (h *Handler) writeResult(t *asynq.Task, r Result) {
 	}
 }
 
-func (h *Handler) wait(ctx context.Context, taskID string, d time.Duration, reason string, ev Event) error {
-	// Shown by `enqueue status`; failure to write it changes nothing.
-	_ = h.store.noteWaiting(ctx, taskID, reason)
-	ev.Outcome = OutcomeWaiting
-	if ev.Reason == "" {
-		ev.Reason = reason
-	}
-	h.observe(ev)
-	return &WaitError{Delay: d, Reason: reason}
-}
-
-func (h *Handler) holdDelay(hold Hold, now time.Time) time.Duration {
-	if hold.Kind == HoldParked {
-		return h.policy.ParkedRecheck
-	}
-	return max(hold.Until.Sub(now), time.Second)
-}
-
-// withLedger fills the attempt figures of a dead letter from the ledger.
-func (h *Handler) withLedger(ctx context.Context, d DeadLetter) DeadLetter {
-	if rec, err := h.store.Get(ctx, d.TaskID); err == nil {
-		d.Attempts, d.FirstAttemptAt, d.LastAttemptAt = rec.Attempts, rec.FirstAttemptAt, rec.LastAttemptAt
-	}
-	d.DeadAt = h.now().UTC()
-	return d
-}
-
-func (h *Handler) deadLetter(ctx context.Context, d DeadLetter, ev Event) error {
+// deadLetter writes the update's dead letter, marks the ledger, and lets its
+// organization's next update go.
+func (h *Handler) deadLetter(ctx context.Context, r *run, class string, status int, reason string, res *trutoclient.Response) error {
 	ctx = context.WithoutCancel(ctx) // a dead letter is written even while stopping
-	if d.DeadAt.IsZero() {
-		d.DeadAt = h.now().UTC()
+	queue, _ := asynq.GetQueueName(ctx)
+	qid, _ := asynq.GetTaskID(ctx)
+	p := r.p
+	d := DeadLetter{TaskID: r.id, Queue: queue, QueueTaskID: qid, Update: p.Update, IdempotencyKey: p.IdempotencyKey,
+		EnqueuedAt: p.EnqueuedAt, Run: p.Run, Replays: p.Replays, MaxRetry: h.maxRetry(p), OrderSeq: p.OrderSeq, OriginSeq: p.origin(),
+		Class: class, StatusCode: status, Reason: reason, DeadAt: h.now().UTC()}
+	if res != nil {
+		d.ErrorBody = rawExcerpt(res.Body, MaxDeadLetterErrorBody)
+	}
+	if rec, err := h.store.Get(ctx, r.id); err == nil {
+		d.Attempts, d.FirstAttemptAt, d.LastAttemptAt = rec.Attempts, rec.FirstAttemptAt, rec.LastAttemptAt
 	}
 	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
 		return err // not SkipRetry: asynq retries, and the dead letter is written next time
@@ -542,17 +571,17 @@ func (h *Handler) deadLetter(ctx context.Context, d DeadLetter, ev Event) error 
 	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, d.TaskID, d.Reason) }); err != nil {
 		return err
 	}
-	if d.Update.ID != "" {
-		// A dead update must not hold back its organization's later updates.
-		_ = h.durably(ctx, func(ctx context.Context) error { return h.store.leaveLine(ctx, d.Update, d.TaskID, false, 0) })
-	}
+	h.finish(ctx, r) // a dead update must not hold back its organization's later updates
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,
 		"class", d.Class, "status", d.StatusCode, "reason", d.Reason)
-	ev.Outcome = OutcomeDead
-	if ev.Class == "" {
-		ev.Class = d.Class
+	r.ev.Outcome = OutcomeDead
+	if r.ev.Class == "" || r.ev.Class == trutoclient.ClassSuccess.String() {
+		r.ev.Class = class
 	}
-	h.observe(ev)
+	if r.ev.Reason == "" {
+		r.ev.Reason = reason
+	}
+	h.observe(r.ev)
 	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
 }
 

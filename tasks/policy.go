@@ -6,18 +6,15 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-
-	"github.com/orgsync/orgsync/trutoclient"
 )
 
-// Policy defaults (DESIGN.md, "Failure policy").
+// Policy defaults: the failure policy in the README.
 const (
 	DefaultMaxRetry      = 10
 	DefaultRetryBase     = time.Second
 	DefaultRetryCap      = 10 * time.Minute
 	DefaultRetryJitter   = 0.2
 	DefaultMaxAge        = 72 * time.Hour
-	DefaultParkedRecheck = 30 * time.Second
 	DefaultInCallRetries = 2
 	DefaultInCallBase    = 100 * time.Millisecond
 	// DefaultCrashRetryDelay is how soon an update whose worker died is tried again.
@@ -31,10 +28,8 @@ type Policy struct {
 	RetryCap      time.Duration // largest backoff
 	RetryJitter   float64       // ± fraction applied to each backoff; negative for none
 	MaxAge        time.Duration // wall-clock budget since enqueue; past it the update is dead-lettered as expired
-	ParkedRecheck time.Duration // how often a parked account's updates look again
 	InCallRetries int           // quick retries inside one run for connection-level failures (-1: none)
 	InCallBase    time.Duration // first of those quick retries' backoff
-	OrphanGrace   time.Duration // how long a line's head may lack an asynq task before it is cleared
 }
 
 func (p Policy) withDefaults() Policy {
@@ -56,17 +51,11 @@ func (p Policy) withDefaults() Policy {
 	if p.MaxAge <= 0 {
 		p.MaxAge = DefaultMaxAge
 	}
-	if p.ParkedRecheck <= 0 {
-		p.ParkedRecheck = DefaultParkedRecheck
-	}
 	if p.InCallRetries == 0 {
 		p.InCallRetries = DefaultInCallRetries
 	}
 	if p.InCallBase <= 0 {
 		p.InCallBase = DefaultInCallBase
-	}
-	if p.OrphanGrace <= 0 {
-		p.OrphanGrace = DefaultOrphanGrace
 	}
 	return p
 }
@@ -87,49 +76,17 @@ func (p Policy) Backoff(n int) time.Duration {
 	return d
 }
 
-// WaitError means the update must wait without spending budget: its account is
-// rate limited or parked, or the worker is stopping. asynq re-queues it after Delay.
-type WaitError struct {
-	Delay  time.Duration
-	Reason string
-}
-
-func (e *WaitError) Error() string {
-	return "waiting " + e.Delay.Round(time.Millisecond).String() + ": " + e.Reason
-}
-
-// RetryError means an attempt failed transiently and spent budget; Spent
-// says how much of it has been spent so far.
-type RetryError struct {
-	Spent    int
-	Decision trutoclient.Decision
-}
-
-func (e *RetryError) Error() string { return "retry after failure: " + e.Decision.Reason }
-
-// RetryDelay is the asynq RetryDelayFunc for orgsync's task: a wait takes the
-// delay it carries, a failure backs off by how much budget it has spent, and a
-// task whose worker died comes back quickly.
+// RetryDelay is the asynq RetryDelayFunc for orgsync's task. Updates that
+// wait or retry go back to admission, not to asynq's retry set; asynq retries
+// a run only when it ended in trouble before an outcome was recorded (Redis
+// unreachable), or when the run's worker died.
 func (p Policy) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	var we *WaitError
-	var re *RetryError
-	switch {
-	case errors.As(err, &we):
-		// asynq stores retry times in whole seconds, rounded down: without the
-		// extra second a wait could end up to a second early and find the
-		// account still held (or send into a still-closed window).
-		return max(we.Delay, 0) + time.Second
-	case errors.As(err, &re):
-		return p.Backoff(re.Spent)
-	case errors.Is(err, asynq.ErrLeaseExpired):
+	if errors.Is(err, asynq.ErrLeaseExpired) {
 		return DefaultCrashRetryDelay
 	}
 	return p.Backoff(n + 1)
 }
 
-// IsFailure is the asynq IsFailure func: waiting, and a crashed worker's lease
-// running out, are not failures of the update and do not count against it.
-func IsFailure(err error) bool {
-	var we *WaitError
-	return !errors.As(err, &we) && !errors.Is(err, asynq.ErrLeaseExpired)
-}
+// IsFailure is the asynq IsFailure func: a crashed worker's lease running
+// out is not a failure of the update and does not count against it.
+func IsFailure(err error) bool { return !errors.Is(err, asynq.ErrLeaseExpired) }

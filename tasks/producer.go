@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/orgsync/orgsync/internal/admission"
 )
 
 // DefaultQueue is the asynq queue updates go to unless told otherwise.
@@ -24,17 +26,17 @@ const DefaultTaskTimeout = 5 * time.Minute
 const asynqMaxRetry = 1_000_000
 
 // ErrDuplicate means an update with the same idempotency key was already
-// enqueued (pending, running, completed within the retention, or dead).
+// enqueued (waiting, running, completed within the result retention, or dead).
 var ErrDuplicate = errors.New("duplicate: an update with this idempotency key already exists")
 
-// Producer enqueues updates. It is safe for concurrent use.
+// Producer enqueues updates: each joins its account's lane in admission,
+// behind its organization's earlier updates, and reaches asynq's queue when
+// it can be sent. It is safe for concurrent use.
 type Producer struct {
-	client *asynq.Client
-	store  *Store
-	now    func() time.Time
-	// Defaults applied to every enqueue; options override them.
-	queue     string
-	retention time.Duration
+	store *Store
+	now   func() time.Time
+	// The queue used when an enqueue names none.
+	queue string
 }
 
 // ProducerOption configures a Producer.
@@ -48,16 +50,9 @@ func WithProducerClock(now func() time.Time) ProducerOption {
 	return func(p *Producer) { p.now = now }
 }
 
-// NewProducer returns a Producer that enqueues through the store's Redis
-// connection. The result retention defaults to the store's result TTL.
+// NewProducer returns a Producer that enqueues through the store's Redis connection.
 func NewProducer(store *Store, opts ...ProducerOption) *Producer {
-	p := &Producer{
-		client:    asynq.NewClientFromRedisClient(store.rdb),
-		store:     store,
-		now:       time.Now,
-		queue:     DefaultQueue,
-		retention: store.ttl,
-	}
+	p := &Producer{store: store, now: time.Now, queue: DefaultQueue}
 	for _, o := range opts {
 		o(p)
 	}
@@ -65,7 +60,7 @@ func NewProducer(store *Store, opts ...ProducerOption) *Producer {
 }
 
 // Close releases the producer; the Redis connection belongs to the caller.
-func (p *Producer) Close() error { return p.client.Close() }
+func (p *Producer) Close() error { return nil }
 
 // EnqueueOption adjusts one enqueue.
 type EnqueueOption func(*enqueueConfig)
@@ -74,7 +69,6 @@ type enqueueConfig struct {
 	queue     string
 	maxRetry  int
 	processAt time.Time
-	retention time.Duration
 	run       string
 	replay    bool // the dead letter is being replayed: its record does not block
 }
@@ -87,9 +81,6 @@ func WithMaxRetry(n int) EnqueueOption { return func(c *enqueueConfig) { c.maxRe
 
 // At delays the update's first attempt until t.
 func At(t time.Time) EnqueueOption { return func(c *enqueueConfig) { c.processAt = t } }
-
-// WithRetention keeps the update's result for d after it completes.
-func WithRetention(d time.Duration) EnqueueOption { return func(c *enqueueConfig) { c.retention = d } }
 
 // InRun records the bulk run name in the payload.
 func InRun(name string) EnqueueOption { return func(c *enqueueConfig) { c.run = name } }
@@ -110,7 +101,7 @@ func (p *Producer) Enqueue(ctx context.Context, u Update, opts ...EnqueueOption)
 	if err := u.Validate(); err != nil {
 		return Enqueued{}, err
 	}
-	cfg := enqueueConfig{queue: p.queue, retention: p.retention}
+	cfg := enqueueConfig{queue: p.queue}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -152,43 +143,28 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 			return out, fmt.Errorf("enqueue %s: %w", dupID, ErrDuplicate)
 		}
 	}
-	seq, joined, err := p.store.joinLine(ctx, pl.Update, id, cfg.queue, pl.OriginSeq)
-	if err != nil {
-		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
-	}
-	pl.OrderSeq = seq
-	// Leave the line again if the task does not reach asynq (a duplicate whose
-	// first copy already left it, or an error); an entry that stays behind
-	// after a crash here is cleared by the handler after DefaultOrphanGrace.
-	leave := func() {
-		if joined {
-			_ = p.store.leaveLine(context.WithoutCancel(ctx), pl.Update, id, false, 0)
+	if !cfg.replay {
+		// Completed within the result retention: the ledger remembers it.
+		if rec, err := p.store.Get(ctx, id); err != nil {
+			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+		} else if rec.State == StateCompleted {
+			out.Status = "duplicate"
+			return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
 		}
 	}
+	pl.OrderSeq = 0 // admission gives the update its place in line
 	b, err := EncodePayload(pl)
 	if err != nil {
-		leave()
 		return Enqueued{}, fmt.Errorf("encode payload: %w", err)
 	}
-	opts := []asynq.Option{
-		asynq.TaskID(id),
-		asynq.Queue(cfg.queue),
-		asynq.MaxRetry(asynqMaxRetry),
-		asynq.Timeout(DefaultTaskTimeout),
-		asynq.Retention(cfg.retention),
+	seq, err := p.store.adm.Add(ctx, admission.Item{ID: id, Account: pl.IntegratedAccountID, Org: orgKey(pl.Update),
+		Queue: cfg.queue, NotBefore: cfg.processAt, Payload: b, Origin: pl.OriginSeq})
+	if err != nil {
+		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
-	if !cfg.processAt.IsZero() {
-		opts = append(opts, asynq.ProcessAt(cfg.processAt))
-	}
-	_, err = p.client.EnqueueContext(ctx, asynq.NewTask(TypeUpdateOrganization, b), opts...)
-	switch {
-	case errors.Is(err, asynq.ErrTaskIDConflict):
-		leave()
+	if seq == 0 { // waiting, admitted or running already
 		out.Status = "duplicate"
 		return out, fmt.Errorf("enqueue %s: %w", id, ErrDuplicate)
-	case err != nil:
-		leave()
-		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
 	return out, nil
 }

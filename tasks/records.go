@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/orgsync/orgsync/internal/admission"
 )
 
 // DefaultResultTTL is how long results, attempt histories and the idempotency
@@ -38,6 +40,9 @@ type Result struct {
 	CompletedAt    time.Time       `json:"completed_at"`
 	// Replayed is set when Truto answered from its idempotency cache.
 	Replayed bool `json:"replayed,omitempty"`
+	// Truncated says the answer was longer than MaxResultBody and only its
+	// start is kept (in BodyText).
+	Truncated bool `json:"truncated,omitempty"`
 }
 
 // Attempt is one try of an update: a request sent, or a wait decided without sending.
@@ -68,7 +73,8 @@ type Record struct {
 }
 
 // Store holds orgsync's own records in Redis: the per-update ledger and
-// attempt history, account holds, and the dead letters. Every key starts with
+// attempt history, the dead letters, and (through admission) the updates
+// waiting to be sent and the account holds. Every key starts with
 // the prefix, and keys that one script touches share a hash tag so that Redis
 // Cluster keeps them in one slot.
 type Store struct {
@@ -77,6 +83,7 @@ type Store struct {
 	ttl         time.Duration
 	maxAttempts int
 	now         func() time.Time
+	adm         *admission.Scheduler
 }
 
 // StoreOption configures a Store.
@@ -91,6 +98,11 @@ func WithKeyPrefix(p string) StoreOption { return func(s *Store) { s.prefix = p 
 // WithClock injects the clock (tests).
 func WithClock(now func() time.Time) StoreOption { return func(s *Store) { s.now = now } }
 
+// WithScheduler makes the store use s for admission (the worker's, with its
+// rate limits); by default it builds one with no limits, which is all that
+// enqueueing, operator commands and status need.
+func WithScheduler(a *admission.Scheduler) StoreOption { return func(s *Store) { s.adm = a } }
+
 // WithMaxAttemptsKept bounds each update's attempt history (default DefaultMaxAttemptsKept).
 func WithMaxAttemptsKept(n int) StoreOption { return func(s *Store) { s.maxAttempts = n } }
 
@@ -99,6 +111,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
 	s := &Store{rdb: rdb, prefix: "orgsync", ttl: DefaultResultTTL, maxAttempts: DefaultMaxAttemptsKept, now: time.Now}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.adm == nil {
+		s.adm = admission.New(rdb, admission.Config{KeyPrefix: s.prefix})
 	}
 	return s
 }
@@ -183,18 +198,6 @@ func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
 	pipe.PExpire(ctx, rec, s.ttl)
 	_, err := pipe.Exec(ctx)
 	return err
-}
-
-// spendOne spends one unit of the update's budget and returns the total spent.
-func (s *Store) spendOne(ctx context.Context, taskID string) (int, error) {
-	rec := s.recKey(taskID)
-	pipe := s.rdb.TxPipeline()
-	n := pipe.HIncrBy(ctx, rec, "spent", 1)
-	pipe.PExpire(ctx, rec, s.ttl)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return 0, fmt.Errorf("spend budget of %s: %w", taskID, err)
-	}
-	return int(n.Val()), nil
 }
 
 // complete marks the update done and stores its result.

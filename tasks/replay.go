@@ -80,18 +80,9 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	if queue == "" {
 		queue = p.queue
 	}
-	// asynq's archive still holds the task id: free it. (alreadyBack made
-	// sure nothing but an archived copy can be there.)
-	if d.Queue != "" {
-		if err := ins.DeleteTask(d.Queue, d.TaskID); err != nil &&
-			!errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			return out, fmt.Errorf("replay %s: free the task id in asynq: %w", d.TaskID, err)
-		}
-	}
-	// Leave the organization's line (if a crash kept it there) so the
-	// re-enqueue takes a fresh place at its back.
-	if err := p.store.leaveLine(ctx, d.Update, d.TaskID, false, 0); err != nil {
-		return out, err
+	// asynq's archive mirrors the dead letter for the queue UI: the replay ends that.
+	if err := p.store.deleteArchived(ins, d); err != nil {
+		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
 	if err := p.store.resetForReplay(ctx, d.TaskID); err != nil {
 		return out, err
@@ -105,7 +96,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	pl := Payload{Version: d.payloadVersion(), Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
 	// Enqueue first, then remove the dead letter: a crash in between leaves
 	// both, and the next replay finds the task and only removes the record.
-	_, err := p.enqueue(ctx, pl, enqueueConfig{queue: queue, retention: p.retention, replay: true})
+	_, err := p.enqueue(ctx, pl, enqueueConfig{queue: queue, replay: true})
 	switch {
 	case errors.Is(err, ErrDuplicate):
 		out.Reason = "was already re-enqueued"
@@ -119,9 +110,9 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	return out, nil
 }
 
-// alreadyBack reports whether the dead letter's update is back in asynq in a
-// live state (pending, scheduled, active, retry, or completed), or completed
-// per the ledger: a replay that was interrupted after re-enqueueing it.
+// alreadyBack reports whether the dead letter's update is back in admission
+// (or, for a task queued before admission, live in asynq), or completed per
+// the ledger: a replay that was interrupted after re-enqueueing it.
 func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLetter) (bool, string, error) {
 	rec, err := p.store.Get(ctx, d.TaskID)
 	if err != nil {
@@ -129,6 +120,14 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 	}
 	if rec.State == StateCompleted {
 		return true, "already applied by an earlier replay", nil
+	}
+	switch st, ok, err := p.store.adm.Update(ctx, d.TaskID); {
+	case err != nil:
+		return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
+	case ok && rec.State == StateDead && st.State == "running":
+		return false, "", fmt.Errorf("replay %s: the worker that dead-lettered it is still finishing; try again in a moment", d.TaskID)
+	case ok:
+		return true, "already re-enqueued (" + st.State + ") by an earlier replay", nil
 	}
 	if d.Queue == "" {
 		return false, "", nil
@@ -155,17 +154,31 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 // under the same id (a replay in progress) is left alone. It reports whether
 // the record existed.
 func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
-	if d.Queue != "" {
-		ins := asynq.NewInspectorFromRedisClient(s.rdb)
-		info, err := ins.GetTaskInfo(d.Queue, d.TaskID)
-		if err == nil && info.State == asynq.TaskStateArchived {
-			if err := ins.DeleteTask(d.Queue, d.TaskID); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
-				return false, fmt.Errorf("purge %s: delete asynq's archived copy: %w", d.TaskID, err)
-			}
-		}
+	if err := s.deleteArchived(asynq.NewInspectorFromRedisClient(s.rdb), d); err != nil {
+		return false, fmt.Errorf("purge %s: %w", d.TaskID, err)
 	}
 	if err := s.resetForReplay(ctx, d.TaskID); err != nil {
 		return false, err
 	}
 	return s.DeleteDeadLetter(ctx, d.TaskID)
+}
+
+// deleteArchived deletes asynq's archived copy of a dead letter (kept for the
+// queue UI), if it is there.
+func (s *Store) deleteArchived(ins *asynq.Inspector, d DeadLetter) error {
+	if d.Queue == "" {
+		return nil
+	}
+	id := d.QueueTaskID
+	if id == "" {
+		id = d.TaskID // dead before admission: the task id was the update's
+	}
+	info, err := ins.GetTaskInfo(d.Queue, id)
+	if err != nil || info.State != asynq.TaskStateArchived {
+		return nil
+	}
+	if err := ins.DeleteTask(d.Queue, id); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+		return fmt.Errorf("delete asynq's archived copy: %w", err)
+	}
+	return nil
 }

@@ -8,15 +8,17 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/orgsync/orgsync/internal/admission"
 )
 
 // States an update can be in, as `enqueue status` reports them.
 const (
-	StatusPending   = "pending"
-	StatusScheduled = "scheduled"
-	StatusActive    = "active"
-	StatusRetry     = "retry"
-	StatusWaiting   = "waiting" // in asynq's retry set, but waiting without spending budget
+	StatusWaiting   = "waiting"   // in admission: its turn, its account's slot, a hold, or a backoff
+	StatusPending   = "pending"   // admitted: in asynq's pending list for the next free worker
+	StatusActive    = "active"    // a worker is sending it
+	StatusScheduled = "scheduled" // queued before admission for a later time
+	StatusRetry     = "retry"     // queued before admission, in asynq's retry set
 	StatusCompleted = "completed"
 	StatusDead      = "dead"
 )
@@ -178,9 +180,29 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 	} else if !errors.Is(err, ErrNotFound) {
 		return st, err
 	}
+	if as, ok, err := s.adm.Update(ctx, taskID); err != nil {
+		return st, err
+	} else if ok {
+		st.Queue = as.Queue
+		if p, err := DecodePayload(as.Payload); err == nil {
+			u := p.Update
+			st.Update, st.IdempotencyKey = &u, p.IdempotencyKey
+		}
+		switch as.State {
+		case "admitted":
+			st.State = StatusPending
+		case "running":
+			st.State = StatusActive
+		default:
+			st.State = StatusWaiting
+			st.Why, st.NextAttemptAt = s.whyWaiting(ctx, as, rec)
+		}
+		return st, nil
+	}
 	if len(queues) == 0 {
 		queues = []string{DefaultQueue}
 	}
+	// Tasks queued straight into asynq before admission existed.
 	ins := asynq.NewInspectorFromRedisClient(s.rdb)
 	for _, q := range queues {
 		info, err := ins.GetTaskInfo(q, taskID)
@@ -229,6 +251,39 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 	return st, nil
 }
 
+// whyWaiting says what a waiting update waits for, and when it may go at the earliest.
+func (s *Store) whyWaiting(ctx context.Context, as admission.UpdateState, rec Record) (string, time.Time) {
+	now := s.now()
+	if as.Ahead > 0 {
+		return fmt.Sprintf("behind %d earlier update(s) of its organization, which go first", as.Ahead), time.Time{}
+	}
+	if st, err := s.adm.Stats(ctx); err == nil && st.AllParked != "" {
+		return "every account is parked (" + st.AllParked + "): fix the API token, then `enqueue accounts resume '*'`", time.Time{}
+	}
+	acct, err := s.adm.Account(ctx, as.Account)
+	if err != nil {
+		return "in its account's lane", time.Time{}
+	}
+	switch {
+	case acct.Parked != "":
+		return "account parked (" + acct.Parked + "): resume it with `enqueue accounts resume " + as.Account + "`", time.Time{}
+	case acct.HeldUntil.After(now):
+		return "account rate limited until " + acct.HeldUntil.Format(time.RFC3339), acct.HeldUntil
+	case as.NotBefore.After(now) && rec.Spent > 0:
+		return "backing off after a failure (" + strings.TrimPrefix(rec.LastError, "waiting: ") + ")", as.NotBefore
+	case as.NotBefore.After(now):
+		return "scheduled", as.NotBefore
+	}
+	why := fmt.Sprintf("its account's turn: %d update(s) of the account in admission", acct.Waiting)
+	if acct.LearnedRate > 0 {
+		why += fmt.Sprintf(", sent at a learned %.2f/s", acct.LearnedRate)
+	}
+	if strings.HasPrefix(rec.LastError, "waiting: ") {
+		why += "; last put back: " + strings.TrimPrefix(rec.LastError, "waiting: ")
+	}
+	return why, acct.NextAdmission
+}
+
 // Stats is the overview `enqueue stats` prints.
 type Stats struct {
 	Queues           []QueueStats   `json:"queues"`
@@ -237,23 +292,9 @@ type Stats struct {
 	DeadByClass      map[string]int `json:"dead_by_class"`
 	Holds            []Hold         `json:"account_holds"`
 	OldestDeadLetter time.Time      `json:"oldest_dead_letter,omitzero"`
-	// OldestWaiting is the earliest-enqueued update among those in asynq's
-	// retry sets (retrying or waiting), of the first WaitingScanned looked at.
-	OldestWaiting  *WaitingUpdate `json:"oldest_waiting,omitempty"`
-	WaitingScanned int            `json:"waiting_scanned"`
+	// Admission is where the updates not yet in asynq stand.
+	Admission admission.Stats `json:"admission"`
 }
-
-// WaitingUpdate names an update that is retrying or waiting.
-type WaitingUpdate struct {
-	TaskID        string    `json:"task_id"`
-	Queue         string    `json:"queue"`
-	EnqueuedAt    time.Time `json:"enqueued_at"`
-	NextAttemptAt time.Time `json:"next_attempt_at"`
-	LastError     string    `json:"last_error,omitempty"`
-}
-
-// maxWaitingScan bounds how many retry-set entries Stats reads per queue.
-const maxWaitingScan = 5000
 
 // QueueStats counts one asynq queue's tasks by state.
 type QueueStats struct {
@@ -284,26 +325,6 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		}
 		out.Queues = append(out.Queues, QueueStats{Queue: q, Paused: qi.Paused, Pending: qi.Pending, Active: qi.Active,
 			Scheduled: qi.Scheduled, Retry: qi.Retry, Archived: qi.Archived, Completed: qi.Completed, LatencyMS: qi.Latency.Milliseconds()})
-		for page := 1; page*1000 <= maxWaitingScan; page++ {
-			infos, err := ins.ListRetryTasks(q, asynq.PageSize(1000), asynq.Page(page))
-			if err != nil {
-				return out, fmt.Errorf("queue %s: list waiting updates: %w", q, err)
-			}
-			for _, ti := range infos {
-				out.WaitingScanned++
-				p, err := DecodePayload(ti.Payload)
-				if err != nil {
-					continue
-				}
-				if out.OldestWaiting == nil || p.EnqueuedAt.Before(out.OldestWaiting.EnqueuedAt) {
-					out.OldestWaiting = &WaitingUpdate{TaskID: ti.ID, Queue: q, EnqueuedAt: p.EnqueuedAt,
-						NextAttemptAt: ti.NextProcessAt, LastError: ti.LastErr}
-				}
-			}
-			if len(infos) < 1000 {
-				break
-			}
-		}
 	}
 	err = s.EachDeadLetter(ctx, Filter{}, func(d DeadLetter) error {
 		out.DeadLetters++
@@ -318,6 +339,9 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		return out, err
 	}
 	if out.Holds, err = s.Holds(ctx); err != nil {
+		return out, err
+	}
+	if out.Admission, err = s.adm.Stats(ctx); err != nil {
 		return out, err
 	}
 	return out, nil

@@ -456,7 +456,9 @@ type UpdateState struct {
 	Origin    int64
 	NotBefore time.Time
 	// Ahead is how many updates of its organization go before it.
-	Ahead int64
+	Ahead   int64
+	Queue   string
+	Payload []byte
 }
 
 // Update reads the update's admission state; ok is false when admission does
@@ -466,10 +468,13 @@ func (s *Scheduler) Update(ctx context.Context, id string) (st UpdateState, ok b
 	if err != nil {
 		return UpdateState{}, false, fmt.Errorf("admission: update %s: %w", id, err)
 	}
-	if len(res) < 7 {
+	if len(res) < 8 {
 		return UpdateState{}, false, nil
 	}
-	st = UpdateState{State: str(res[0]), Account: str(res[2]), NotBefore: fromMS(str(res[5]))}
+	st = UpdateState{State: str(res[0]), Account: str(res[2]), NotBefore: fromMS(str(res[5])), Queue: str(res[7])}
+	if len(res) > 8 {
+		st.Payload = []byte(str(res[8]))
+	}
 	st.Gen, _ = strconv.ParseInt(str(res[1]), 10, 64)
 	st.Seq, _ = strconv.ParseInt(str(res[3]), 10, 64)
 	st.Origin, _ = strconv.ParseInt(str(res[4]), 10, 64)

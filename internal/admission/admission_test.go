@@ -517,14 +517,16 @@ func TestHoldsUpdateStateAndLine(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("Update(u2) = %v, %v", ok, err)
 		}
-		if diff := cmp.Diff(UpdateState{State: "waiting", Account: "A", Seq: 2, Origin: 2, Ahead: 1}, st); diff != "" {
+		base := t0.UnixMilli()
+		wantSt := UpdateState{State: "waiting", Account: "A", Seq: base + 1, Origin: base + 1, Ahead: 1, Queue: "q", Payload: []byte("p-u2")}
+		if diff := cmp.Diff(wantSt, st); diff != "" {
 			t.Errorf("u2 (-want +got):\n%s", diff)
 		}
 		if _, ok, _ := s.Update(ctx, "nope"); ok {
 			t.Error("an unknown id has an admission state")
 		}
 		line, _ := s.Line(ctx, "A/o1")
-		if diff := cmp.Diff([]Place{{"u1", 1, 1}, {"u2", 2, 2}, {"r1", 3, 1}}, line); diff != "" {
+		if diff := cmp.Diff([]Place{{"u1", base, base}, {"u2", base + 1, base + 1}, {"r1", base + 2, 1}}, line); diff != "" {
 			t.Errorf("line (-want +got):\n%s", diff)
 		}
 	})

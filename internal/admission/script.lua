@@ -22,7 +22,7 @@
 --   parked_all     HASH why, status, since: every account parked
 --   plan           STRING when the sleeping admitters look next
 --   notify         LIST one token wakes one sleeping admitter
---   seq            STRING the sequence counter
+--   seq            STRING the last sequence number given out
 local ACCTS = KEYS[1]
 local B = string.sub(ACCTS, 1, -6)
 local op = ARGV[1]
@@ -90,7 +90,11 @@ if op == 'add' then
   local id, a, o = ARGV[3], ARGV[4], ARGV[5]
   local uk = ukey(id)
   if redis.call('EXISTS', uk) == 1 then return 0 end
-  local seq = redis.call('INCR', B .. 'seq')
+  -- Sequence numbers count up from the clock's milliseconds, so they are
+  -- larger than any counted before (a restarted counter, an older version's
+  -- per-organization numbers) and still strictly increasing.
+  local seq = math.max(tonumber(redis.call('GET', B .. 'seq') or '0') + 1, math.floor(now))
+  redis.call('SET', B .. 'seq', string.format('%d', seq))
   local og = tonumber(ARGV[9])
   if og == 0 then og = seq end
   redis.call('ZADD', okey(o), seq, id)
@@ -360,11 +364,11 @@ elseif op == 'holds' then
   return out
 
 elseif op == 'update' then
-  -- id: {state, gen, account, seq, origin, not_before, ahead}: ahead is how
-  -- many updates of its organization go before it.
-  local h = redis.call('HMGET', ukey(ARGV[3]), 'state', 'gen', 'a', 'seq', 'og', 'nb', 'o')
+  -- id: {state, gen, account, seq, origin, not_before, ahead, queue,
+  -- payload}: ahead is how many updates of its organization go before it.
+  local h = redis.call('HMGET', ukey(ARGV[3]), 'state', 'gen', 'a', 'seq', 'og', 'nb', 'o', 'q', 'pl')
   if not h[1] then return {} end
-  return {h[1], h[2], h[3], h[4], h[5] or h[4], h[6], redis.call('ZRANK', okey(h[7]), ARGV[3]) or 0}
+  return {h[1], h[2], h[3], h[4], h[5] or h[4], h[6], redis.call('ZRANK', okey(h[7]), ARGV[3]) or 0, h[8], h[9]}
 
 elseif op == 'line' then
   -- org: {id, seq, origin, ...}: its line, in order.

@@ -227,26 +227,6 @@ func (b *Breaker) Reset(ctx context.Context) error {
 	return b.rdb.Del(ctx, b.key, b.key+":buckets").Err()
 }
 
-// waitingTTL bounds how long the set of updates waiting on the circuit is
-// kept without a new one joining.
-const waitingTTL = time.Hour
-
-// AddWaiting remembers an update (by an opaque member, e.g. "queue|task id")
-// that waits on the open circuit, so that the circuit's closing can call it
-// back at once rather than let it sleep out its wait.
-func (b *Breaker) AddWaiting(ctx context.Context, member string) error {
-	pipe := b.rdb.TxPipeline()
-	pipe.SAdd(ctx, b.key+":waiting", member)
-	pipe.PExpire(ctx, b.key+":waiting", waitingTTL)
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// PopWaiting takes up to n remembered updates.
-func (b *Breaker) PopWaiting(ctx context.Context, n int) ([]string, error) {
-	return b.rdb.SPopN(ctx, b.key+":waiting", int64(n)).Result()
-}
-
 func boolArg(v bool) string {
 	if v {
 		return "1"

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redisconn"
@@ -22,11 +23,14 @@ import (
 
 // Defaults of the settings that are not the tasks policy's.
 const (
-	DefaultConcurrency      = 50
-	DefaultAdminAddr        = "127.0.0.1:9464"
-	DefaultShutdownTimeout  = 25 * time.Second
-	DefaultPollInterval     = time.Second
-	DefaultRetryPollInteval = time.Second
+	DefaultConcurrency     = 50
+	DefaultAdminAddr       = "127.0.0.1:9464"
+	DefaultShutdownTimeout = 25 * time.Second
+	// DefaultPollInterval is asynq's idle poll (TaskCheckInterval): admission
+	// wakes at once when work is ready, and an idle asynq processor finds the
+	// admitted update at its next poll, on average this long later.
+	DefaultPollInterval      = 50 * time.Millisecond
+	DefaultRetryPollInterval = time.Second
 )
 
 // Token is the Truto API token. It prints as [redacted] in every format.
@@ -73,6 +77,10 @@ type Config struct {
 	AccountRate  ratelimit.Limit
 	TokenRate    ratelimit.Limit
 	RateHeadroom float64
+	// MaxAdmitted bounds the updates admitted and not yet started, all workers together.
+	MaxAdmitted int
+	// Lease is how long a silent worker's admitted or running updates stay its.
+	Lease time.Duration
 	// The shared circuit breaker (internal/circuit).
 	Circuit circuit.Config
 }
@@ -97,10 +105,11 @@ var settings = []setting{
 	{"attempt-timeout", "ORGSYNC_ATTEMPT_TIMEOUT", trutoclient.DefaultTimeout.String(), "time allowed for one PATCH"},
 	{"max-age", "ORGSYNC_MAX_AGE", tasks.DefaultMaxAge.String(), "wall-clock budget since enqueue; older updates are dead-lettered as expired"},
 	{"result-ttl", "ORGSYNC_RESULT_TTL", tasks.DefaultResultTTL.String(), "how long results and the idempotency ledger are kept"},
-	{"parked-recheck", "ORGSYNC_PARKED_RECHECK", tasks.DefaultParkedRecheck.String(), "how often updates of a parked account look again"},
 	{"shutdown-timeout", "ORGSYNC_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout.String(), "on SIGTERM, time for in-flight updates to finish before they are handed back"},
 	{"poll-interval", "ORGSYNC_POLL_INTERVAL", DefaultPollInterval.String(), "how often an idle worker looks for work"},
-	{"retry-poll-interval", "ORGSYNC_RETRY_POLL_INTERVAL", DefaultRetryPollInteval.String(), "how often due retries and waits are re-queued"},
+	{"retry-poll-interval", "ORGSYNC_RETRY_POLL_INTERVAL", DefaultRetryPollInterval.String(), "how often asynq re-queues a run that ended in Redis trouble"},
+	{"max-admitted", "ORGSYNC_MAX_ADMITTED", strconv.Itoa(admission.DefaultMaxAdmitted), "updates admitted to the queue and not yet started, all workers together"},
+	{"lease", "ORGSYNC_LEASE", admission.DefaultLease.String(), "how long an admitted or running update stays with a worker that stopped heartbeating (a killed worker's updates go again after this)"},
 	{"log-level", "ORGSYNC_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"account-rate", "ORGSYNC_ACCOUNT_RATE", ratelimit.DefaultAccountLimit.String(), "requests per integrated account, N/window, shared by all workers; 0 = no limit"},
 	{"token-rate", "ORGSYNC_TOKEN_RATE", ratelimit.DefaultTokenLimit.String(), "requests per API token, N/window, shared by all workers; 0 = no limit"},
@@ -109,7 +118,7 @@ var settings = []setting{
 	{"circuit-threshold", "ORGSYNC_CIRCUIT_THRESHOLD", "0.5", "fraction of requests in the window failing that opens the circuit"},
 	{"circuit-window", "ORGSYNC_CIRCUIT_WINDOW", circuit.DefaultWindow.String(), "how far back the circuit breaker counts"},
 	{"circuit-probe-interval", "ORGSYNC_CIRCUIT_PROBE_INTERVAL", circuit.DefaultProbeInterval.String(), "while open, one probe request per interval"},
-	{"circuit-ramp", "ORGSYNC_CIRCUIT_RAMP", circuit.DefaultRamp.String(), "after closing, time over which the admitted share grows from 10% to 100%"},
+	{"circuit-ramp", "ORGSYNC_CIRCUIT_RAMP", "0s", "after closing, time over which the admitted share grows from 10% to 100%; 0: the backlog goes at full limit at once"},
 }
 
 // ErrHelp is returned by LoadConfig when -h or --help was asked for.
@@ -182,12 +191,13 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 		RetryPollInterval: duration("retry-poll-interval", false),
 		LogLevel:          get("log-level"),
 		Policy: tasks.Policy{
-			MaxRetry:      integer("retry-max", 0),
-			RetryBase:     duration("retry-base", false),
-			RetryCap:      duration("retry-cap", false),
-			MaxAge:        duration("max-age", false),
-			ParkedRecheck: duration("parked-recheck", false),
+			MaxRetry:  integer("retry-max", 0),
+			RetryBase: duration("retry-base", false),
+			RetryCap:  duration("retry-cap", false),
+			MaxAge:    duration("max-age", false),
 		},
+		MaxAdmitted: integer("max-admitted", 1),
+		Lease:       duration("lease", false),
 	}
 	rate := func(name string) ratelimit.Limit {
 		l, err := ratelimit.Parse(get(name))

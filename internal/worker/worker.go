@@ -2,13 +2,13 @@ package worker
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -17,8 +17,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/internal/admin"
+	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/circuit"
-	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redisconn"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
@@ -32,6 +32,9 @@ type Worker struct {
 	store    *tasks.Store
 	handler  *tasks.Handler
 	breaker  *circuit.Breaker
+	leases   *admission.Leases
+	admitter *admission.Admitter
+	client   *asynq.Client
 	server   *asynq.Server
 	logger   *slog.Logger
 	adminLn  net.Listener
@@ -83,7 +86,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 		w.rdb, w.ownsRDB = rdb, true
 	}
 	w.rdb.AddHook(redisWatch{w})
-	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL))
+	sched := admission.New(w.rdb, admission.Config{Account: cfg.AccountRate, Token: cfg.TokenRate,
+		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease})
+	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched))
+	w.leases = admission.NewLeases(sched, processID())
 
 	sender := o.sender
 	if sender == nil {
@@ -100,10 +106,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.breaker = circuit.New(w.rdb, cfg.Circuit)
 	hopts := []tasks.HandlerOption{
 		tasks.WithLogger(w.logger),
-		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger, onClose: w.drainWaiting}),
-		tasks.WithLimiter(ratelimit.New(w.rdb, ratelimit.Config{
-			Account: cfg.AccountRate, Token: cfg.TokenRate, TokenID: tokenID(cfg.Token.Value()), Headroom: cfg.RateHeadroom,
-		})),
+		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger}),
+		tasks.WithLeases(w.leases),
 	}
 	if cfg.AdminAddr != "" {
 		w.metrics = admin.NewMetrics(admin.MetricsConfig{
@@ -116,6 +120,9 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	}
 	w.handler = tasks.NewHandler(sender, w.store, cfg.Policy, hopts...)
 	policy := w.handler.Policy()
+	w.client = asynq.NewClientFromRedisClient(w.rdb)
+	w.admitter = admission.NewAdmitter(sched, w.leases, tasks.Deliverer(w.client, cfg.ResultTTL), w.logger)
+	w.admitter.SetGate(w.gate)
 
 	w.server = asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
@@ -163,6 +170,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("start worker: %w", err)
 	}
 	w.started.Store(true)
+	// Admission runs beside the asynq server; the leases outlive both, so
+	// updates still running during the drain keep theirs.
+	admitCtx, stopAdmitting := context.WithCancel(context.WithoutCancel(ctx))
+	leaseCtx, stopLeases := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLeases()
+	go w.admitter.Run(admitCtx)
+	go w.leases.Run(leaseCtx, w.logger)
 	adminErr := make(chan error, 1)
 	if w.admin != nil {
 		go func() { adminErr <- w.admin.Serve(w.adminLn) }()
@@ -177,7 +191,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.logger.Info("stopping: draining in-flight updates", "timeout", w.cfg.ShutdownTimeout)
 	w.started.Store(false)
+	stopAdmitting()
 	w.server.Shutdown()
+	stopLeases()
 	if w.admin != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = w.admin.Shutdown(sctx)
@@ -188,6 +204,9 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 func (w *Worker) close() {
+	if w.client != nil {
+		_ = w.client.Close()
+	}
 	if w.adminLn != nil && w.admin == nil {
 		_ = w.adminLn.Close()
 	}
@@ -307,73 +326,36 @@ func (w *Worker) readiness(ctx context.Context) []string {
 	return problems
 }
 
-// breaker adapts the shared circuit breaker to the handler and logs its turns.
+// breaker reports answers to the shared circuit breaker and logs its turns.
 type breaker struct {
-	b       *circuit.Breaker
-	logger  *slog.Logger
-	onClose func()
-}
-
-func (a breaker) Allow(ctx context.Context) (bool, bool, time.Duration, string, error) {
-	d, err := a.b.Allow(ctx)
-	return d.Allow, d.Probe, d.Wait, d.Reason, err
-}
-
-func (a breaker) NoteWaiting(ctx context.Context, queue, taskID string) error {
-	return a.b.AddWaiting(ctx, queue+"|"+taskID)
+	b      *circuit.Breaker
+	logger *slog.Logger
 }
 
 func (a breaker) Record(ctx context.Context, failed, probe bool) error {
 	opened, closed, err := a.b.Record(ctx, failed, probe)
 	switch {
 	case opened:
-		a.logger.Warn("circuit opened: most requests to Truto are failing; updates wait (no retry budget spent) while one probe per interval checks it")
+		a.logger.Warn("circuit opened: most requests to Truto are failing; nothing is admitted but one probe per interval (no retry budget spent)")
 	case closed:
-		a.logger.Info("circuit closed: a probe succeeded; the backlog drains, ramping up")
-		if a.onClose != nil {
-			go a.onClose()
-		}
+		a.logger.Info("circuit closed: a probe succeeded; admission resumes at full limit")
 	}
 	return err
 }
 
-// drainWaiting moves the updates that waited on the circuit back to pending
-// at once, so an outage's backlog drains in seconds instead of each update
-// sleeping out its own wait; the circuit's ramp spreads the restart. Updates
-// waiting for other reasons (backoff, rate limits, their turn) keep their waits.
-func (w *Worker) drainWaiting() {
-	ctx := context.Background()
-	ins := asynq.NewInspectorFromRedisClient(w.rdb)
-	moved := 0
-	for {
-		members, err := w.breaker.PopWaiting(ctx, 500)
-		if err != nil {
-			w.logger.Warn("could not hurry the updates that waited on the circuit; they return on their own", "error", err.Error())
-			return
-		}
-		if len(members) == 0 {
-			break
-		}
-		for _, m := range members {
-			queue, id, _ := strings.Cut(m, "|")
-			// Only an update still in the retry set is hurried: asynq's RunTask
-			// would also move a completed or archived task back to pending.
-			info, err := ins.GetTaskInfo(queue, id)
-			if err != nil || info.State != asynq.TaskStateRetry {
-				continue
-			}
-			if err := ins.RunTask(queue, id); err == nil {
-				moved++
-			}
-		}
+// gate is admission's question to the circuit breaker before each pass.
+func (w *Worker) gate(ctx context.Context) (allow, probe bool, wait time.Duration, err error) {
+	d, err := w.breaker.Allow(ctx)
+	if err != nil {
+		return true, false, 0, err // Redis trouble: admission itself will fail and retry
 	}
-	w.logger.Info("updates that waited on the circuit moved back to the queue", "count", moved)
+	return d.Allow, d.Probe, d.Wait, nil
 }
 
-// tokenID names the API token's rate-limit bucket without revealing it.
-func tokenID(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:6])
+// processID names this process for admission's leases: unique per start.
+func processID() string {
+	host, _ := os.Hostname()
+	return host + ":" + strconv.Itoa(os.Getpid()) + ":" + tasks.NewKey()[3:11]
 }
 
 // asynqLogger sends asynq's own log lines through slog.
@@ -381,7 +363,13 @@ type asynqLogger struct{ l *slog.Logger }
 
 func (a asynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...), "component", "asynq") }
 func (a asynqLogger) Info(args ...any)  { a.l.Info(fmt.Sprint(args...), "component", "asynq") }
-func (a asynqLogger) Warn(args ...any)  { a.l.Warn(fmt.Sprint(args...), "component", "asynq") }
+func (a asynqLogger) Warn(args ...any) {
+	msg := fmt.Sprint(args...)
+	if strings.HasPrefix(msg, "revoke task id=") {
+		return // an update handed back to admission: the handler's own outcome, not trouble
+	}
+	a.l.Warn(msg, "component", "asynq")
+}
 func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...), "component", "asynq") }
 
 // Fatal logs at error level. asynq 0.26 never calls it from a running server;
