@@ -463,6 +463,8 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	result := Result{TaskID: r.id, IdempotencyKey: p.IdempotencyKey, StatusCode: res.StatusCode,
 		Attempts: r.rec.Attempts + a.sent, FirstAttemptAt: first, CompletedAt: h.now().UTC(),
 		Replayed: res.Header.Get("Idempotent-Replayed") == "true", Truncated: res.Truncated}
+	result.Queue, _ = asynq.GetQueueName(ctx)
+	result.QueueTaskID, _ = asynq.GetTaskID(ctx)
 	if len(res.Header) > 0 {
 		result.Header = make(map[string]string, len(res.Header))
 		for k := range res.Header {

@@ -17,6 +17,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/admission"
+	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/trutoclient"
 )
 
@@ -73,10 +75,12 @@ type env struct {
 	t       *testing.T
 	mr      *miniredis.Miniredis
 	store   *Store
+	adm     *admission.Scheduler
 	handler *Handler
 	up      *upstream
 	now     time.Time
 	events  []Event
+	tickets map[string]admission.Ticket // admitted, not yet run
 }
 
 func newEnv(t *testing.T, policy Policy, script ...answer) *env {
@@ -86,7 +90,9 @@ func newEnv(t *testing.T, policy Policy, script ...answer) *env {
 	t.Cleanup(func() { _ = rdb.Close() })
 	e := &env{t: t, mr: mr, up: newUpstream(t, script...), now: time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)}
 	clock := func() time.Time { return e.now }
-	e.store = NewStore(rdb, WithClock(clock))
+	e.tickets = map[string]admission.Ticket{}
+	e.adm = admission.New(rdb, admission.Config{}, admission.WithClock(clock))
+	e.store = NewStore(rdb, WithClock(clock), WithScheduler(e.adm))
 	client, err := trutoclient.New("secret-token", trutoclient.WithBaseURL(e.up.srv.URL), trutoclient.WithTimeout(2*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -98,20 +104,83 @@ func newEnv(t *testing.T, policy Policy, script ...answer) *env {
 	return e
 }
 
+// task puts u into admission, as the producer does, and returns its payload
+// as a task (for taskIDOf and taskKey, and to run it with run).
 func (e *env) task(u Update) *asynq.Task {
 	e.t.Helper()
 	if u.IdempotencyKey == "" {
 		u.IdempotencyKey = NewKey()
 	}
-	b, err := EncodePayload(Payload{Update: u, EnqueuedAt: e.now})
+	return e.add(Payload{Version: PayloadVersion, Update: u, EnqueuedAt: e.now})
+}
+
+func (e *env) add(pl Payload) *asynq.Task {
+	e.t.Helper()
+	b, err := EncodePayload(pl)
 	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.adm.Add(context.Background(), admission.Item{ID: pl.TaskID(), Account: pl.IntegratedAccountID,
+		Org: orgKey(pl.Update), Queue: DefaultQueue, Payload: b, Origin: pl.OriginSeq}); err != nil {
 		e.t.Fatal(err)
 	}
 	return asynq.NewTask(TypeUpdateOrganization, b)
 }
 
+// errNotAdmitted: the update waits in admission (its account is held or
+// parked, or an earlier update of its organization goes first).
+var errNotAdmitted = errors.New("not admitted: the update waits in admission")
+
+// admit admits the task's update as a worker's admitter would and returns the
+// task a worker would run. An update waiting only on its own not-before time
+// (a backoff, a 429's reset) has the clock moved to that time first.
+func (e *env) admit(task *asynq.Task) (*asynq.Task, error) {
+	e.t.Helper()
+	ctx := context.Background()
+	id := taskIDOf(e.t, task)
+	if tk, ok := e.tickets[id]; ok {
+		delete(e.tickets, id)
+		return TicketTask(tk), nil
+	}
+	if st, in, err := e.adm.Update(ctx, id); err != nil {
+		e.t.Fatal(err)
+	} else if in && st.State == "waiting" && st.Ahead == 0 && st.NotBefore.After(e.now) {
+		e.now = st.NotBefore
+	}
+	tickets, _, err := e.adm.Admit(ctx, "test-admitter")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, tk := range tickets {
+		e.tickets[tk.ID] = tk
+	}
+	tk, ok := e.tickets[id]
+	if !ok {
+		return nil, errNotAdmitted
+	}
+	delete(e.tickets, id)
+	return TicketTask(tk), nil
+}
+
+// run admits the task's update and runs it.
 func (e *env) run(task *asynq.Task) error {
-	return e.handler.ProcessTask(context.Background(), task)
+	e.t.Helper()
+	tt, err := e.admit(task)
+	if err != nil {
+		return err
+	}
+	return e.handler.ProcessTask(context.Background(), tt)
+}
+
+// waiting is the update's admission state; it fails the test when admission
+// does not hold it.
+func (e *env) waiting(id string) admission.UpdateState {
+	e.t.Helper()
+	st, ok, err := e.adm.Update(context.Background(), id)
+	if err != nil || !ok || st.State != "waiting" {
+		e.t.Fatalf("update %s: admission state %+v (held %v, %v); want waiting", id, st, ok, err)
+	}
+	return st
 }
 
 func (e *env) lastEvent() Event {
@@ -165,7 +234,9 @@ func TestHandlerSuccessStoresResult(t *testing.T) {
 	if got, want := e.up.keys[0], UpstreamKey("acct-1", taskKey(t, task)); got != want {
 		t.Errorf("Idempotency-Key = %q, want %q, derived from the update's account and key", got, want)
 	}
-	// Run again (a crash after the PATCH, or asynq re-delivering): nothing is sent twice.
+	// The same update in admission again (a crash before admission heard it
+	// finished, or an enqueue racing the completion): nothing is sent twice.
+	e.add(mustDecode(t, task))
 	if err := e.run(task); err != nil {
 		t.Fatalf("second ProcessTask: %v", err)
 	}
@@ -187,7 +258,7 @@ func TestHandlerFailurePolicy(t *testing.T) {
 		name        string
 		answer      answer
 		wantOutcome string
-		wantWait    time.Duration // for waits
+		wantWait    time.Duration // for 429s: the account's hold
 		wantHold    string
 		wantSpent   int
 		wantDead    bool
@@ -201,8 +272,8 @@ func TestHandlerFailurePolicy(t *testing.T) {
 		{"422 dead", answer{status: 422, body: trutoJSON(422, "invalid tier")}, OutcomeDead, 0, "", 0, true},
 		{"429 waits Retry-After", answer{status: 429, header: map[string]string{"Retry-After": "7"}, body: trutoJSON(429, "slow down")}, OutcomeWaiting, 7 * time.Second, HoldRateLimited, 0, false},
 		{"429 default 10s", answer{status: 429, body: trutoJSON(429, "slow down")}, OutcomeWaiting, 10 * time.Second, HoldRateLimited, 0, false},
-		{"401 parks", answer{status: 401, body: `{"statusCode":401,"error":"Unauthorized","message":"reauth","truto_is_remote_error":true}`}, OutcomeWaiting, DefaultParkedRecheck, HoldParked, 0, false},
-		{"503 Truto body parks", answer{status: 503, body: trutoJSON(503, "account blocked")}, OutcomeWaiting, DefaultParkedRecheck, HoldParked, 0, false},
+		{"401 parks", answer{status: 401, body: `{"statusCode":401,"error":"Unauthorized","message":"reauth","truto_is_remote_error":true}`}, OutcomeWaiting, 0, HoldParked, 0, false},
+		{"503 Truto body parks", answer{status: 503, body: trutoJSON(503, "account blocked")}, OutcomeWaiting, 0, HoldParked, 0, false},
 		{"503 proxy retries", answer{status: 503, body: "<html>down</html>"}, OutcomeRetry, 0, "", 1, false},
 		{"408 retries", answer{status: 408}, OutcomeRetry, 0, "", 1, false},
 		{"425 retries", answer{status: 425}, OutcomeRetry, 0, "", 1, false},
@@ -222,26 +293,22 @@ func TestHandlerFailurePolicy(t *testing.T) {
 			if got := e.lastEvent().Outcome; got != tc.wantOutcome {
 				t.Fatalf("outcome = %s (err %v), want %s", got, err, tc.wantOutcome)
 			}
-			var we *WaitError
-			var re *RetryError
 			switch tc.wantOutcome {
 			case OutcomeDead:
 				if !errors.Is(err, asynq.SkipRetry) {
 					t.Errorf("err = %v, want SkipRetry", err)
 				}
-			case OutcomeWaiting:
-				if !errors.As(err, &we) || we.Delay != tc.wantWait {
-					t.Errorf("err = %v, want a wait of %s", err, tc.wantWait)
+				if _, in, _ := e.adm.Update(ctx, id); in {
+					t.Error("a dead update is still in admission, holding its organization back")
 				}
-				if IsFailure(err) {
-					t.Error("IsFailure(wait) = true; a wait must not count against the update")
+			case OutcomeWaiting, OutcomeRetry:
+				// Back to admission: asynq keeps no copy, and the update waits in its lane.
+				if !errors.Is(err, asynq.RevokeTask) {
+					t.Errorf("err = %v, want RevokeTask", err)
 				}
-			case OutcomeRetry:
-				if !errors.As(err, &re) || re.Spent != tc.wantSpent {
-					t.Errorf("err = %v, want RetryError with %d spent", err, tc.wantSpent)
-				}
-				if !IsFailure(err) {
-					t.Error("IsFailure(retry) = false")
+				st := e.waiting(id)
+				if tc.wantOutcome == OutcomeRetry && !st.NotBefore.After(e.now) {
+					t.Errorf("a failed update goes again at %v, not after a backoff", st.NotBefore)
 				}
 			}
 			_, dlqErr := e.store.DeadLetter(ctx, id)
@@ -254,6 +321,9 @@ func TestHandlerFailurePolicy(t *testing.T) {
 			}
 			if gotHold := map[bool]string{true: hold.Kind}[held]; gotHold != tc.wantHold {
 				t.Errorf("hold = %q, want %q", gotHold, tc.wantHold)
+			}
+			if tc.wantWait > 0 && !hold.Until.Equal(e.now.Add(tc.wantWait)) {
+				t.Errorf("held until %v, want %s from now", hold.Until, tc.wantWait)
 			}
 			rec, _ := e.store.Get(ctx, id)
 			if rec.Spent != tc.wantSpent {
@@ -279,7 +349,8 @@ func TestHandlerDeadLetterRecord(t *testing.T) {
 		d.Update.ID != "org-1" || d.Attempts != 1 || d.FirstAttemptAt.IsZero() || d.LastAttemptAt.IsZero() || d.DeadAt.IsZero() {
 		t.Errorf("dead letter = %+v", d)
 	}
-	// The ledger says dead: a re-delivery sends nothing.
+	// The ledger says dead: the update in admission again sends nothing.
+	e.add(mustDecode(t, task))
 	if err := e.run(task); !errors.Is(err, asynq.SkipRetry) {
 		t.Errorf("re-run err = %v, want SkipRetry", err)
 	}
@@ -292,11 +363,13 @@ func TestHandlerHeldAccountSendsNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Policy{}, answer{status: 429, header: map[string]string{"Retry-After": "30"}})
 	_ = e.run(e.task(sampleUpdate("acct-1")))
-	// Another update of the same account waits without a request; another account goes.
-	err := e.run(e.task(sampleUpdate("acct-1")))
-	var we *WaitError
-	if !errors.As(err, &we) || we.Delay != 30*time.Second {
-		t.Fatalf("err = %v, want a 30s wait", err)
+	// Another update of the same account is not admitted, so nothing is sent;
+	// another account goes.
+	other := sampleUpdate("acct-1")
+	other.ID = "org-2"
+	second := e.task(other)
+	if err := e.run(second); !errors.Is(err, errNotAdmitted) {
+		t.Fatalf("err = %v, want the held account's update not admitted", err)
 	}
 	if e.up.count() != 1 {
 		t.Fatalf("upstream saw %d requests, want 1 (the held account sent again)", e.up.count())
@@ -306,7 +379,7 @@ func TestHandlerHeldAccountSendsNothing(t *testing.T) {
 	}
 	// Once the window has passed, acct-1 goes again.
 	e.now = e.now.Add(31 * time.Second)
-	if err := e.run(e.task(sampleUpdate("acct-1"))); err != nil {
+	if err := e.run(second); err != nil {
 		t.Fatalf("after the window: %v", err)
 	}
 	if e.up.count() != 3 {
@@ -320,8 +393,8 @@ func TestHandlerParkedUntilResumed(t *testing.T) {
 	task := e.task(sampleUpdate("acct-1"))
 	_ = e.run(task)
 	e.now = e.now.Add(24 * time.Hour)
-	if err := e.run(task); IsFailure(err) {
-		t.Fatalf("parked run err = %v, want a wait", err)
+	if err := e.run(task); !errors.Is(err, errNotAdmitted) {
+		t.Fatalf("parked run err = %v, want it not admitted", err)
 	}
 	if e.up.count() != 1 {
 		t.Fatalf("a parked account sent %d requests, want 1", e.up.count())
@@ -343,9 +416,11 @@ func TestHandlerBudgetExhausted(t *testing.T) {
 	e := newEnv(t, Policy{MaxRetry: 2}, answer{status: 500}, answer{status: 500}, answer{status: 500}, answer{status: 500})
 	task := e.task(sampleUpdate("acct-1"))
 	for i := 1; i <= 2; i++ {
-		var re *RetryError
-		if err := e.run(task); !errors.As(err, &re) || re.Spent != i {
-			t.Fatalf("run %d: err = %v, want RetryError spent %d", i, err, i)
+		if err := e.run(task); !errors.Is(err, asynq.RevokeTask) {
+			t.Fatalf("run %d: err = %v, want the update back in admission", i, err)
+		}
+		if rec, _ := e.store.Get(context.Background(), taskIDOf(t, task)); rec.Spent != i {
+			t.Fatalf("run %d: spent %d, want %d", i, rec.Spent, i)
 		}
 	}
 	err := e.run(task)
@@ -395,7 +470,7 @@ func TestHandlerExpiredAndMalformed(t *testing.T) {
 		t.Errorf("expired dead letter = %+v, %v", d, err)
 	}
 	for _, payload := range []string{`not json`, `{"v":99}`, `{"v":1,"id":"","integrated_account_id":"a","body":{}}`, `{"v":1,"id":"x","integrated_account_id":"a","body":[1]}`} {
-		if err := e.run(asynq.NewTask(TypeUpdateOrganization, []byte(payload))); !errors.Is(err, asynq.SkipRetry) {
+		if err := e.handler.ProcessTask(context.Background(), asynq.NewTask(TypeUpdateOrganization, []byte(payload))); !errors.Is(err, asynq.SkipRetry) {
 			t.Errorf("payload %s: err = %v, want dead", payload, err)
 		}
 		if ev := e.lastEvent(); ev.Class != ClassMalformed {
@@ -410,20 +485,14 @@ func TestHandlerExpiredAndMalformed(t *testing.T) {
 func TestRetryDelay(t *testing.T) {
 	t.Parallel()
 	p := Policy{RetryBase: time.Second, RetryCap: 10 * time.Second, RetryJitter: -1} // -1: no jitter
-	tests := []struct {
-		err  error
-		want time.Duration
-	}{
-		{&WaitError{Delay: 7 * time.Second}, 8 * time.Second}, // +1 s: asynq rounds retry times down to the second
-		{&RetryError{Spent: 1}, time.Second},
-		{&RetryError{Spent: 3}, 4 * time.Second},
-		{&RetryError{Spent: 20}, 10 * time.Second},
-		{asynq.ErrLeaseExpired, DefaultCrashRetryDelay},
-	}
-	for _, tc := range tests {
-		if got := p.RetryDelay(0, tc.err, nil); got != tc.want {
-			t.Errorf("RetryDelay(%v) = %s, want %s", tc.err, got, tc.want)
+	// asynq retries a run only after trouble before an outcome was recorded.
+	for n, want := range map[int]time.Duration{0: time.Second, 2: 4 * time.Second, 20: 10 * time.Second} {
+		if got := p.RetryDelay(n, errors.New("redis: connection refused"), nil); got != want {
+			t.Errorf("RetryDelay(%d) = %s, want %s", n, got, want)
 		}
+	}
+	if got := p.RetryDelay(3, asynq.ErrLeaseExpired, nil); got != DefaultCrashRetryDelay {
+		t.Errorf("RetryDelay(lease expired) = %s, want %s", got, DefaultCrashRetryDelay)
 	}
 	if IsFailure(asynq.ErrLeaseExpired) {
 		t.Error("a crashed worker's lease expiry must not count as a failure")
@@ -452,6 +521,7 @@ func TestPurgeForgetsDeadState(t *testing.T) {
 	if ok, err := e.store.Purge(ctx, d); !ok || err != nil {
 		t.Fatalf("Purge = %v, %v", ok, err)
 	}
+	e.add(mustDecode(t, task)) // the same key enqueued again
 	if err := e.run(task); err != nil {
 		t.Fatalf("after purge: %v", err)
 	}
@@ -483,7 +553,11 @@ func TestHandlerSuccessAsContextEndsIsKept(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := NewHandler(blockingSender{cancel: cancel, inner: client}, e.store, Policy{}, WithHandlerClock(func() time.Time { return e.now }))
 	task := e.task(sampleUpdate("acct-1"))
-	if err := h.ProcessTask(ctx, task); err != nil {
+	tt, err := e.admit(task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.ProcessTask(ctx, tt); err != nil {
 		t.Fatalf("ProcessTask: %v", err)
 	}
 	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
@@ -499,11 +573,14 @@ func TestHandlerStoppingWorkerSpendsNothing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := NewHandler(blockingSender{cancel: cancel, inner: client}, e.store, Policy{}, WithHandlerClock(func() time.Time { return e.now }))
 	task := e.task(sampleUpdate("acct-1"))
-	err := h.ProcessTask(ctx, task)
-	var we *WaitError
-	if !errors.As(err, &we) {
-		t.Fatalf("err = %v, want a wait", err)
+	tt, err := e.admit(task)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := h.ProcessTask(ctx, tt); !errors.Is(err, asynq.RevokeTask) {
+		t.Fatalf("err = %v, want the update back in admission", err)
+	}
+	e.waiting(taskIDOf(t, task))
 	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
 	if rec.Spent != 0 {
 		t.Errorf("a run cut short by a stopping worker spent %d budget, want 0", rec.Spent)
@@ -515,8 +592,9 @@ func TestHandlerRejectedTokenHoldsEveryAccount(t *testing.T) {
 	e := newEnv(t, Policy{}, answer{status: 401, body: `{"statusCode":401,"error":"Unauthorized","message":"Invalid API token"}`})
 	_ = e.run(e.task(sampleUpdate("acct-1")))
 	// Another account waits too, without a request.
-	if err := e.run(e.task(sampleUpdate("acct-2"))); !errors.As(err, new(*WaitError)) {
-		t.Fatalf("other account: err = %v, want a wait", err)
+	other := e.task(sampleUpdate("acct-2"))
+	if err := e.run(other); !errors.Is(err, errNotAdmitted) {
+		t.Fatalf("other account: err = %v, want it not admitted", err)
 	}
 	if e.up.count() != 1 {
 		t.Fatalf("upstream saw %d requests, want 1", e.up.count())
@@ -524,7 +602,7 @@ func TestHandlerRejectedTokenHoldsEveryAccount(t *testing.T) {
 	if ok, _ := e.store.ResumeAccount(context.Background(), AllAccounts); !ok {
 		t.Fatal("no hold on all accounts to resume")
 	}
-	if err := e.run(e.task(sampleUpdate("acct-2"))); err != nil {
+	if err := e.run(other); err != nil {
 		t.Fatalf("after resume: %v", err)
 	}
 }
@@ -557,11 +635,14 @@ func TestScheduledUpdateBudgetStartsWhenDue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := asynq.NewInspectorFromRedisClient(store.rdb).GetTaskInfo(DefaultQueue, got.TaskID)
-	if err != nil {
-		t.Fatal(err)
+	st, ok, err := store.Scheduler().Update(context.Background(), got.TaskID)
+	if err != nil || !ok {
+		t.Fatalf("admission state: %v, %v", ok, err)
 	}
-	pl, _ := DecodePayload(info.Payload)
+	if !st.NotBefore.Equal(at.Truncate(time.Millisecond)) {
+		t.Errorf("admission lets it go at %v, want %v", st.NotBefore, at)
+	}
+	pl, _ := DecodePayload(st.Payload)
 	if pl.EnqueuedAt.Before(at.Add(-time.Second)) {
 		t.Errorf("enqueued_at = %v for an update due %v: it would expire on arrival", pl.EnqueuedAt, at)
 	}
@@ -578,8 +659,7 @@ func TestHandlerReplayedRunsBeforeDeadLetterRemoved(t *testing.T) {
 	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: u.IdempotencyKey, DeadAt: e.now}); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := EncodePayload(Payload{Update: u, EnqueuedAt: e.now, Replays: 1})
-	if err := e.run(asynq.NewTask(TypeUpdateOrganization, b)); err != nil {
+	if err := e.run(e.add(Payload{Version: PayloadVersion, Update: u, EnqueuedAt: e.now, Replays: 1})); err != nil {
 		t.Fatalf("replayed run: %v", err)
 	}
 	if e.up.count() != 1 {
@@ -652,6 +732,91 @@ func TestTruncate(t *testing.T) {
 		got := truncate(tt.in, tt.n)
 		if diff := cmp.Diff(tt.want, got); diff != "" || !utf8.ValidString(got) {
 			t.Errorf("truncate(%q, %d) (-want +got):\n%s", tt.in, tt.n, diff)
+		}
+	}
+}
+
+func mustDecode(t *testing.T, task *asynq.Task) Payload {
+	t.Helper()
+	p, err := DecodePayload(task.Payload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestHandlerStaleTicketSendsNothing: a ticket whose update went back to
+// admission since (its lease ran out while its worker was silent) is dropped
+// without a request, and the update's current ticket runs.
+func TestHandlerStaleTicketSendsNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{})
+	ctx := context.Background()
+	task := e.task(sampleUpdate("acct-1"))
+	stale, err := e.admit(task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.now = e.now.Add(admission.DefaultLease + time.Second)
+	if n, err := e.adm.Reap(ctx, 10); err != nil || n != 1 {
+		t.Fatalf("Reap = %d, %v; want the admitted update put back", n, err)
+	}
+	if err := e.handler.ProcessTask(ctx, stale); !errors.Is(err, asynq.RevokeTask) || e.lastEvent().Outcome != OutcomeStale {
+		t.Fatalf("stale ticket: %v (%+v), want it dropped", err, e.lastEvent())
+	}
+	if e.up.count() != 0 {
+		t.Fatalf("a stale ticket sent %d requests", e.up.count())
+	}
+	if err := e.run(task); err != nil {
+		t.Fatalf("current ticket: %v", err)
+	}
+	if e.up.count() != 1 {
+		t.Errorf("upstream saw %d requests, want 1", e.up.count())
+	}
+}
+
+// TestHandlerLearnsFromRateLimits: a 429 lowers the account's admitted
+// rate, and ratelimit-limit below the ceiling sets it.
+func TestHandlerLearnsFromRateLimits(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{},
+		answer{status: 429, header: map[string]string{"Retry-After": "1"}},
+		answer{status: 200, header: map[string]string{"Ratelimit-Limit": "2;w=1"}, body: `{"id":"org-1"}`})
+	ctx := context.Background()
+	task := e.task(sampleUpdate("acct-1"))
+	_ = e.run(task)
+	after429, _ := e.adm.Account(ctx, "acct-1")
+	if after429.LearnedRate <= 0 {
+		t.Fatalf("after a 429 the account has no learned rate: %+v", after429)
+	}
+	if err := e.run(task); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := e.adm.Account(ctx, "acct-1")
+	if after.LearnedRate < 1.8 || after.LearnedRate > 2 {
+		t.Errorf("after ratelimit-limit 2;w=1: learned %v/s, want about 2/s (less the headroom)", after.LearnedRate)
+	}
+}
+
+func TestStatedLimit(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want ratelimit.Limit
+		ok   bool
+	}{
+		{"110;w=10", ratelimit.Limit{Requests: 110, Window: 10 * time.Second}, true},
+		{" 5 ; w=1", ratelimit.Limit{Requests: 5, Window: time.Second}, true},
+		{"110", ratelimit.Limit{}, false},
+		{"110;w=0", ratelimit.Limit{}, false},
+		{"x;w=10", ratelimit.Limit{}, false},
+		{"10;w=999999", ratelimit.Limit{}, false},
+		{"", ratelimit.Limit{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := statedLimit(tt.in)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("statedLimit(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
 	}
 }

@@ -54,10 +54,10 @@ func TestKeysBelongToAccounts(t *testing.T) {
 		u.IdempotencyKey = "invoice-42"
 		tasksByAccount = append(tasksByAccount, e.enqueueTask(p, u))
 	}
-	if err := e.run(tasksByAccount[0]); !errors.As(err, new(*RetryError)) {
+	if err := e.run(tasksByAccount[0]); !errors.Is(err, asynq.RevokeTask) || e.lastEvent().Outcome != OutcomeRetry {
 		t.Fatalf("A's first run: %v, want a retry", err)
 	}
-	for _, task := range append(tasksByAccount, tasksByAccount[0]) {
+	for _, task := range tasksByAccount {
 		if err := e.run(task); err != nil {
 			t.Fatal(err)
 		}
@@ -78,8 +78,8 @@ func TestKeysBelongToAccounts(t *testing.T) {
 	}
 	for _, acct := range []string{"acct-A", "acct-B"} {
 		st, err := e.store.Find(ctx, Lookup{Ref: "invoice-42", Account: acct}, nil)
-		if err != nil || st.TaskID != TaskID(acct, "invoice-42") || st.Update == nil || st.Update.IntegratedAccountID != acct {
-			t.Errorf("find invoice-42 of %s = %s %+v, %v; want its own", acct, st.TaskID, st.Update, err)
+		if err != nil || st.TaskID != TaskID(acct, "invoice-42") || st.State != StatusCompleted || st.Result == nil {
+			t.Errorf("find invoice-42 of %s = %s %s, %v; want its own, completed", acct, st.TaskID, st.State, err)
 		}
 	}
 	// A second enqueue is a duplicate within its account only.
@@ -145,7 +145,11 @@ func TestLegacyPayloadKeepsItsIdentity(t *testing.T) {
 		t.Errorf("another account with the key: %+v, %v; want its own update", got, err)
 	}
 
-	if err := e.run(task); !errors.As(err, new(*RetryError)) {
+	// Queued straight into asynq before admission: its first run joins admission.
+	if err := e.handler.ProcessTask(ctx, task); !errors.Is(err, asynq.RevokeTask) || e.lastEvent().Outcome != OutcomeWaiting {
+		t.Fatalf("legacy task's first run: %v (%+v), want it to join admission", err, e.lastEvent())
+	}
+	if err := e.run(task); !errors.Is(err, asynq.RevokeTask) || e.lastEvent().Outcome != OutcomeRetry {
 		t.Fatalf("first run: %v, want a retry after the 502", err)
 	}
 	if err := e.run(task); err != nil {
@@ -188,11 +192,11 @@ func TestReplayKeepsLegacyIdentity(t *testing.T) {
 		if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 			t.Fatalf("%s: replay = %+v, %v", tt.name, out, err)
 		}
-		info, err := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, tt.taskID)
-		if err != nil {
-			t.Fatalf("%s: replayed task not under %s: %v", tt.name, tt.taskID, err)
+		st, ok, err := e.adm.Update(ctx, tt.taskID)
+		if err != nil || !ok {
+			t.Fatalf("%s: replayed update not under %s: %v", tt.name, tt.taskID, err)
 		}
-		pl, err := DecodePayload(info.Payload)
+		pl, err := DecodePayload(st.Payload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,7 +207,7 @@ func TestReplayKeepsLegacyIdentity(t *testing.T) {
 		if diff := cmp.Diff(got{tt.wantVersion, tt.taskID, tt.wantKey}, got{pl.Version, pl.TaskID(), pl.UpstreamKey()}); diff != "" {
 			t.Errorf("%s: replayed payload (-want +got):\n%s", tt.name, diff)
 		}
-		if err := asynq.NewInspectorFromRedisClient(e.store.rdb).DeleteTask(DefaultQueue, tt.taskID); err != nil {
+		if _, err := e.adm.Finish(ctx, tt.taskID); err != nil {
 			t.Fatal(err)
 		}
 	}

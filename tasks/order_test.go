@@ -11,18 +11,24 @@ import (
 	"github.com/hibiken/asynq"
 )
 
-// enqueueTask enqueues u through the producer and returns the task as a worker would get it.
+// enqueueTask enqueues u through the producer and returns its payload as a task (for run).
 func (e *env) enqueueTask(p *Producer, u Update) *asynq.Task {
 	e.t.Helper()
 	got, err := p.Enqueue(context.Background(), u)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	info, err := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, got.TaskID)
-	if err != nil {
-		e.t.Fatal(err)
+	return e.queued(got.TaskID)
+}
+
+// queued returns the payload admission holds for id as a task.
+func (e *env) queued(id string) *asynq.Task {
+	e.t.Helper()
+	st, ok, err := e.adm.Update(context.Background(), id)
+	if err != nil || !ok {
+		e.t.Fatalf("update %s is not in admission: %v", id, err)
 	}
-	return asynq.NewTask(TypeUpdateOrganization, info.Payload)
+	return asynq.NewTask(TypeUpdateOrganization, st.Payload)
 }
 
 func orgUpdate(key, body string) Update {
@@ -33,16 +39,19 @@ func TestOrderingOneAtATimeInEnqueueOrder(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Policy{}, answer{status: 500})
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
+	base := e.now.UnixMilli() // sequence numbers count up from the clock's milliseconds
 	first := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
 	second := e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`))
 	other := e.enqueueTask(p, Update{ID: "org-8", IntegratedAccountID: "acct-1", Body: json.RawMessage(`{}`), IdempotencyKey: "k3"})
 
-	// The second cannot overtake the first, even while the first is retrying.
-	if err := e.run(first); !errors.As(err, new(*RetryError)) {
-		t.Fatalf("first: %v, want a retry (scripted 500)", err)
+	// The second cannot overtake the first, even while the first is retrying:
+	// it is not admitted, so it costs no run.
+	if err := e.run(first); !errors.Is(err, asynq.RevokeTask) || e.lastEvent().Outcome != OutcomeRetry {
+		t.Fatalf("first: %v (%+v), want a retry (scripted 500)", err, e.lastEvent())
 	}
-	if err := e.run(second); !errors.As(err, new(*WaitError)) || e.lastEvent().Class != "ordering" {
-		t.Fatalf("second while first retries: %v (%+v), want an ordering wait", err, e.lastEvent())
+	runs := len(e.events)
+	if err := e.run(second); !errors.Is(err, errNotAdmitted) || len(e.events) != runs {
+		t.Fatalf("second while first retries: %v, want it not admitted", err)
 	}
 	// Another organization is not held back.
 	if err := e.run(other); err != nil {
@@ -59,8 +68,8 @@ func TestOrderingOneAtATimeInEnqueueOrder(t *testing.T) {
 		t.Errorf("waiting in line spent %d budget", rec.Spent)
 	}
 	last, err := e.store.LastApplied(context.Background(), "acct-1", "org-7")
-	if err != nil || last != 2 {
-		t.Errorf("LastApplied = %d, %v; want 2", last, err)
+	if err != nil || last != base+1 {
+		t.Errorf("LastApplied = %d, %v; want the second's place, %d", last, err, base+1)
 	}
 }
 
@@ -91,25 +100,6 @@ func TestOrderingDeadDoesNotBlockAndStaleReplayRefused(t *testing.T) {
 	}
 }
 
-func TestOrderingOrphanHeadCleared(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, Policy{})
-	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
-	// A producer crashed after joining the line, before asynq had the task.
-	ghost := orgUpdate("ghost", `{}`)
-	if _, _, err := e.store.joinLine(context.Background(), ghost, TaskID("acct-1", "ghost"), DefaultQueue, 0); err != nil {
-		t.Fatal(err)
-	}
-	task := e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`))
-	if err := e.run(task); !errors.As(err, new(*WaitError)) {
-		t.Fatalf("behind a fresh ghost: %v, want a wait", err)
-	}
-	e.now = e.now.Add(DefaultOrphanGrace + time.Second)
-	if err := e.run(task); err != nil {
-		t.Fatalf("after the grace: %v", err)
-	}
-}
-
 // Replaying an organization's dead updates oldest first is not refused as
 // stale because the first replay applied (it is older data, not newer).
 func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
@@ -117,15 +107,10 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 	dead := answer{status: 422, body: `{"statusCode":422,"error":"Unprocessable Entity","message":"no"}`}
 	e := newEnv(t, Policy{}, dead, dead)
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
-	ins := asynq.NewInspectorFromRedisClient(e.store.rdb)
 	ctx := context.Background()
 	var ds []DeadLetter
 	for _, k := range []string{"k1", "k2"} {
 		_ = e.run(e.enqueueTask(p, orgUpdate(k, `{"name":"`+k+`"}`)))
-		// What asynq does with a SkipRetry: archive the task in its queue.
-		if err := ins.ArchiveTask(DefaultQueue, TaskID("acct-1", k)); err != nil {
-			t.Fatal(err)
-		}
 		d, err := e.store.DeadLetter(ctx, TaskID("acct-1", k))
 		if err != nil {
 			t.Fatal(err)
@@ -142,11 +127,7 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 		}
 	}
 	for _, k := range []string{"k1", "k2"} {
-		info, err := ins.GetTaskInfo(DefaultQueue, TaskID("acct-1", k))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
+		if err := e.run(e.queued(TaskID("acct-1", k))); err != nil {
 			t.Fatalf("replayed %s: %v", k, err)
 		}
 	}
@@ -160,10 +141,6 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
 	ctx := context.Background()
-	// What asynq does with a SkipRetry: archive the task in its queue.
-	if err := asynq.NewInspectorFromRedisClient(e.store.rdb).ArchiveTask(DefaultQueue, TaskID("acct-1", "k1")); err != nil {
-		t.Fatal(err)
-	}
 	d, _ := e.store.DeadLetter(ctx, TaskID("acct-1", "k1"))
 	d.Queue = DefaultQueue
 	if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
@@ -171,8 +148,7 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	}
 	// The first replay "failed" to remove the dead letter; the update then completed.
 	_ = e.store.PutDeadLetter(ctx, d)
-	info, _ := asynq.NewInspectorFromRedisClient(e.store.rdb).GetTaskInfo(DefaultQueue, TaskID("acct-1", "k1"))
-	if err := e.run(asynq.NewTask(TypeUpdateOrganization, info.Payload)); err != nil {
+	if err := e.run(e.queued(TaskID("acct-1", "k1"))); err != nil {
 		t.Fatalf("replayed run: %v", err)
 	}
 	before := e.up.count()

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/trutoclient"
@@ -101,11 +100,11 @@ func TestPayloadCarriesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := asynq.NewInspectorFromRedisClient(store.rdb).GetTaskInfo("bulk", got.TaskID)
-	if err != nil {
-		t.Fatal(err)
+	st, ok, err := store.Scheduler().Update(ctx, got.TaskID)
+	if err != nil || !ok || st.Queue != "bulk" {
+		t.Fatalf("admission holds %+v (%v, %v); want it for queue bulk", st, ok, err)
 	}
-	pl, err := DecodePayload(info.Payload)
+	pl, err := DecodePayload(st.Payload)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +112,8 @@ func TestPayloadCarriesEverything(t *testing.T) {
 		pl.IdempotencyKey != "key-x" || pl.MaxRetry != 3 || pl.Run != "nightly" || pl.Version != PayloadVersion || pl.EnqueuedAt.IsZero() {
 		t.Errorf("payload = %+v", pl)
 	}
-	if info.State != asynq.TaskStateScheduled || !info.NextProcessAt.Equal(at) {
-		t.Errorf("task state %v at %v, want scheduled at %v", info.State, info.NextProcessAt, at)
+	if st.State != "waiting" || !st.NotBefore.Equal(at) {
+		t.Errorf("admission state %v, to go at %v; want waiting until %v", st.State, st.NotBefore, at)
 	}
 }
 
@@ -164,17 +163,16 @@ func TestEnqueueMany(t *testing.T) {
 		t.Errorf("invalid: %v, want a ValidationError", errs[41])
 	}
 	// Each organization's updates took their places in slice order.
-	ins := asynq.NewInspectorFromRedisClient(store.rdb)
 	last := map[string]int64{}
 	for i := 0; i < 40; i++ {
-		info, err := ins.GetTaskInfo(DefaultQueue, res[i].TaskID)
-		if err != nil {
-			t.Fatal(err)
+		st, ok, err := store.Scheduler().Update(ctx, res[i].TaskID)
+		if err != nil || !ok {
+			t.Fatalf("update %d not in admission: %v", i, err)
 		}
-		pl, _ := DecodePayload(info.Payload)
-		if pl.OrderSeq <= last[pl.ID] || pl.MaxRetry != 2 {
-			t.Errorf("update %d of %s: seq %d after %d, max_retry %d", i, pl.ID, pl.OrderSeq, last[pl.ID], pl.MaxRetry)
+		pl, _ := DecodePayload(st.Payload)
+		if st.Seq <= last[pl.ID] || pl.MaxRetry != 2 {
+			t.Errorf("update %d of %s: seq %d after %d, max_retry %d", i, pl.ID, st.Seq, last[pl.ID], pl.MaxRetry)
 		}
-		last[pl.ID] = pl.OrderSeq
+		last[pl.ID] = st.Seq
 	}
 }

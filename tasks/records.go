@@ -43,6 +43,10 @@ type Result struct {
 	// Truncated says the answer was longer than MaxResultBody and only its
 	// start is kept (in BodyText).
 	Truncated bool `json:"truncated,omitempty"`
+	// Queue and QueueTaskID name asynq's completed copy of the run that
+	// applied it (kept for the result retention, with the update's payload).
+	Queue       string `json:"queue,omitempty"`
+	QueueTaskID string `json:"queue_task_id,omitempty"`
 }
 
 // Attempt is one try of an update: a request sent, or a wait decided without sending.

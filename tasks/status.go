@@ -241,7 +241,16 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 		return st, nil
 	}
 	if rec.State == StateCompleted {
-		st.State = StatusCompleted // asynq's retention ended; the ledger remembers
+		st.State = StatusCompleted
+		if r := rec.Result; r != nil && r.QueueTaskID != "" {
+			// asynq keeps the run's task, payload and all, for the retention.
+			if info, err := ins.GetTaskInfo(r.Queue, r.QueueTaskID); err == nil {
+				if p, err := DecodePayload(info.Payload); err == nil {
+					u := p.Update
+					st.Queue, st.Update, st.IdempotencyKey = r.Queue, &u, p.IdempotencyKey
+				}
+			}
+		}
 		return st, nil
 	}
 	if rec.Attempts == 0 && rec.State == "" {
