@@ -291,12 +291,20 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 		return h.deadLetter(ctx, r, d.Class.String(), d.StatusCode, d.Reason, a.res)
 	case d.Class == trutoclient.ClassRateLimited:
 		until := h.now().Add(d.Delay) // from the answer, not from before the request
-		_ = h.store.adm.Learn(ctx, account, admission.Limited)
-		if err := h.store.PauseAccount(ctx, account, until, d.StatusCode, d.Reason); err != nil {
-			return h.putBack(ctx, r, d.Delay, "rate limited: "+d.Reason)
+		var stated ratelimit.Limit
+		if a.res != nil {
+			stated, _ = statedLimit(a.res.RateLimit.Limit)
 		}
-		h.logger.Info("account rate limited", "account", account, "until", until, "reason", d.Reason)
-		return h.putBack(ctx, r, d.Delay, "rate limited: "+d.Reason)
+		scope, err := h.store.adm.RateLimited(ctx, account, until, stated, d.Reason, d.StatusCode)
+		if err != nil {
+			h.logger.Warn("could not hold a rate-limited account", "account", account, "error", err.Error())
+		}
+		whose := "account"
+		if scope == admission.ScopeToken {
+			whose = "API token"
+		}
+		h.logger.Info(whose+" rate limited", "account", account, "until", until, "reason", d.Reason)
+		return h.putBack(ctx, r, d.Delay, whose+" rate limited: "+d.Reason)
 	case d.Class == trutoclient.ClassAccountAttention:
 		what := "account parked"
 		if a.tokenRejected {

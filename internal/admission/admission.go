@@ -326,12 +326,45 @@ func (s *Scheduler) LearnLimit(ctx context.Context, account string, lim ratelimi
 	return s.learn(ctx, account, "limit", s.intervalMS(lim))
 }
 
-func (s *Scheduler) learn(ctx context.Context, account, kind string, value float64) error {
-	base := s.intervalMS(s.c.Account)
-	if base == 0 {
-		base = s.intervalMS(ratelimit.DefaultAccountLimit)
+// Scope says whose limit a 429 was.
+type Scope int
+
+// Scopes of a 429.
+const (
+	ScopeAccount Scope = iota // the integrated account's (Truto's per-account limit, or the provider's)
+	ScopeToken                // the API token's: every account waits
+)
+
+// RateLimited settles a 429 for account: the account's lane (or, when the
+// limit the answer states is above any account's, the token and so every
+// lane) waits until until, and its learned rate drops to the stated limit, or
+// to half. It says which it was.
+func (s *Scheduler) RateLimited(ctx context.Context, account string, until time.Time, stated ratelimit.Limit, reason string, status int) (Scope, error) {
+	if !stated.IsZero() && !s.c.Account.IsZero() && s.intervalMS(stated) < s.intervalMS(s.c.Account) {
+		// Faster than any account may go: the token's limit.
+		if err := s.Hold(ctx, "", until, reason, status); err != nil {
+			return ScopeToken, err
+		}
+		return ScopeToken, s.learn(ctx, "", "limit", s.intervalMS(stated))
 	}
-	err := s.run(ctx, "learn", account, kind, s.intervalMS(s.c.Account), base,
+	if err := s.Hold(ctx, account, until, reason, status); err != nil {
+		return ScopeAccount, err
+	}
+	if !stated.IsZero() {
+		return ScopeAccount, s.LearnLimit(ctx, account, stated)
+	}
+	return ScopeAccount, s.Learn(ctx, account, Limited)
+}
+
+func (s *Scheduler) learn(ctx context.Context, account, kind string, value float64) error {
+	ceiling, base := s.c.Account, s.c.Account
+	if account == "" {
+		ceiling, base = s.c.Token, s.c.Token
+	}
+	if base.IsZero() {
+		base = ratelimit.DefaultAccountLimit
+	}
+	err := s.run(ctx, "learn", account, kind, s.intervalMS(ceiling), s.intervalMS(base),
 		s.c.MaxLearnedInterval.Milliseconds(), value).Err()
 	if err != nil {
 		return fmt.Errorf("admission: learn the rate of account %s: %w", account, err)

@@ -531,3 +531,39 @@ func TestHoldsUpdateStateAndLine(t *testing.T) {
 		}
 	})
 }
+
+// TestRateLimitedTellsTheTokenFromTheAccount: a 429 whose stated limit is
+// faster than any account may go is the token's: every lane waits and the
+// token's rate is learned; otherwise only the account's lane waits.
+func TestRateLimitedTellsTheTokenFromTheAccount(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		s, clk := newTest(t, rdb, Config{Account: ratelimit.Limit{Requests: 10, Window: time.Second}})
+		add(t, s, "a1", "A", "o1")
+		add(t, s, "b1", "B", "o1")
+		scope, err := s.RateLimited(ctx, "A", t0.Add(2*time.Second), ratelimit.Limit{Requests: 5, Window: time.Second}, "429", 429)
+		if err != nil || scope != ScopeAccount {
+			t.Fatalf("RateLimited(5/s) = %v, %v; want the account's", scope, err)
+		}
+		if got, _ := admit(t, s); !cmp.Equal(got, []string{"b1"}) {
+			t.Fatalf("admitted %v; want only B while A waits", got)
+		}
+		if st, _ := s.Account(ctx, "A"); st.LearnedRate != 5 {
+			t.Errorf("A's learned rate %v/s, want the stated 5/s", st.LearnedRate)
+		}
+		add(t, s, "b2", "B", "o2")
+		scope, _ = s.RateLimited(ctx, "B", t0.Add(3*time.Second), ratelimit.Limit{Requests: 150, Window: time.Second}, "429", 429)
+		if scope != ScopeToken {
+			t.Fatalf("RateLimited(150/s) = %v; want the token's", scope)
+		}
+		clk.set(t0.Add(2 * time.Second))
+		if got, next := admit(t, s); len(got) != 0 || !next.Equal(t0.Add(3*time.Second)) {
+			t.Fatalf("admitted %v, next %v; want nothing until the token's window reopens at +3s", got, next.Sub(t0))
+		}
+		clk.set(t0.Add(3 * time.Second))
+		if got, _ := admit(t, s); len(got) == 0 {
+			t.Fatal("nothing admitted after the token's window reopened")
+		}
+	})
+}

@@ -15,7 +15,8 @@
 --   acct:<a>       HASH n (updates held), tat (next slot), iv (learned
 --                  interval), known (interval at the last 429), until, hwhy,
 --                  hstatus, hsince (a hold), parked, pstatus, psince (a park)
---   token          STRING the API token's next slot
+--   token          STRING the API token's next slot (pushed out by a 429 of the token's)
+--   acct:          HASH (the empty account name) the token's learned rate
 --   admitted       ZSET id -> lease end: admitted, not yet started by a worker
 --   running        ZSET id -> lease end: started, heartbeated by its worker
 --   parked         SET parked accounts;  held  ZSET account -> hold end
@@ -121,6 +122,7 @@ elseif op == 'admit' then
   end
   local inAdm = redis.call('ZCARD', B .. 'admitted')
   local ttat = tonumber(redis.call('GET', B .. 'token') or '0')
+  tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
   local count = 0
   local done = false
   for _ = 1, 4 * n + 4 do
@@ -131,7 +133,7 @@ elseif op == 'admit' then
     local a = first[1]
     if tonumber(first[2]) > now + SLACK then nxt = tonumber(first[2]); done = true; break end
     local slack = (burst - 1) * tiv
-    if tiv > 0 and ttat - now > slack then nxt = ttat - slack; done = true; break end
+    if ttat - now > slack then nxt = ttat - slack; done = true; break end
     local at = schedule(a) -- its score may be stale: recompute before trusting it
     if at ~= nil and at <= now + SLACK then
       local o = redis.call('ZRANGE', lkey(a), 0, 0)[1]
@@ -165,7 +167,7 @@ elseif op == 'admit' then
     end
   end
   if not done then nxt = now end -- stopped at n, or at the loop's bound: more may be ready
-  if tiv > 0 then redis.call('SET', B .. 'token', num(ttat)) end
+  if tiv > 0 then redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000) end
   redis.call('SET', B .. 'plan', num(nxt))
   table.insert(out, 1, num(nxt))
   return out
@@ -238,6 +240,13 @@ elseif op == 'hold' then
   -- account, until_ms, reason, status: its lane waits until then, as a
   -- whole. A hold only ever extends.
   local a = ARGV[3]
+  if a == '' then
+    -- The token's own limit: every account waits.
+    local cur = tonumber(redis.call('GET', B .. 'token') or '0')
+    local u = tonumber(ARGV[4])
+    if u > cur then redis.call('SET', B .. 'token', num(u), 'PX', math.ceil(u - now) + 1000) end
+    return 1
+  end
   if tonumber(ARGV[4]) > tonumber(redis.call('HGET', akey(a), 'until') or '0') then
     redis.call('HSET', akey(a), 'until', ARGV[4], 'hwhy', ARGV[5], 'hstatus', ARGV[6], 'hsince', num(now))
     redis.call('ZADD', B .. 'held', ARGV[4], a)
@@ -296,6 +305,8 @@ elseif op == 'learn' then
   elseif kind == 'limit' then
     if value > civ then
       redis.call('HSET', ak, 'iv', num(math.max(value, iv)), 'known', num(value * 0.85))
+      -- The token's lesson is kept an hour past the last answer that taught it.
+      if a == '' then redis.call('PEXPIRE', ak, 3600000) end
     end
   elseif kind == 'ok' then
     if st[1] == false or iv <= civ then return 0 end

@@ -19,4 +19,3 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
-
