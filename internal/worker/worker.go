@@ -168,7 +168,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		go func() { adminErr <- w.admin.Serve(w.adminLn) }()
 	}
 	w.logger.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
-		"admin", w.AdminURL(), "base_url", w.cfg.BaseURL)
+		"admin", w.AdminURL(), "base_url", w.cfg.BaseURL, "redis", redisconn.Redact(w.cfg.RedisURL))
 	var err error
 	select {
 	case <-ctx.Done():
