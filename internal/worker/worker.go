@@ -35,7 +35,7 @@ type Worker struct {
 	server   *asynq.Server
 	logger   *slog.Logger
 	adminLn  net.Listener
-	admin    *http.Server
+	admin    *admin.Server
 	metrics  *admin.Metrics // nil when the admin endpoint is disabled
 	ui       io.Closer      // the queue UI's own Redis connections; nil without a UI
 	started  atomic.Bool
@@ -137,7 +137,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 			return nil, fmt.Errorf("--admin-addr (ORGSYNC_ADMIN_ADDR) %s: %w (another worker on this port? set a free address, or empty to disable)", cfg.AdminAddr, err)
 		}
 		w.adminLn = ln
-		w.admin = &http.Server{Handler: w.adminHandler(o.rdb != nil), ReadHeaderTimeout: 5 * time.Second}
+		w.admin = admin.NewServer(ln, w.adminHandler(o.rdb != nil), cfg.AdminMaxConns, w.logger)
 	}
 	return w, nil
 }
@@ -165,7 +165,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.started.Store(true)
 	adminErr := make(chan error, 1)
 	if w.admin != nil {
-		go func() { adminErr <- w.admin.Serve(w.adminLn) }()
+		go func() { adminErr <- w.admin.Serve() }()
 	}
 	w.logger.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
 		"admin", w.AdminURL(), "base_url", w.cfg.BaseURL, "redis", redisconn.Redact(w.cfg.RedisURL))
