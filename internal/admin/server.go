@@ -74,26 +74,28 @@ func (s *Server) Serve() error { return s.http.Serve(s.ln) }
 func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
 
 // connLimit is a listener that holds at most max connections. When a new
-// connection arrives at the cap, the one idle longest (a keep-alive
-// connection between requests) is closed to make room; when none is idle,
-// the newcomer waits for a connection to finish. So a flood of idle
-// connections cannot lock out a health check, and the descriptors held stay
-// at max + 1 (the newcomer in hand) whatever the flood; the rest wait in the
-// kernel's accept queue, costing the process nothing.
+// connection arrives at the cap, the one quiet longest is closed to make
+// room: a keep-alive connection between requests, or one that has not sent
+// its first request yet. When every held connection is serving a request,
+// the newcomer waits for one to finish. So a flood of idle or silent
+// connections cannot lock out a health check (a probe sends its request at
+// once, and a connection serving a request is never closed), and the
+// descriptors held stay at max + 1 (the newcomer in hand) whatever the
+// flood; the rest wait in the kernel's accept queue, costing nothing.
 type connLimit struct {
 	net.Listener
 	max    int
 	mu     sync.Mutex
 	open   int
-	idle   map[*limitedConn]time.Time // since when each idle connection has been idle
-	wake   chan struct{}              // a connection closed or went idle
+	quiet  map[*limitedConn]time.Time // connections serving no request, and since when
+	wake   chan struct{}              // a connection closed or went quiet
 	closed chan struct{}
 	once   sync.Once
 }
 
 func newConnLimit(ln net.Listener, n int) *connLimit {
 	return &connLimit{
-		Listener: ln, max: n, idle: map[*limitedConn]time.Time{},
+		Listener: ln, max: n, quiet: map[*limitedConn]time.Time{},
 		wake: make(chan struct{}, 1), closed: make(chan struct{}),
 	}
 }
@@ -111,7 +113,7 @@ func (l *connLimit) Accept() (net.Conn, error) {
 			l.mu.Unlock()
 			return &limitedConn{Conn: c, l: l}, nil
 		}
-		victim := l.longestIdle()
+		victim := l.longestQuiet()
 		l.mu.Unlock()
 		if victim != nil {
 			_ = victim.Close()
@@ -132,16 +134,16 @@ func (l *connLimit) Close() error {
 	return l.Listener.Close()
 }
 
-// longestIdle removes and returns the connection idle longest, or nil; l.mu is held.
-func (l *connLimit) longestIdle() *limitedConn {
+// longestQuiet removes and returns the connection quiet longest, or nil; l.mu is held.
+func (l *connLimit) longestQuiet() *limitedConn {
 	var victim *limitedConn
 	var since time.Time
-	for c, t := range l.idle {
+	for c, t := range l.quiet {
 		if victim == nil || t.Before(since) {
 			victim, since = c, t
 		}
 	}
-	delete(l.idle, victim)
+	delete(l.quiet, victim)
 	return victim
 }
 
@@ -151,14 +153,15 @@ func (l *connLimit) track(c net.Conn, state http.ConnState) {
 	if !ok {
 		return
 	}
+	quiet := state == http.StateNew || state == http.StateIdle
 	l.mu.Lock()
-	if state == http.StateIdle {
-		l.idle[lc] = time.Now()
+	if quiet {
+		l.quiet[lc] = time.Now()
 	} else {
-		delete(l.idle, lc)
+		delete(l.quiet, lc)
 	}
 	l.mu.Unlock()
-	if state == http.StateIdle {
+	if quiet {
 		l.signal()
 	}
 }
@@ -174,7 +177,7 @@ func (l *connLimit) signal() {
 func (l *connLimit) release(c *limitedConn) {
 	l.mu.Lock()
 	l.open--
-	delete(l.idle, c)
+	delete(l.quiet, c)
 	l.mu.Unlock()
 	l.signal()
 }

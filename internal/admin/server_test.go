@@ -102,6 +102,35 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// quietConns counts the connections s holds that serve no request.
+func quietConns(s *Server) int {
+	s.ln.mu.Lock()
+	defer s.ln.mu.Unlock()
+	return len(s.ln.quiet)
+}
+
+// TestServerClosesSilentConnectionAtCap holds a server's only place with a
+// connection that never sends a request: a probe arriving next is answered.
+func TestServerClosesSilentConnectionAtCap(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(ln, http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(rw, "ok") }), 1, nil)
+	go func() { _ = s.Serve() }()
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	silent := dial(t, ln.Addr().String())
+	waitUntil(t, "the silent connection to be held", func() bool { return quietConns(s) == 1 })
+	probe := dial(t, ln.Addr().String())
+	if got := probe.get("/readyz"); got != "ok" {
+		t.Errorf("probe at the cap got %q", got)
+	}
+	if _, _, err := silent.read(10 * time.Second); err == nil {
+		t.Error("the silent connection got an answer; want it closed to make room")
+	}
+}
+
 // TestServerCapsConnections runs a server capped at 2 connections: a
 // newcomer at the cap replaces the longest-idle connection, a connection
 // still held keeps working, and when both are busy the newcomer waits until
@@ -124,15 +153,11 @@ func TestServerCapsConnections(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve() }()
 	addr := ln.Addr().String()
-	idle := func() int {
-		s.ln.mu.Lock()
-		defer s.ln.mu.Unlock()
-		return len(s.ln.idle)
-	}
+	quiet := func() int { return quietConns(s) }
 
 	a := dial(t, addr)
 	a.get("/healthz")
-	waitUntil(t, "the first connection to be idle", func() bool { return idle() == 1 })
+	waitUntil(t, "the first connection to be idle", func() bool { return quiet() == 1 })
 	b := dial(t, addr)
 	if err := b.send("/block"); err != nil {
 		t.Fatal(err)

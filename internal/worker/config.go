@@ -97,7 +97,7 @@ var settings = []setting{
 	{"admin-addr", "ORGSYNC_ADMIN_ADDR", DefaultAdminAddr, "address of the admin endpoint (health, /metrics, queue UI under /ui/, JSON API under /api/); empty disables"},
 	{"admin-token-file", "ORGSYNC_ADMIN_TOKEN_FILE", "", "file holding a bearer token the admin endpoint requires on all but /healthz and /readyz; empty: no token"},
 	{"admin-allowed-hosts", "ORGSYNC_ADMIN_ALLOWED_HOSTS", "", "comma-separated host names the admin endpoint answers to besides localhost and IP addresses (a DNS-rebinding guard; health checks answer any); * for any"},
-	{"admin-max-conns", "ORGSYNC_ADMIN_MAX_CONNS", strconv.Itoa(admin.DefaultMaxConns), "connections the admin endpoint holds at once; at the cap a newcomer replaces the longest-idle one, or waits"},
+	{"admin-max-conns", "ORGSYNC_ADMIN_MAX_CONNS", strconv.Itoa(admin.DefaultMaxConns), "connections the admin endpoint holds at once; at the cap a newcomer replaces the one quiet longest, or waits"},
 	{"admin-ui-writable", "ORGSYNC_ADMIN_UI_WRITABLE", "false", "let the queue UI under /ui/ delete, run, archive tasks and pause queues (true or false)"},
 	{"retry-max", "ORGSYNC_RETRY_MAX", strconv.Itoa(tasks.DefaultMaxRetry), "retries that spend budget before an update is dead-lettered"},
 	{"retry-base", "ORGSYNC_RETRY_BASE", tasks.DefaultRetryBase.String(), "first retry backoff"},
