@@ -214,11 +214,18 @@ func TestConnection(t *testing.T) {
 		{"unparseable url", "", []string{"--redis-url", "http://example.com", "stats"}, 2, "expected one of"},
 		{"bulk unreachable", "", []string{"--redis-url", dead, "bulk", "-"}, 2, "cannot reach Redis"},
 		{"bad result ttl", "", []string{"--redis-url", f.srv.URL(), "--result-ttl", "0s", "stats"}, 2, "--result-ttl"},
+		{"password url escaping rewrites", "", []string{"--redis-url", "redis://:S3cr3t!pw@127.0.0.1:1/0", "stats"}, 2, "cannot reach Redis at redis://:xxxxx@127.0.0.1:1/0"},
+		{"env password url escaping rewrites", "redis://:S3cr3t!pw@127.0.0.1:1/0", []string{"stats"}, 2, "redis://:xxxxx@127.0.0.1:1/0"},
+		{"password in url that does not parse", "", []string{"--redis-url", "redis://:S3cr3t!pw@127.0.0.1:notaport/0", "stats"}, 2, "invalid port (hidden) after host"},
+		{"password with a slash", "", []string{"--redis-url", "redis://:S3cr3t/pw@127.0.0.1:1/0", "bulk", "-"}, 2, "percent-encoded"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			r := cliEnv(t, env(tt.env), "", tt.args...)
+			if strings.Contains(r.stdout+r.stderr, "S3cr3t") {
+				t.Errorf("the Redis password is shown:\nstdout %s\nstderr %s", r.stdout, r.stderr)
+			}
 			if r.code != tt.wantCode || !strings.Contains(r.stderr, tt.want) {
 				t.Errorf("exit %d stderr %q, want %d and %q", r.code, r.stderr, tt.wantCode, tt.want)
 			}

@@ -44,6 +44,10 @@ type Options struct {
 	// Token, when not empty, is required as "Authorization: Bearer TOKEN" on
 	// everything but /healthz and /readyz.
 	Token string
+	// AllowedHosts are the names the endpoint answers to in the Host header
+	// besides localhost and IP addresses (any port); "*" accepts any Host.
+	// Other names get 421, except on /healthz and /readyz.
+	AllowedHosts []string
 	// Ready lists what keeps the worker from serving (nil or empty: ready).
 	Ready  func(ctx context.Context) []string
 	Logger *slog.Logger
@@ -85,10 +89,11 @@ func NewHandler(o Options) http.Handler {
 	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, http.StatusNotFound, "no such admin endpoint; GET / lists them")
 	})
-	if o.Token == "" {
-		return mux
+	var h http.Handler = mux
+	if o.Token != "" {
+		h = requireToken(o.Token, mux)
 	}
-	return requireToken(o.Token, mux)
+	return checkHost(o.AllowedHosts, h)
 }
 
 // requireToken lets health checks through and asks everything else for the

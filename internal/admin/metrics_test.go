@@ -20,7 +20,7 @@ import (
 // scrape fetches /metrics from h and parses the text format.
 func scrape(t *testing.T, h http.Handler, token string) map[string]*dto.MetricFamily {
 	t.Helper()
-	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+	req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:9464/metrics", nil)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

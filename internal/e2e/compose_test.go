@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -64,6 +66,15 @@ func TestComposeFile(t *testing.T) {
 	if _, ok := c.Secrets["truto_token"]; !ok || len(w.Secrets) == 0 {
 		t.Error("the token secret is not mounted into the worker")
 	}
+	// An admin endpoint beyond the container's loopback must ask for a token
+	// read from a mounted secret (the worker warns at startup otherwise).
+	if addr := w.Environment["ORGSYNC_ADMIN_ADDR"]; addr != "" && !loopbackAddr(addr) {
+		file := w.Environment["ORGSYNC_ADMIN_TOKEN_FILE"]
+		name, mounted := strings.CutPrefix(file, "/run/secrets/")
+		if _, defined := c.Secrets[name]; !mounted || !defined || !slices.Contains(w.Secrets, name) {
+			t.Errorf("the worker's admin endpoint listens on %s without a token from a mounted secret (ORGSYNC_ADMIN_TOKEN_FILE %q)", addr, file)
+		}
+	}
 	ui, ok := c.Services["asynqmon"]
 	if !ok {
 		t.Fatal("no asynqmon service")
@@ -78,4 +89,17 @@ func TestComposeFile(t *testing.T) {
 	if _, err := os.Stat("../../Dockerfile"); err != nil {
 		t.Errorf("the worker's Dockerfile: %v", err)
 	}
+}
+
+// loopbackAddr says whether a host:port listens on loopback only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -1,11 +1,14 @@
 // Package redisconn turns orgsync's REDIS_URL into a Redis connection shared
-// by asynq and orgsync's own stores.
+// by asynq and orgsync's own stores, and owns the one redaction through which
+// every message, log line and error shows a Redis URL.
 package redisconn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -21,7 +24,8 @@ const Forms = "redis://[:password@]host:port[/db], rediss://... (TLS), " +
 	"redis-sentinel://[:password@]host:port[,host:port...][?master=NAME], " +
 	"redis-cluster://[:password@]host:port[,host:port...]"
 
-// Parse returns asynq's connection options for a REDIS_URL.
+// Parse returns asynq's connection options for a REDIS_URL. Its errors show
+// the URL only through Redact.
 func Parse(raw string) (asynq.RedisConnOpt, error) {
 	if raw == "" {
 		raw = DefaultURL
@@ -29,7 +33,7 @@ func Parse(raw string) (asynq.RedisConnOpt, error) {
 	if rest, ok := strings.CutPrefix(raw, "redis-cluster://"); ok {
 		u, err := url.Parse("redis://" + rest)
 		if err != nil {
-			return nil, fmt.Errorf("REDIS_URL %s: %w; expected one of %s", redact(raw), err, Forms)
+			return nil, parseError(raw, err)
 		}
 		opt := asynq.RedisClusterClientOpt{Addrs: strings.Split(u.Host, ",")}
 		if u.User != nil {
@@ -40,7 +44,7 @@ func Parse(raw string) (asynq.RedisConnOpt, error) {
 	}
 	opt, err := asynq.ParseRedisURI(raw)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL %s is not understood (%v); expected one of %s", redact(raw), err, Forms)
+		return nil, parseError(raw, err)
 	}
 	return opt, nil
 }
@@ -54,28 +58,86 @@ func Open(ctx context.Context, raw string, timeout time.Duration) (redis.Univers
 	}
 	rdb, ok := opt.MakeRedisClient().(redis.UniversalClient)
 	if !ok {
-		return nil, fmt.Errorf("REDIS_URL %s: unsupported connection type", redact(raw))
+		return nil, fmt.Errorf("REDIS_URL %s: unsupported connection type", Redact(raw))
 	}
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		_ = rdb.Close()
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? set REDIS_URL)", redact(raw), err)
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? set REDIS_URL)", Redact(raw), err)
 	}
 	return rdb, nil
 }
 
-// redact hides a password in a Redis URL.
-func redact(raw string) string {
-	u, err := url.Parse(strings.Replace(raw, "redis-cluster://", "redis://", 1))
-	if err != nil || u.User == nil {
-		if err != nil {
-			return "(unparseable URL)"
+// quoted matches a Go-quoted string inside an error message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// parseError says why raw was refused without repeating it. A *url.Error
+// quotes the whole URL, and its inner error quotes the piece it stumbled on
+// (`invalid port ":pa"` for a password holding a slash), so neither is shown
+// as it is: the inner error is kept with its quoted piece left out.
+func parseError(raw string, err error) error {
+	reason := strings.TrimPrefix(err.Error(), "asynq: ")
+	var ue *url.Error
+	switch {
+	case !strings.Contains(raw, "://"):
+		reason = "no scheme: it must start with redis://, rediss://, redis-sentinel:// or redis-cluster://"
+	case errors.As(err, &ue):
+		reason = "it does not parse as a URL: " + quoted.ReplaceAllString(ue.Err.Error(), "(hidden)") +
+			"; a password holding @ : / ? # %, a space or a control character must be percent-encoded (%40 for @, %2F for /)"
+	}
+	return fmt.Errorf("REDIS_URL %s is not understood (%s); expected one of %s", Redact(raw), reason, Forms)
+}
+
+// hidden stands in for a secret in a redacted URL.
+const hidden = "xxxxx"
+
+// Redact returns a Redis URL fit to print, with xxxxx in place of the
+// password, of a user name given without a password (it may be a password
+// written in the wrong place), of every query value but master= and db=
+// (asynq reads no password from the query, but a careless URL may carry one
+// there) and of any fragment. It reads the text rather than a parsed URL, so
+// it also hides the secrets of a URL that does not parse; like net/url it
+// ends the user information at the last '@', so a password holding an
+// unescaped / ? # or @ stays hidden. When in doubt it hides too much: a
+// stray '@' in the path or query hides the host as well.
+func Redact(raw string) string {
+	var b strings.Builder
+	rest := raw
+	if scheme, after, ok := strings.Cut(raw, "://"); ok {
+		b.WriteString(scheme + "://")
+		rest = after
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
+			b.WriteString(user + ":" + hidden)
+		} else {
+			b.WriteString(hidden)
 		}
-		return raw
+		b.WriteByte('@')
+		rest = rest[at+1:]
 	}
-	if _, has := u.User.Password(); has {
-		return strings.Replace(raw, u.User.String()+"@", u.User.Username()+":xxxxx@", 1)
+	rest, fragment, hasFragment := strings.Cut(rest, "#")
+	rest, query, hasQuery := strings.Cut(rest, "?")
+	b.WriteString(rest)
+	if hasQuery {
+		b.WriteByte('?')
+		for i, pair := range strings.Split(query, "&") {
+			if i > 0 {
+				b.WriteByte('&')
+			}
+			switch key, _, hasValue := strings.Cut(pair, "="); {
+			case hasValue && (strings.EqualFold(key, "master") || strings.EqualFold(key, "db")):
+				b.WriteString(pair)
+			case hasValue:
+				b.WriteString(key + "=" + hidden)
+			default:
+				b.WriteString(hidden)
+			}
+		}
 	}
-	return raw
+	if hasFragment && fragment != "" {
+		b.WriteString("#" + hidden)
+	}
+	return b.String()
 }

@@ -248,6 +248,7 @@ func TestAdminWithoutRedisURL(t *testing.T) {
 	t.Cleanup(fake.Close)
 	cfg := testConfig("", fake.URL)
 	cfg.AdminToken = NewToken(testAdminToken)
+	cfg.AdminAllowedHosts = []string{"orgsync.internal"}
 	var logs syncBuffer
 	w, err := New(context.Background(), cfg, WithRedis(srv.Client()), WithLogger(NewLogger(&logs, "debug")))
 	if err != nil {
@@ -274,6 +275,22 @@ func TestAdminWithoutRedisURL(t *testing.T) {
 	}
 	if code, body := c.get("/api/stats", testAdminToken); code != 200 {
 		t.Errorf("GET /api/stats: %d %s", code, body)
+	}
+	for host, want := range map[string]int{"evil.example:9464": 421, "orgsync.internal:9464": 200, "localhost": 200} {
+		req, err := http.NewRequest(http.MethodGet, c.base+"/api/stats", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		req.Header.Set("Authorization", "Bearer "+testAdminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET /api/stats with Host %s: %d, want %d", host, resp.StatusCode, want)
+		}
 	}
 	if !strings.Contains(logs.String(), "queue UI (/ui/) left out") {
 		t.Errorf("no log line says the UI was left out:\n%s", logs.String())
@@ -356,4 +373,109 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestAdminWarnsWhenOpenBeyondLoopback reads the startup log of a worker
+// whose admin endpoint listens on every interface without a token.
+func TestAdminWarnsWhenOpenBeyondLoopback(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	fake := trutotest.NewServer(testToken)
+	t.Cleanup(fake.Close)
+	tests := []struct {
+		name     string
+		addr     string
+		token    string
+		writable bool
+		want     []string // the warning's msg and fix, or nil for no warning
+	}{
+		{"all interfaces, no token", "0.0.0.0:0", "", false, []string{
+			"ADMIN ENDPOINT OPEN BEYOND LOOPBACK WITHOUT A TOKEN: anyone who can reach it reads update payloads, results and dead letters",
+			"put a bearer token in a file and set --admin-token-file (ORGSYNC_ADMIN_TOKEN_FILE), or listen on loopback with --admin-addr 127.0.0.1:9464 (ORGSYNC_ADMIN_ADDR)",
+		}},
+		{"all interfaces, writable UI", ":0", "", true, []string{
+			"ADMIN ENDPOINT OPEN BEYOND LOOPBACK WITHOUT A TOKEN: anyone who can reach it reads update payloads, results and dead letters, and changes tasks and queues through the writable queue UI",
+			"put a bearer token in a file and set --admin-token-file (ORGSYNC_ADMIN_TOKEN_FILE), or listen on loopback with --admin-addr 127.0.0.1:9464 (ORGSYNC_ADMIN_ADDR)",
+		}},
+		{"all interfaces with a token", "0.0.0.0:0", testAdminToken, false, nil},
+		{"loopback without a token", "127.0.0.1:0", "", false, nil},
+		{"localhost without a token", "localhost:0", "", false, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig(srv.URL(), fake.URL)
+			cfg.AdminAddr, cfg.AdminToken, cfg.AdminUIWritable = tt.addr, NewToken(tt.token), tt.writable
+			var logs syncBuffer
+			w, err := New(context.Background(), cfg, WithLogger(NewLogger(&logs, "debug")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				_ = w.adminLn.Close()
+				w.close()
+			})
+			var got []string
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				if line == "" {
+					continue
+				}
+				var l struct{ Level, Msg, Fix string }
+				if err := json.Unmarshal([]byte(line), &l); err != nil {
+					t.Fatalf("log line %q is not JSON: %v", line, err)
+				}
+				if l.Level == "WARN" && strings.HasPrefix(l.Msg, "ADMIN ENDPOINT") {
+					got = append(got, l.Msg, l.Fix)
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("warning (-want +got):\n%s\nlog:\n%s", diff, logs.String())
+			}
+		})
+	}
+}
+
+func TestAdminHostAndConnectionSettings(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		args      []string
+		env       map[string]string
+		wantHosts []string
+		wantConns int
+		wantErr   string
+	}{
+		{"defaults", nil, nil, nil, 128, ""},
+		{"flags", []string{"--admin-allowed-hosts", "orgsync.internal, worker:9464", "--admin-max-conns", "16"}, nil,
+			[]string{"orgsync.internal", "worker:9464"}, 16, ""},
+		{"env", nil, map[string]string{"ORGSYNC_ADMIN_ALLOWED_HOSTS": "*", "ORGSYNC_ADMIN_MAX_CONNS": "1"}, []string{"*"}, 1, ""},
+		{"a URL is not a host", []string{"--admin-allowed-hosts", "http://worker:9464"}, nil, nil, 0,
+			"--admin-allowed-hosts (ORGSYNC_ADMIN_ALLOWED_HOSTS)"},
+		{"no connections", []string{"--admin-max-conns", "0"}, nil, nil, 0, "--admin-max-conns (ORGSYNC_ADMIN_MAX_CONNS)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"TRUTO_API_TOKEN": "tok"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := LoadConfig(tt.args, lookupFrom(env), &bytes.Buffer{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.wantHosts, c.AdminAllowedHosts); diff != "" {
+				t.Errorf("allowed hosts (-want +got):\n%s", diff)
+			}
+			if c.AdminMaxConns != tt.wantConns {
+				t.Errorf("max conns %d, want %d", c.AdminMaxConns, tt.wantConns)
+			}
+		})
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orgsync/orgsync/internal/admin"
 	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/circuit"
 	"github.com/orgsync/orgsync/internal/ratelimit"
@@ -59,6 +60,11 @@ type Config struct {
 	// AdminToken, when set, is the bearer token the admin endpoint asks for
 	// on everything but /healthz and /readyz.
 	AdminToken Token
+	// AdminAllowedHosts are the Host header names the admin endpoint answers
+	// to besides localhost and IP addresses; "*" accepts any.
+	AdminAllowedHosts []string
+	// AdminMaxConns caps the connections the admin endpoint holds at once.
+	AdminMaxConns int
 	// AdminUIWritable lets the queue UI change tasks and queues (delete, run,
 	// archive, pause); it is read-only otherwise.
 	AdminUIWritable bool
@@ -98,6 +104,8 @@ var settings = []setting{
 	{"concurrency", "ORGSYNC_CONCURRENCY", strconv.Itoa(DefaultConcurrency), "updates run at once by this process"},
 	{"admin-addr", "ORGSYNC_ADMIN_ADDR", DefaultAdminAddr, "address of the admin endpoint (health, /metrics, queue UI under /ui/, JSON API under /api/); empty disables"},
 	{"admin-token-file", "ORGSYNC_ADMIN_TOKEN_FILE", "", "file holding a bearer token the admin endpoint requires on all but /healthz and /readyz; empty: no token"},
+	{"admin-allowed-hosts", "ORGSYNC_ADMIN_ALLOWED_HOSTS", "", "comma-separated host names the admin endpoint answers to besides localhost and IP addresses (a DNS-rebinding guard; health checks answer any); * for any"},
+	{"admin-max-conns", "ORGSYNC_ADMIN_MAX_CONNS", strconv.Itoa(admin.DefaultMaxConns), "connections the admin endpoint holds at once; at the cap a newcomer replaces the one quiet longest, or waits"},
 	{"admin-ui-writable", "ORGSYNC_ADMIN_UI_WRITABLE", "false", "let the queue UI under /ui/ delete, run, archive tasks and pause queues (true or false)"},
 	{"retry-max", "ORGSYNC_RETRY_MAX", strconv.Itoa(tasks.DefaultMaxRetry), "retries that spend budget before an update is dead-lettered"},
 	{"retry-base", "ORGSYNC_RETRY_BASE", tasks.DefaultRetryBase.String(), "first retry backoff"},
@@ -183,6 +191,7 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 		RedisURL:          get("redis-url"),
 		BaseURL:           get("base-url"),
 		AdminAddr:         get("admin-addr"),
+		AdminMaxConns:     integer("admin-max-conns", 1),
 		Concurrency:       integer("concurrency", 1),
 		AttemptTimeout:    duration("attempt-timeout", false),
 		ResultTTL:         duration("result-ttl", false),
@@ -247,6 +256,11 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 	case "debug", "info", "warn", "error":
 	default:
 		bad("log-level", "debug, info, warn or error")
+	}
+	if hosts, err := admin.ParseAllowedHosts(get("admin-allowed-hosts")); err != nil {
+		errs = append(errs, fmt.Errorf("--admin-allowed-hosts (ORGSYNC_ADMIN_ALLOWED_HOSTS): %w", err))
+	} else {
+		c.AdminAllowedHosts = hosts
 	}
 	switch w, err := strconv.ParseBool(get("admin-ui-writable")); {
 	case err != nil:

@@ -38,7 +38,7 @@ type Worker struct {
 	server   *asynq.Server
 	logger   *slog.Logger
 	adminLn  net.Listener
-	admin    *http.Server
+	admin    *admin.Server
 	metrics  *admin.Metrics // nil when the admin endpoint is disabled
 	ui       io.Closer      // the queue UI's own Redis connections; nil without a UI
 	started  atomic.Bool
@@ -144,7 +144,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 			return nil, fmt.Errorf("--admin-addr (ORGSYNC_ADMIN_ADDR) %s: %w (another worker on this port? set a free address, or empty to disable)", cfg.AdminAddr, err)
 		}
 		w.adminLn = ln
-		w.admin = &http.Server{Handler: w.adminHandler(o.rdb != nil), ReadHeaderTimeout: 5 * time.Second}
+		w.warnIfExposed()
+		w.admin = admin.NewServer(ln, w.adminHandler(o.rdb != nil), cfg.AdminMaxConns, w.logger)
 	}
 	return w, nil
 }
@@ -179,10 +180,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	go w.leases.Run(leaseCtx, w.logger)
 	adminErr := make(chan error, 1)
 	if w.admin != nil {
-		go func() { adminErr <- w.admin.Serve(w.adminLn) }()
+		go func() { adminErr <- w.admin.Serve() }()
 	}
 	w.logger.Info("worker started", "queues", w.cfg.Queues, "concurrency", w.cfg.Concurrency,
-		"admin", w.AdminURL(), "base_url", w.cfg.BaseURL)
+		"admin", w.AdminURL(), "base_url", w.cfg.BaseURL, "redis", redisconn.Redact(w.cfg.RedisURL))
 	var err error
 	select {
 	case <-ctx.Done():
@@ -309,8 +310,24 @@ func (w *Worker) adminHandler(sharedRedis bool) http.Handler {
 	}
 	return admin.NewHandler(admin.Options{
 		Store: w.store, Circuit: w.breaker, Queues: w.cfg.QueueNames(), Metrics: w.metrics, UI: ui,
-		Token: w.cfg.AdminToken.Value(), Ready: w.readiness, Logger: w.logger,
+		Token: w.cfg.AdminToken.Value(), AllowedHosts: w.cfg.AdminAllowedHosts, Ready: w.readiness, Logger: w.logger,
 	})
+}
+
+// warnIfExposed logs, loudly, an admin endpoint that listens beyond loopback
+// without a token: whoever reaches the address reads every update's
+// payload, result and dead letter, and with a writable UI changes queues.
+func (w *Worker) warnIfExposed() {
+	addr, ok := w.adminLn.Addr().(*net.TCPAddr)
+	if !ok || addr.IP.IsLoopback() || w.cfg.AdminToken.Value() != "" {
+		return
+	}
+	msg := "ADMIN ENDPOINT OPEN BEYOND LOOPBACK WITHOUT A TOKEN: anyone who can reach it reads update payloads, results and dead letters"
+	if w.cfg.AdminUIWritable {
+		msg += ", and changes tasks and queues through the writable queue UI"
+	}
+	w.logger.Warn(msg, "admin_addr", addr.String(),
+		"fix", "put a bearer token in a file and set --admin-token-file (ORGSYNC_ADMIN_TOKEN_FILE), or listen on loopback with --admin-addr 127.0.0.1:9464 (ORGSYNC_ADMIN_ADDR)")
 }
 
 // readiness lists what keeps the worker from serving: its handler not
