@@ -113,6 +113,9 @@ end
 return {0, 0, 0}
 `)
 
+// ProbeInterval is the effective interval between probes while open.
+func (b *Breaker) ProbeInterval() time.Duration { return b.c.ProbeInterval }
+
 // Allow asks whether a request may be sent now.
 func (b *Breaker) Allow(ctx context.Context) (Decision, error) {
 	if b.c.Disabled {

@@ -366,7 +366,8 @@ func (w *Worker) gate(ctx context.Context) (allow, probe bool, wait time.Duratio
 	if err != nil {
 		return true, false, 0, err // Redis trouble: admission itself will fail and retry
 	}
-	return d.Allow, d.Probe, d.Wait, nil
+	// Ask again when the next probe may be due, not after an update's wait.
+	return d.Allow, d.Probe, min(d.Wait, w.breaker.ProbeInterval()), nil
 }
 
 // processID names this process for admission's leases: unique per start.
