@@ -41,7 +41,7 @@ type Sender interface {
 // (internal/circuit). Admission asks it before admitting; the handler only
 // reports.
 type Breaker interface {
-	Record(ctx context.Context, failed, probe bool) error
+	Record(ctx context.Context, account string, failed, probe bool) error
 }
 
 // Event is what the handler reports after each run, for metrics and progress displays.
@@ -322,7 +322,13 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 		r.ev.Class = ClassExhausted
 		return h.deadLetter(ctx, r, ClassExhausted, d.StatusCode, reason, a.res)
 	}
-	// Transient or possibly applied: the budget paid for it.
+	// Transient or possibly applied: the budget paid for it. An account whose
+	// requests keep failing holds its whole lane back for a while.
+	if !r.probe { // a failed probe is Truto's, not the account's
+		if held, err := h.store.adm.Failed(ctx, account); err == nil && held > 0 {
+			h.logger.Info("account's requests keep failing: its lane waits", "account", account, "for", held, "reason", d.Reason)
+		}
+	}
 	return h.backOff(ctx, r, h.policy.Backoff(a.spent), d.Reason)
 }
 
@@ -423,7 +429,7 @@ func (h *Handler) send(ctx context.Context, r *run) attempt {
 		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
 		if h.breaker != nil && ctx.Err() == nil {
 			// Health is shared knowledge; a failure to record it changes nothing here.
-			_ = h.breaker.Record(context.WithoutCancel(ctx), failed, r.probe && a.sent == 1)
+			_ = h.breaker.Record(context.WithoutCancel(ctx), p.IntegratedAccountID, failed, r.probe && a.sent == 1)
 		}
 		retryable := failed && res == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
 		rec := Attempt{At: at, Sent: true, StatusCode: a.decision.StatusCode, Class: a.decision.Class.String(), Reason: a.decision.Reason}

@@ -49,6 +49,9 @@ const (
 	// DefaultMaxLearnedInterval is the slowest a learned rate gets: one
 	// request per minute.
 	DefaultMaxLearnedInterval = time.Minute
+	// DefaultAccountFailures is how many transient failures of an account in
+	// a row hold its lane.
+	DefaultAccountFailures = 5
 )
 
 // Config configures a Scheduler. Zero fields take the defaults; a zero Limit
@@ -66,8 +69,12 @@ type Config struct {
 	Lease       time.Duration
 	MaxAdmitted int
 	Batch       int
-	// MaxLearnedInterval is the slowest rate learning may settle on.
+	// MaxLearnedInterval is the slowest rate learning may settle on, and the
+	// longest a failing account's lane is held.
 	MaxLearnedInterval time.Duration
+	// AccountFailures is how many transient failures in a row hold an
+	// account's lane (default DefaultAccountFailures).
+	AccountFailures int
 }
 
 // Scheduler is the admission state in Redis. Safe for concurrent use.
@@ -110,6 +117,9 @@ func New(rdb redis.UniversalClient, c Config, opts ...Option) *Scheduler {
 	}
 	if c.MaxLearnedInterval <= 0 {
 		c.MaxLearnedInterval = DefaultMaxLearnedInterval
+	}
+	if c.AccountFailures <= 0 {
+		c.AccountFailures = DefaultAccountFailures
 	}
 	base := c.KeyPrefix + ":{adm}:"
 	s := &Scheduler{rdb: rdb, c: c, key: base + "accts", base: base}
@@ -324,6 +334,19 @@ func (s *Scheduler) LearnLimit(ctx context.Context, account string, lim ratelimi
 		return nil
 	}
 	return s.learn(ctx, account, "limit", s.intervalMS(lim))
+}
+
+// Failed counts a transient failure of one of the account's requests; after
+// Config.AccountFailures in a row (an accepted request resets the count) the
+// account's whole lane waits, 1 s doubling with each further failure up to
+// MaxLearnedInterval, rather than every update of a failing account trying
+// and spending its budget. It returns the hold it set (0 for none).
+func (s *Scheduler) Failed(ctx context.Context, account string) (time.Duration, error) {
+	ms, err := s.run(ctx, "learn", account, "failed", 0, 1000, s.c.MaxLearnedInterval.Milliseconds(), s.c.AccountFailures).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("admission: count a failure of account %s: %w", account, err)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
 }
 
 // Scope says whose limit a 429 was.

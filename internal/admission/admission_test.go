@@ -567,3 +567,37 @@ func TestRateLimitedTellsTheTokenFromTheAccount(t *testing.T) {
 		}
 	})
 }
+
+// TestFailingAccountHoldsItsLane: after AccountFailures transient failures
+// in a row the account's lane waits, doubling; a success resets the count.
+func TestFailingAccountHoldsItsLane(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		s, clk := newTest(t, rdb, Config{AccountFailures: 3})
+		add(t, s, "a1", "A", "o1")
+		add(t, s, "b1", "B", "o1")
+		var holds []time.Duration
+		for range 4 {
+			d, err := s.Failed(ctx, "A")
+			if err != nil {
+				t.Fatal(err)
+			}
+			holds = append(holds, d)
+		}
+		if diff := cmp.Diff([]time.Duration{0, 0, time.Second, 2 * time.Second}, holds); diff != "" {
+			t.Errorf("holds after each failure (-want +got):\n%s", diff)
+		}
+		if got, _ := admit(t, s); !cmp.Equal(got, []string{"b1"}) {
+			t.Fatalf("admitted %v; want only B while A's lane waits", got)
+		}
+		clk.add(2 * time.Second)
+		if got, _ := admit(t, s); !cmp.Equal(got, []string{"a1"}) {
+			t.Fatalf("admitted %v after the hold; want a1", got)
+		}
+		_ = s.Learn(ctx, "A", Accepted)
+		if d, _ := s.Failed(ctx, "A"); d != 0 {
+			t.Errorf("a failure after a success held the lane for %v; the count should have restarted", d)
+		}
+	})
+}

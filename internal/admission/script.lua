@@ -308,7 +308,21 @@ elseif op == 'learn' then
       -- The token's lesson is kept an hour past the last answer that taught it.
       if a == '' then redis.call('PEXPIRE', ak, 3600000) end
     end
+  elseif kind == 'failed' then
+    -- value: failures in a row that hold the lane; base: the first hold
+    -- (ms), doubling, up to max_iv.
+    local fails = redis.call('HINCRBY', ak, 'fails', 1)
+    if fails < value then return 0 end
+    local hold = math.min(base * 2 ^ (fails - value), maxIv)
+    local u = now + hold
+    if u > tonumber(redis.call('HGET', ak, 'until') or '0') then
+      redis.call('HSET', ak, 'until', num(u), 'hwhy', fails .. ' requests in a row failed', 'hstatus', 0, 'hsince', num(now))
+      redis.call('ZADD', B .. 'held', u, a)
+    end
+    schedule(a)
+    return math.ceil(hold)
   elseif kind == 'ok' then
+    redis.call('HDEL', ak, 'fails')
     if st[1] == false or iv <= civ then return 0 end
     local ceil = 1 / math.max(civ, base / 10)
     local r = 1 / iv

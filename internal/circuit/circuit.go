@@ -21,6 +21,7 @@ import (
 const (
 	DefaultWindow        = 10 * time.Second
 	DefaultMinFailures   = 20
+	DefaultMinAccounts   = 2
 	DefaultThreshold     = 0.5
 	DefaultProbeInterval = 2 * time.Second
 	DefaultRamp          = 5 * time.Second
@@ -31,6 +32,10 @@ const (
 type Config struct {
 	Window        time.Duration // outcomes older than this are forgotten
 	MinFailures   int           // failures in the window before the breaker may open
+	// MinAccounts is how many accounts must have failed in the window before
+	// the breaker may open: one account's failing provider holds back that
+	// account's lane (admission), not everyone's.
+	MinAccounts int
 	Threshold     float64       // failure fraction in the window that opens it
 	ProbeInterval time.Duration // one probe request per interval while open
 	Ramp          time.Duration // after closing, the admitted fraction grows from 10 % to 100 % over this
@@ -53,6 +58,9 @@ func New(rdb redis.UniversalClient, c Config) *Breaker {
 	}
 	if c.MinFailures <= 0 {
 		c.MinFailures = DefaultMinFailures
+	}
+	if c.MinAccounts <= 0 {
+		c.MinAccounts = DefaultMinAccounts
 	}
 	if c.Threshold <= 0 || c.Threshold > 1 {
 		c.Threshold = DefaultThreshold
@@ -148,9 +156,10 @@ func (b *Breaker) Allow(ctx context.Context) (Decision, error) {
 }
 
 // recordScript counts an outcome in one-second buckets and opens or closes
-// the breaker. KEYS[1] state hash, KEYS[2] bucket hash (field: second, value:
-// "fails:total" packed as two counters fields f<sec> and n<sec>).
-// ARGV: failed (0/1), probe (0/1), window_s, min_failures, threshold.
+// the breaker. KEYS[1] state hash, KEYS[2] bucket hash (fields f<sec> and
+// n<sec>: failures and requests of that second), KEYS[3] the failing accounts
+// (zset by last failure). ARGV: failed (0/1), probe (0/1), window_s,
+// min_failures, threshold, account, min_accounts.
 // Returns 1 when this call opened the breaker, -1 when it closed it, else 0.
 var recordScript = redis.NewScript(`
 local t = redis.call('TIME')
@@ -183,17 +192,24 @@ for i = 1, #all, 2 do
     redis.call('HDEL', KEYS[2], all[i])
   end
 end
-if failed and f >= tonumber(ARGV[4]) and f >= tonumber(ARGV[5]) * n then
+-- Failing accounts of the window, by their last failure.
+if failed then
+  redis.call('ZADD', KEYS[3], now, ARGV[6])
+  redis.call('PEXPIRE', KEYS[3], (window + 2) * 1000)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window * 1000)
+if failed and f >= tonumber(ARGV[4]) and f >= tonumber(ARGV[5]) * n
+    and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then
   redis.call('HSET', KEYS[1], 'open', '1', 'opened_at', now, 'probe_until', now + 1000, 'reason', f .. ' of ' .. n .. ' requests failed in ' .. window .. 's')
   return 1
 end
 return 0
 `)
 
-// Record counts one request's outcome: failed means a transient failure
+// Record counts one request's outcome for account: failed means a transient failure
 // (5xx, timeout, connection error); anything else proves the upstream
 // reachable. It reports whether the breaker opened or closed.
-func (b *Breaker) Record(ctx context.Context, failed, probe bool) (opened, closed bool, err error) {
+func (b *Breaker) Record(ctx context.Context, account string, failed, probe bool) (opened, closed bool, err error) {
 	if b.c.Disabled {
 		return false, false, nil
 	}
@@ -201,8 +217,9 @@ func (b *Breaker) Record(ctx context.Context, failed, probe bool) (opened, close
 	if win < 1 {
 		win = 1
 	}
-	n, err := recordScript.Run(ctx, b.rdb, []string{b.key, b.key + ":buckets"},
-		boolArg(failed), boolArg(probe), win, b.c.MinFailures, strconv.FormatFloat(b.c.Threshold, 'f', -1, 64)).Int64()
+	n, err := recordScript.Run(ctx, b.rdb, []string{b.key, b.key + ":buckets", b.key + ":failing"},
+		boolArg(failed), boolArg(probe), win, b.c.MinFailures, strconv.FormatFloat(b.c.Threshold, 'f', -1, 64),
+		account, b.c.MinAccounts).Int64()
 	if err != nil {
 		return false, false, fmt.Errorf("circuit breaker: %w", err)
 	}

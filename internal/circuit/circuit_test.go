@@ -2,6 +2,7 @@ package circuit
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ func TestOpensProbesAndCloses(t *testing.T) {
 
 	// Successes and a few failures: stays closed.
 	for i := 0; i < 10; i++ {
-		if _, _, err := b.Record(ctx, i%3 == 0, false); err != nil {
+		if _, _, err := b.Record(ctx, "acct-"+strconv.Itoa(i%3), i%3 == 0, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -26,7 +27,7 @@ func TestOpensProbesAndCloses(t *testing.T) {
 	// A burst of failures: opens.
 	opened := false
 	for i := 0; i < 10 && !opened; i++ {
-		o, _, err := b.Record(ctx, true, false)
+		o, _, err := b.Record(ctx, "acct-"+strconv.Itoa(i%3), true, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,10 +70,10 @@ func TestOpensProbesAndCloses(t *testing.T) {
 		t.Fatalf("probes = %d, want exactly 1 (waits %d)", probes, waits)
 	}
 	// A failed probe keeps it open; a successful one closes it.
-	if _, closed, _ := b.Record(ctx, true, true); closed {
+	if _, closed, _ := b.Record(ctx, "acct-1", true, true); closed {
 		t.Fatal("a failed probe closed the breaker")
 	}
-	if _, closed, _ := b.Record(ctx, false, true); !closed {
+	if _, closed, _ := b.Record(ctx, "acct-1", false, true); !closed {
 		t.Fatal("a successful probe did not close the breaker")
 	}
 	if d, _ := b.Allow(ctx); !d.Allow || d.Probe {
@@ -87,11 +88,11 @@ func TestRampAdmitsAGrowingFraction(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	b := New(srv.Client(), Config{MinFailures: 1, Threshold: 0.1, Ramp: time.Minute})
-	if o, _, _ := b.Record(ctx, true, false); !o {
+	b := New(srv.Client(), Config{MinFailures: 1, MinAccounts: 1, Threshold: 0.1, Ramp: time.Minute})
+	if o, _, _ := b.Record(ctx, "acct-1", true, false); !o {
 		t.Fatal("did not open")
 	}
-	if _, c, _ := b.Record(ctx, false, true); !c {
+	if _, c, _ := b.Record(ctx, "acct-1", false, true); !c {
 		t.Fatal("did not close")
 	}
 	allowed := 0
@@ -115,5 +116,23 @@ func TestDisabled(t *testing.T) {
 	b := New(nil, Config{Disabled: true})
 	if d, err := b.Allow(context.Background()); !d.Allow || err != nil {
 		t.Errorf("disabled breaker: %+v %v", d, err)
+	}
+}
+
+// TestOneFailingAccountDoesNotOpen: failures all from one account never open
+// the circuit (that account's lane backs off in admission instead); the same
+// failures from two accounts do.
+func TestOneFailingAccountDoesNotOpen(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	b := New(srv.Client(), Config{MinFailures: 5, Threshold: 0.5, Ramp: -1})
+	for range 50 {
+		if o, _, err := b.Record(ctx, "sick", true, false); err != nil || o {
+			t.Fatalf("Record = opened %v, %v; one account's failures must not open the circuit", o, err)
+		}
+	}
+	if o, _, _ := b.Record(ctx, "also-sick", true, false); !o {
+		t.Error("failures from a second account did not open the circuit")
 	}
 }

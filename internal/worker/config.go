@@ -87,6 +87,8 @@ type Config struct {
 	MaxAdmitted int
 	// Lease is how long a silent worker's admitted or running updates stay its.
 	Lease time.Duration
+	// AccountFailures is how many transient failures of an account in a row hold its lane.
+	AccountFailures int
 	// The shared circuit breaker (internal/circuit).
 	Circuit circuit.Config
 }
@@ -123,6 +125,8 @@ var settings = []setting{
 	{"token-rate", "ORGSYNC_TOKEN_RATE", ratelimit.DefaultTokenLimit.String(), "requests per API token, N/window, shared by all workers; 0 = no limit"},
 	{"rate-headroom", "ORGSYNC_RATE_HEADROOM", "0.05", "fraction of each rate limit left unused, for network jitter (0..0.5)"},
 	{"circuit-min-failures", "ORGSYNC_CIRCUIT_MIN_FAILURES", strconv.Itoa(circuit.DefaultMinFailures), "transient failures in the window before the circuit may open; 0 disables the breaker"},
+	{"circuit-min-accounts", "ORGSYNC_CIRCUIT_MIN_ACCOUNTS", strconv.Itoa(circuit.DefaultMinAccounts), "accounts with failures in the window before the circuit may open (one failing account only holds its own lane)"},
+	{"account-failures", "ORGSYNC_ACCOUNT_FAILURES", strconv.Itoa(admission.DefaultAccountFailures), "transient failures of one account in a row that hold its lane (1 s, doubling, up to a minute)"},
 	{"circuit-threshold", "ORGSYNC_CIRCUIT_THRESHOLD", "0.5", "fraction of requests in the window failing that opens the circuit"},
 	{"circuit-window", "ORGSYNC_CIRCUIT_WINDOW", circuit.DefaultWindow.String(), "how far back the circuit breaker counts"},
 	{"circuit-probe-interval", "ORGSYNC_CIRCUIT_PROBE_INTERVAL", circuit.DefaultProbeInterval.String(), "while open, one probe request per interval"},
@@ -205,8 +209,9 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 			RetryCap:  duration("retry-cap", false),
 			MaxAge:    duration("max-age", false),
 		},
-		MaxAdmitted: integer("max-admitted", 1),
-		Lease:       duration("lease", false),
+		MaxAdmitted:     integer("max-admitted", 1),
+		AccountFailures: integer("account-failures", 1),
+		Lease:           duration("lease", false),
 	}
 	rate := func(name string) ratelimit.Limit {
 		l, err := ratelimit.Parse(get(name))
@@ -229,6 +234,7 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 	}
 	c.Circuit = circuit.Config{
 		MinFailures:   integer("circuit-min-failures", 0),
+		MinAccounts:   integer("circuit-min-accounts", 1),
 		Threshold:     fraction("circuit-threshold", 0.01, 1),
 		Window:        duration("circuit-window", false),
 		ProbeInterval: duration("circuit-probe-interval", false),

@@ -87,7 +87,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	}
 	w.rdb.AddHook(redisWatch{w})
 	sched := admission.New(w.rdb, admission.Config{Account: cfg.AccountRate, Token: cfg.TokenRate,
-		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease})
+		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease, AccountFailures: cfg.AccountFailures})
 	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched))
 	w.leases = admission.NewLeases(sched, processID())
 
@@ -349,8 +349,8 @@ type breaker struct {
 	logger *slog.Logger
 }
 
-func (a breaker) Record(ctx context.Context, failed, probe bool) error {
-	opened, closed, err := a.b.Record(ctx, failed, probe)
+func (a breaker) Record(ctx context.Context, account string, failed, probe bool) error {
+	opened, closed, err := a.b.Record(ctx, account, failed, probe)
 	switch {
 	case opened:
 		a.logger.Warn("circuit opened: most requests to Truto are failing; nothing is admitted but one probe per interval (no retry budget spent)")
