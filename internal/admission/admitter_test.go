@@ -128,12 +128,7 @@ func TestAnIdleAdmitterIsWokenByAnEnqueue(t *testing.T) {
 	defer cancel()
 	s := New(srv.Client(), Config{})
 	got := make(chan Ticket, 1)
-	a := NewAdmitter(s, NewLeases(s, "p"), func(_ context.Context, ts []Ticket) error {
-		for _, tk := range ts {
-			got <- tk
-		}
-		return nil
-	}, nil)
+	a := NewAdmitter(s, NewLeases(s, "p"), handTo(got), nil)
 	a.reap = time.Hour // only a wake-up can start a pass
 	go a.Run(ctx)
 	waitFor(t, func() bool { p, _ := a.Passes(); return p >= 1 }) // asleep after its first pass
@@ -173,12 +168,7 @@ func TestKilledWorkersUpdatesGoAgain(t *testing.T) {
 		t.Fatal("Start refused")
 	}
 	got := make(chan Ticket, 1)
-	a := NewAdmitter(s, NewLeases(s, "survivor"), func(_ context.Context, ts []Ticket) error {
-		for _, tk := range ts {
-			got <- tk
-		}
-		return nil
-	}, nil)
+	a := NewAdmitter(s, NewLeases(s, "survivor"), handTo(got), nil)
 	a.reap = 100 * time.Millisecond
 	go a.Run(ctx)
 	select {
@@ -221,12 +211,7 @@ func TestGateLetsOnlyTheProbeThrough(t *testing.T) {
 	var mu sync.Mutex
 	var passes int
 	got := make(chan Ticket, 3)
-	a := NewAdmitter(s, NewLeases(s, "p"), func(_ context.Context, ts []Ticket) error {
-		for _, tk := range ts {
-			got <- tk
-		}
-		return nil
-	}, nil)
+	a := NewAdmitter(s, NewLeases(s, "p"), handTo(got), nil)
 	a.SetGate(func(context.Context) (bool, bool, time.Duration, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -249,5 +234,15 @@ func TestGateLetsOnlyTheProbeThrough(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("the probes did not come")
 		}
+	}
+}
+
+// handTo is a deliver func that passes every ticket to ch.
+func handTo(ch chan<- Ticket) func(context.Context, []Ticket) error {
+	return func(_ context.Context, ts []Ticket) error {
+		for _, tk := range ts {
+			ch <- tk
+		}
+		return nil
 	}
 }
