@@ -300,7 +300,9 @@ type Feedback int
 
 // Kinds of feedback.
 const (
-	// Limited: a 429. The account's admitted rate halves, and where it hurt is remembered.
+	// Limited: a 429. The account's admitted rate halves, and where it hurt
+	// is remembered; the other 429s of the same burst (answered while the
+	// account is held, or before the halved interval passed) halve it no more.
 	Limited Feedback = iota + 1
 	// Accepted: a request that was not refused for rate. The rate grows back:
 	// quickly to 85 % of where it last hurt, slowly past it, never above the

@@ -412,7 +412,7 @@ func TestLearnedRate(t *testing.T) {
 	t.Parallel()
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		s, _ := newTest(t, rdb, Config{Account: ratelimit.Limit{Requests: 5, Window: time.Second}})
+		s, clk := newTest(t, rdb, Config{Account: ratelimit.Limit{Requests: 5, Window: time.Second}})
 		rate := func() float64 {
 			t.Helper()
 			st, err := s.Account(ctx, "A")
@@ -428,6 +428,13 @@ func TestLearnedRate(t *testing.T) {
 		if r := rate(); r != 2.5 {
 			t.Fatalf("after a 429: %v/s; want half of 5/s", r)
 		}
+		// The other 429s of the same burst (answered before the halved
+		// interval passed) halve nothing more.
+		_ = s.Learn(ctx, "A", Limited)
+		if r := rate(); r != 2.5 {
+			t.Fatalf("after a second 429 of the same burst: %v/s; want still 2.5/s", r)
+		}
+		clk.add(time.Second)
 		_ = s.Learn(ctx, "A", Limited)
 		if r := rate(); r != 1.25 {
 			t.Fatalf("after two 429s: %v/s; want 1.25/s", r)

@@ -13,7 +13,8 @@
 --                  og (origin: the sequence number of its first enqueue, kept
 --                  by replays), gen (admission generation), state, owner
 --   acct:<a>       HASH n (updates held), tat (next slot), iv (learned
---                  interval), known (interval at the last 429), until, hwhy,
+--                  interval), known (interval at the last 429), lcut (until
+--                  when a 429 is the last one's burst), until, hwhy,
 --                  hstatus, hsince (a hold), parked, pstatus, psince (a park)
 --   token          STRING the API token's next slot
 --   admitted       ZSET id -> lease end: admitted, not yet started by a worker
@@ -287,12 +288,16 @@ elseif op == 'learn' then
   local a, kind = ARGV[3], ARGV[4]
   local civ, base, maxIv, value = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local ak = akey(a)
-  local st = redis.call('HMGET', ak, 'iv', 'known')
+  local st = redis.call('HMGET', ak, 'iv', 'known', 'until', 'lcut')
   local iv = math.max(tonumber(st[1] or '0'), civ)
   local known = tonumber(st[2] or '0')
   if kind == 'limited' then
+    -- One halving per burst: the other 429s of requests sent before it (the
+    -- account is held, or the new interval has not passed yet) say nothing new.
+    if tonumber(st[3] or '0') > now or tonumber(st[4] or '0') > now then return 0 end
     if iv <= 0 then iv = base end
-    redis.call('HSET', ak, 'known', num(iv), 'iv', num(math.min(iv * 2, maxIv)))
+    local niv = math.min(iv * 2, maxIv)
+    redis.call('HSET', ak, 'known', num(iv), 'iv', num(niv), 'lcut', num(now + niv))
   elseif kind == 'limit' then
     if value > civ then
       redis.call('HSET', ak, 'iv', num(math.max(value, iv)), 'known', num(value * 0.85))
