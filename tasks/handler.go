@@ -46,14 +46,17 @@ type Breaker interface {
 
 // Event is what the handler reports after each run, for metrics and progress displays.
 type Event struct {
-	TaskID     string
-	Account    string
-	Outcome    string // one of the Outcome constants
-	Class      string // trutoclient class, or ClassMalformed/ClassExpired/ClassExhausted, or "skipped" when the ledger already knew the answer
-	StatusCode int
-	Latency    time.Duration
-	Reason     string
-	Sent       int // requests sent in this run
+	TaskID string
+	// QueueTaskID is the id asynq ran it under: one admission of the update
+	// (RunTaskID), "" for an event with no asynq task.
+	QueueTaskID string
+	Account     string
+	Outcome     string // one of the Outcome constants
+	Class       string // trutoclient class, or ClassMalformed/ClassExpired/ClassExhausted, or "skipped" when the ledger already knew the answer
+	StatusCode  int
+	Latency     time.Duration
+	Reason      string
+	Sent        int // requests sent in this run
 }
 
 // Outcomes of one run.
@@ -167,7 +170,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.malformed(ctx, t, err)
 	}
 	r := &run{task: t, id: p.TaskID(), p: p}
-	r.ev = Event{TaskID: r.id, Account: p.IntegratedAccountID}
+	qid, _ := asynq.GetTaskID(ctx)
+	r.ev = Event{TaskID: r.id, QueueTaskID: qid, Account: p.IntegratedAccountID}
 	gen, probe, admitted := ticketOf(t)
 	if !admitted {
 		return h.join(ctx, r)
