@@ -241,7 +241,12 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 		return st, nil
 	}
 	if rec.State == StateCompleted {
-		st.State = StatusCompleted // asynq's retention ended; the ledger remembers
+		// asynq keeps the task under its run's id (RunTaskID), not this one,
+		// and only for its retention: the ledger remembers.
+		st.State = StatusCompleted
+		if rec.Result != nil {
+			st.IdempotencyKey = rec.Result.IdempotencyKey
+		}
 		return st, nil
 	}
 	if rec.Attempts == 0 && rec.State == "" {
