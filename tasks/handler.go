@@ -46,14 +46,17 @@ type Breaker interface {
 
 // Event is what the handler reports after each run, for metrics and progress displays.
 type Event struct {
-	TaskID     string
-	Account    string
-	Outcome    string // one of the Outcome constants
-	Class      string // trutoclient class, or ClassMalformed/ClassExpired/ClassExhausted, or "skipped" when the ledger already knew the answer
-	StatusCode int
-	Latency    time.Duration
-	Reason     string
-	Sent       int // requests sent in this run
+	TaskID string
+	// QueueTaskID is the id asynq ran it under: one admission of the update
+	// (RunTaskID), "" for an event with no asynq task.
+	QueueTaskID string
+	Account     string
+	Outcome     string // one of the Outcome constants
+	Class       string // trutoclient class, or ClassMalformed/ClassExpired/ClassExhausted, or "skipped" when the ledger already knew the answer
+	StatusCode  int
+	Latency     time.Duration
+	Reason      string
+	Sent        int // requests sent in this run
 }
 
 // Outcomes of one run.
@@ -167,7 +170,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.malformed(ctx, t, err)
 	}
 	r := &run{task: t, id: p.TaskID(), p: p}
-	r.ev = Event{TaskID: r.id, Account: p.IntegratedAccountID}
+	qid, _ := asynq.GetTaskID(ctx)
+	r.ev = Event{TaskID: r.id, QueueTaskID: qid, Account: p.IntegratedAccountID}
 	gen, probe, admitted := ticketOf(t)
 	if !admitted {
 		return h.join(ctx, r)
@@ -176,6 +180,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	place, ok, err := h.store.adm.Start(ctx, r.id, gen, h.leases.Owner())
 	if err != nil {
 		return err // Redis trouble: asynq runs it again; nothing was sent
+	}
+	if place.Held {
+		r.ev.Outcome, r.ev.Reason = OutcomeWaiting, "its account was held after it was admitted: back in its lane"
+		h.observe(r.ev)
+		return asynq.RevokeTask
 	}
 	if !ok {
 		r.ev.Outcome, r.ev.Reason = OutcomeStale, "stale ticket: admission has this update elsewhere"
@@ -290,20 +299,11 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 	case d.Class == trutoclient.ClassPermanent:
 		return h.deadLetter(ctx, r, d.Class.String(), d.StatusCode, d.Reason, a.res)
 	case d.Class == trutoclient.ClassRateLimited:
-		until := h.now().Add(d.Delay) // from the answer, not from before the request
-		var stated ratelimit.Limit
-		if a.res != nil {
-			stated, _ = statedLimit(a.res.RateLimit.Limit)
-		}
-		scope, err := h.store.adm.RateLimited(ctx, account, until, stated, d.Reason, d.StatusCode)
-		if err != nil {
-			h.logger.Warn("could not hold a rate-limited account", "account", account, "error", err.Error())
-		}
+		// The hold was set as soon as the answer came (send); now the update waits.
 		whose := "account"
-		if scope == admission.ScopeToken {
+		if a.scope == admission.ScopeToken {
 			whose = "API token"
 		}
-		h.logger.Info(whose+" rate limited", "account", account, "until", until, "reason", d.Reason)
 		return h.putBack(ctx, r, d.Delay, whose+" rate limited: "+d.Reason)
 	case d.Class == trutoclient.ClassAccountAttention:
 		what := "account parked"
@@ -330,6 +330,26 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 		}
 	}
 	return h.backOff(ctx, r, h.policy.Backoff(a.spent), d.Reason)
+}
+
+// rateLimited holds the account's lane (or the token) for a 429 and lowers
+// the admitted rate; it says whose limit it was.
+func (h *Handler) rateLimited(ctx context.Context, account string, res *trutoclient.Response, d trutoclient.Decision) admission.Scope {
+	until := h.now().Add(d.Delay) // from the answer, not from before the request
+	var stated ratelimit.Limit
+	if res != nil {
+		stated, _ = statedLimit(res.RateLimit.Limit)
+	}
+	scope, err := h.store.adm.RateLimited(context.WithoutCancel(ctx), account, until, stated, d.Reason, d.StatusCode)
+	if err != nil {
+		h.logger.Warn("could not hold a rate-limited account", "account", account, "error", err.Error())
+	}
+	whose := "account"
+	if scope == admission.ScopeToken {
+		whose = "API token"
+	}
+	h.logger.Info(whose+" rate limited", "account", account, "until", until, "reason", d.Reason)
+	return scope
 }
 
 func (h *Handler) maxRetry(p Payload) int {
@@ -396,11 +416,12 @@ func (h *Handler) deadLetterIsCurrent(ctx context.Context, taskID string, p Payl
 type attempt struct {
 	res           *trutoclient.Response
 	decision      trutoclient.Decision
-	sent          int       // requests made
-	spent         int       // budget spent so far, after this run
-	first         time.Time // when this run's first request went out
-	tokenRejected bool      // a 401 that blames our API token, not the account
-	storeErr      error     // recording the attempt failed
+	sent          int             // requests made
+	spent         int             // budget spent so far, after this run
+	first         time.Time       // when this run's first request went out
+	tokenRejected bool            // a 401 that blames our API token, not the account
+	storeErr      error           // recording the attempt failed
+	scope         admission.Scope // whose limit a 429 was
 }
 
 // send makes the attempt, retrying connection-level failures a few times in
@@ -426,6 +447,11 @@ func (h *Handler) send(ctx context.Context, r *run) attempt {
 		a.sent++
 		a.res, a.decision = res, trutoclient.Classify(res, err)
 		a.decision.Reason = truncate(a.decision.Reason, MaxReasonBytes)
+		if a.decision.Class == trutoclient.ClassRateLimited {
+			// Hold first: every moment before the hold is set, admission keeps
+			// admitting into the exhausted window.
+			a.scope = h.rateLimited(ctx, p.IntegratedAccountID, res, a.decision)
+		}
 		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
 		if h.breaker != nil && ctx.Err() == nil {
 			// Health is shared knowledge; a failure to record it changes nothing here.

@@ -242,12 +242,15 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 	}
 	if rec.State == StateCompleted {
 		st.State = StatusCompleted
-		if r := rec.Result; r != nil && r.QueueTaskID != "" {
+		if r := rec.Result; r != nil {
+			st.IdempotencyKey = r.IdempotencyKey
 			// asynq keeps the run's task, payload and all, for the retention.
-			if info, err := ins.GetTaskInfo(r.Queue, r.QueueTaskID); err == nil {
-				if p, err := DecodePayload(info.Payload); err == nil {
-					u := p.Update
-					st.Queue, st.Update, st.IdempotencyKey = r.Queue, &u, p.IdempotencyKey
+			if r.QueueTaskID != "" {
+				if info, err := ins.GetTaskInfo(r.Queue, r.QueueTaskID); err == nil {
+					if p, err := DecodePayload(info.Payload); err == nil {
+						u := p.Update
+						st.Queue, st.Update = r.Queue, &u
+					}
 				}
 			}
 		}

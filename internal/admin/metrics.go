@@ -186,9 +186,15 @@ func (m *Metrics) Observe(e tasks.Event) {
 		}
 	}
 	if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" && e.TaskID != "" && m.cfg.Inspector != nil {
+		// asynq keeps the task under the id of its run (an update admitted
+		// again runs under a new one), not under the update's id.
+		id := e.QueueTaskID
+		if id == "" {
+			id = e.TaskID
+		}
 		m.pending.Add(1)
 		select {
-		case m.done <- completion{taskID: e.TaskID, at: m.cfg.Now()}:
+		case m.done <- completion{taskID: id, at: m.cfg.Now()}:
 		default:
 			m.pending.Add(-1)
 			m.completionLag.WithLabelValues("backlog_full").Inc()

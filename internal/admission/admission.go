@@ -217,6 +217,9 @@ func (s *Scheduler) admit(ctx context.Context, owner string, n int) ([]Ticket, t
 
 // Started is a claimed update's place in its organization's order.
 type Started struct {
+	// Held says the ticket was not claimed because its account was held or
+	// parked after it was admitted: the update went back to its lane.
+	Held bool
 	// Seq is its place in its organization's line.
 	Seq int64
 	// Origin is the place of its first enqueue (a replay keeps it).
@@ -230,6 +233,9 @@ func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner strin
 	res, err := s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()).Int64Slice()
 	if err != nil {
 		return Started{}, false, fmt.Errorf("admission: start %s: %w", id, err)
+	}
+	if len(res) > 0 && res[0] == 2 {
+		return Started{Held: true}, false, nil
 	}
 	if len(res) < 3 || res[0] != 1 {
 		return Started{}, false, nil
@@ -310,7 +316,9 @@ type Feedback int
 
 // Kinds of feedback.
 const (
-	// Limited: a 429. The account's admitted rate halves, and where it hurt is remembered.
+	// Limited: a 429. The account's admitted rate halves, and where it hurt
+	// is remembered; the other 429s of the same burst (answered while the
+	// account is held, or before the halved interval passed) halve it no more.
 	Limited Feedback = iota + 1
 	// Accepted: a request that was not refused for rate. The rate grows back:
 	// quickly to 85 % of where it last hurt, slowly past it, never above the
@@ -370,13 +378,18 @@ func (s *Scheduler) RateLimited(ctx context.Context, account string, until time.
 		}
 		return ScopeToken, s.learn(ctx, "", "limit", s.intervalMS(stated))
 	}
-	if err := s.Hold(ctx, account, until, reason, status); err != nil {
-		return ScopeAccount, err
-	}
+	// Learn before holding: a 429 of an account already held is one of the
+	// same burst and teaches nothing new.
+	var err error
 	if !stated.IsZero() {
-		return ScopeAccount, s.LearnLimit(ctx, account, stated)
+		err = s.LearnLimit(ctx, account, stated)
+	} else {
+		err = s.Learn(ctx, account, Limited)
 	}
-	return ScopeAccount, s.Learn(ctx, account, Limited)
+	if herr := s.Hold(ctx, account, until, reason, status); herr != nil {
+		return ScopeAccount, herr
+	}
+	return ScopeAccount, err
 }
 
 func (s *Scheduler) learn(ctx context.Context, account, kind string, value float64) error {

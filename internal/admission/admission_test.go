@@ -412,7 +412,7 @@ func TestLearnedRate(t *testing.T) {
 	t.Parallel()
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
-		s, _ := newTest(t, rdb, Config{Account: ratelimit.Limit{Requests: 5, Window: time.Second}})
+		s, clk := newTest(t, rdb, Config{Account: ratelimit.Limit{Requests: 5, Window: time.Second}})
 		rate := func() float64 {
 			t.Helper()
 			st, err := s.Account(ctx, "A")
@@ -428,6 +428,13 @@ func TestLearnedRate(t *testing.T) {
 		if r := rate(); r != 2.5 {
 			t.Fatalf("after a 429: %v/s; want half of 5/s", r)
 		}
+		// The other 429s of the same burst (answered before the halved
+		// interval passed) halve nothing more.
+		_ = s.Learn(ctx, "A", Limited)
+		if r := rate(); r != 2.5 {
+			t.Fatalf("after a second 429 of the same burst: %v/s; want still 2.5/s", r)
+		}
+		clk.add(time.Second)
 		_ = s.Learn(ctx, "A", Limited)
 		if r := rate(); r != 1.25 {
 			t.Fatalf("after two 429s: %v/s; want 1.25/s", r)
@@ -598,6 +605,37 @@ func TestFailingAccountHoldsItsLane(t *testing.T) {
 		_ = s.Learn(ctx, "A", Accepted)
 		if d, _ := s.Failed(ctx, "A"); d != 0 {
 			t.Errorf("a failure after a success held the lane for %v; the count should have restarted", d)
+		}
+	})
+}
+
+// TestStartAfterAHoldPutsTheUpdateBack: an update admitted before its
+// account was held (a 429 of an earlier one) is not started: it goes back to
+// its lane, unsent, and waits out the hold.
+func TestStartAfterAHoldPutsTheUpdateBack(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		s, clk := newTest(t, rdb, Config{})
+		add(t, s, "a1", "A", "o1")
+		add(t, s, "a2", "A", "o2")
+		tickets, _, _ := s.Admit(ctx, "p")
+		if len(tickets) != 2 {
+			t.Fatalf("admitted %d; want both", len(tickets))
+		}
+		if err := s.Hold(ctx, "A", t0.Add(5*time.Second), "429", 429); err != nil {
+			t.Fatal(err)
+		}
+		st, ok, err := s.Start(ctx, "a2", tickets[1].Gen, "w")
+		if err != nil || ok || !st.Held {
+			t.Fatalf("Start after the hold = %+v, %v, %v; want it put back", st, ok, err)
+		}
+		if got, next := admit(t, s); len(got) != 0 || !next.Equal(t0.Add(5*time.Second)) {
+			t.Fatalf("admitted %v, next %v; want nothing until the hold ends", got, next.Sub(t0))
+		}
+		clk.set(t0.Add(5 * time.Second))
+		if got, _ := admit(t, s); !cmp.Equal(got, []string{"a2"}) {
+			t.Errorf("after the hold admitted %v; want a2", got)
 		}
 	})
 }

@@ -13,7 +13,8 @@
 --                  og (origin: the sequence number of its first enqueue, kept
 --                  by replays), gen (admission generation), state, owner
 --   acct:<a>       HASH n (updates held), tat (next slot), iv (learned
---                  interval), known (interval at the last 429), until, hwhy,
+--                  interval), known (interval at the last 429), lcut (until
+--                  when a 429 is the last one's burst), until, hwhy,
 --                  hstatus, hsince (a hold), parked, pstatus, psince (a park)
 --   token          STRING the API token's next slot (pushed out by a 429 of the token's)
 --   acct:          HASH (the empty account name) the token's learned rate
@@ -174,11 +175,23 @@ elseif op == 'admit' then
 
 elseif op == 'start' then
   -- id, gen, owner, lease_ms. {1, seq, origin}: the caller runs it; {0}: a
-  -- stale ticket.
+  -- stale ticket; {2}: its account was held or parked since: it went back.
   local id = ARGV[3]
   local uk = ukey(id)
-  local h = redis.call('HMGET', uk, 'gen', 'state', 'seq', 'og')
+  local h = redis.call('HMGET', uk, 'gen', 'state', 'seq', 'og', 'a', 'o')
   if h[1] ~= ARGV[4] or (h[2] ~= 'admitted' and h[2] ~= 'running') then return {0} end
+  local ast = redis.call('HMGET', akey(h[5]), 'parked', 'until')
+  if h[2] == 'admitted' and (ast[1] or tonumber(ast[2] or '0') > now
+      or redis.call('EXISTS', B .. 'parked_all') == 1) then
+    -- Held or parked since it was admitted (a 429 of an update admitted
+    -- before it): back to its lane, under a new generation, unsent.
+    redis.call('ZREM', B .. 'admitted', id)
+    redis.call('HINCRBY', uk, 'gen', 1)
+    redis.call('HSET', uk, 'state', 'waiting')
+    ready(h[5], h[6], id, now)
+    if redis.call('DEL', B .. 'cap') == 1 then wake() end
+    return {2}
+  end
   redis.call('ZREM', B .. 'admitted', id)
   redis.call('ZADD', B .. 'running', now + tonumber(ARGV[6]), id)
   redis.call('HSET', uk, 'state', 'running', 'owner', ARGV[5])
@@ -296,12 +309,16 @@ elseif op == 'learn' then
   local a, kind = ARGV[3], ARGV[4]
   local civ, base, maxIv, value = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local ak = akey(a)
-  local st = redis.call('HMGET', ak, 'iv', 'known')
+  local st = redis.call('HMGET', ak, 'iv', 'known', 'until', 'lcut')
   local iv = math.max(tonumber(st[1] or '0'), civ)
   local known = tonumber(st[2] or '0')
   if kind == 'limited' then
+    -- One halving per burst: the other 429s of requests sent before it (the
+    -- account is held, or the new interval has not passed yet) say nothing new.
+    if tonumber(st[3] or '0') > now or tonumber(st[4] or '0') > now then return 0 end
     if iv <= 0 then iv = base end
-    redis.call('HSET', ak, 'known', num(iv), 'iv', num(math.min(iv * 2, maxIv)))
+    local niv = math.min(iv * 2, maxIv)
+    redis.call('HSET', ak, 'known', num(iv), 'iv', num(niv), 'lcut', num(now + niv))
   elseif kind == 'limit' then
     if value > civ then
       redis.call('HSET', ak, 'iv', num(math.max(value, iv)), 'known', num(value * 0.85))

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
@@ -33,7 +34,13 @@ type pipeline struct {
 	stop     context.CancelFunc
 	done     chan error
 	mu       sync.Mutex
-	events   map[string]int
+	events   map[string]int // handler runs by outcome
+	// runs counts handler runs by account; idle counts the runs that sent
+	// no request (with admission, only a stale ticket or an update the
+	// ledger already knew: never a wait).
+	runs map[string]int
+	idle int
+	sent int // requests the handler runs sent
 	// accountOf is the account of each idempotency key enqueued: keys belong
 	// to accounts, and the tests' keys are unique across accounts.
 	accountOf map[string]string
@@ -78,7 +85,7 @@ func testConfig(redisURL, baseURL string) Config {
 
 func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}, accountOf: map[string]string{}}
+	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}, runs: map[string]int{}, accountOf: map[string]string{}}
 	p.rdb = p.redis.Client()
 	p.fake = trutotest.NewServer(testToken, trutotest.WithFaults(faults), trutotest.WithSeed(1))
 	t.Cleanup(p.fake.Close)
@@ -89,11 +96,7 @@ func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) 
 	p.store = tasks.NewStore(p.rdb, tasks.WithResultTTL(cfg.ResultTTL))
 	p.producer = tasks.NewProducer(p.store)
 	t.Cleanup(func() { _ = p.producer.Close() })
-	w, err := New(context.Background(), cfg, WithLogger(NewLogger(io.Discard, "error")), WithObserver(func(e tasks.Event) {
-		p.mu.Lock()
-		p.events[e.Outcome]++
-		p.mu.Unlock()
-	}))
+	w, err := New(context.Background(), cfg, WithLogger(NewLogger(io.Discard, "error")), WithObserver(p.observe))
 	if err != nil {
 		t.Fatalf("worker.New: %v", err)
 	}
@@ -103,6 +106,30 @@ func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) 
 	go func() { p.done <- w.Run(ctx) }()
 	t.Cleanup(p.shutdown)
 	return p
+}
+
+// observe counts one handler run.
+func (p *pipeline) observe(e tasks.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.events[e.Outcome]++
+	p.runs[e.Account]++
+	if e.Sent == 0 {
+		p.idle++
+	}
+	p.sent += e.Sent
+}
+
+// counts returns the handler runs of account, the runs by outcome and the
+// runs that sent nothing, so far.
+func (p *pipeline) counts(account string) (runs int, events map[string]int, idle int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	events = make(map[string]int, len(p.events))
+	for k, v := range p.events {
+		events[k] = v
+	}
+	return p.runs[account], events, p.idle
 }
 
 func (p *pipeline) shutdown() {
@@ -205,6 +232,22 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 		t.Errorf("dead letters = %d, want 0", dl)
 	}
 	t.Logf("fake: %d requests, %d effects, %d idempotent replays, by status %v", stats.Requests, stats.Effects, stats.Replays, stats.ByStatus)
+	// Every run sends: waiting happens in admission, never in a run. Each
+	// update has one completing run, plus one run per transient failure.
+	// (A run is observed just after its ledger write: wait for the last ones.)
+	var events map[string]int
+	var idle, sent int
+	waitFor(t, "every run observed", time.Minute, func() (bool, string) {
+		_, events, idle = p.counts("")
+		p.mu.Lock()
+		sent = p.sent
+		p.mu.Unlock()
+		return events[tasks.OutcomeCompleted] >= n && sent >= stats.Requests, fmt.Sprint(events, sent)
+	})
+	wantEvents := map[string]int{tasks.OutcomeCompleted: n, tasks.OutcomeRetry: events[tasks.OutcomeRetry]}
+	if diff := cmp.Diff(wantEvents, events); diff != "" || idle != 0 || sent != stats.Requests {
+		t.Errorf("handler runs by outcome (-want +got):\n%s\n%d runs sent nothing; runs sent %d requests, the fake saw %d", diff, idle, sent, stats.Requests)
+	}
 	// A stored result is readable by task id.
 	st, err := p.store.Status(context.Background(), p.taskID(keys[0]), nil)
 	if err != nil || st.State != tasks.StatusCompleted || st.Result == nil || st.Result.StatusCode != 200 {

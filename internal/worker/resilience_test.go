@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
@@ -44,6 +46,18 @@ func (p *pipeline) waitAllCompleted(keys []string, timeout time.Duration) {
 	})
 }
 
+// settledRuns waits until the handler runs of the completed updates keys
+// have all been observed (a run is observed just after its ledger write),
+// then returns the runs by outcome and how many sent no request.
+func (p *pipeline) settledRuns(keys []string) (events map[string]int, idle int) {
+	p.t.Helper()
+	waitFor(p.t, "every completing run observed", time.Minute, func() (bool, string) {
+		_, events, idle = p.counts("")
+		return events[tasks.OutcomeCompleted] >= len(keys), fmt.Sprint(events)
+	})
+	return events, idle
+}
+
 // TestOutageMidRun: a 30-second outage in the middle of thousands of updates.
 // The circuit opens, updates wait without spending budget, none is
 // dead-lettered, and the backlog drains within seconds of recovery.
@@ -71,6 +85,11 @@ func TestOutageMidRun(t *testing.T) {
 		outage, before.Effects, after.ByStatus[503]-before.ByStatus[503], st.ClosedAt.Sub(outageEnd).Seconds(), drain.Seconds(), maxSpent, st.Reason)
 	if maxSpent > 3 {
 		t.Errorf("an update spent %d of its budget during one outage; the circuit should have made them wait", maxSpent)
+	}
+	// While the circuit is open nothing is admitted but its probes: no run
+	// only to be told to wait.
+	if events, idle := p.settledRuns(keys); idle != 0 || events[tasks.OutcomeWaiting] != 0 {
+		t.Errorf("runs by outcome %v, %d of them sent nothing; want no waits and no idle runs", events, idle)
 	}
 }
 
@@ -134,15 +153,23 @@ func TestRateLimitStorm(t *testing.T) {
 	if early != 0 {
 		t.Errorf("%d requests reached a throttled account before its Retry-After", early)
 	}
+	// A held account's updates wait in admission: the only runs are the ones
+	// that applied an update and the ones that were answered 429.
+	events, idle := p.settledRuns(keys)
+	if diff := cmp.Diff(map[string]int{tasks.OutcomeCompleted: n, tasks.OutcomeWaiting: storms}, events); diff != "" || idle != 0 {
+		t.Errorf("handler runs by outcome (-want +got):\n%s%d runs sent nothing", diff, idle)
+	}
 }
 
-// TestParkedAccountAmongHealthy: one account answers 401 (needs re-auth). Its
-// updates wait, none dead-lettered and none spending budget, while the other
-// accounts finish; resuming it after the fix applies the rest.
+// TestParkedAccountAmongHealthy: one account answers 401 (needs re-auth). It
+// is parked: its updates stay in admission and are not run at all (no handler
+// run, no request, no budget, no dead letter) while the other accounts finish,
+// even healthy updates enqueued after the park; resuming it after the fix
+// applies the rest, one run each.
 func TestParkedAccountAmongHealthy(t *testing.T) {
 	t.Parallel()
 	faults := trutotest.Faults{AccountStatus: map[string]int{"acct-bad": 401}}
-	p := startPipeline(t, faults, func(c *Config) { c.Policy.ParkedRecheck = 300 * time.Millisecond })
+	p := startPipeline(t, faults, nil)
 	const n = 400
 	account := func(i int) string {
 		if i%4 == 0 {
@@ -174,18 +201,44 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 		}
 		return c
 	}
-	atPark := sentBad()
-	// Let every parked update look again at least twice: none may send.
-	p.mu.Lock()
-	waitsBefore := p.events[tasks.OutcomeWaiting]
-	p.mu.Unlock()
-	waitFor(t, "parked updates re-checking", time.Minute, func() (bool, string) {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return p.events[tasks.OutcomeWaiting]-waitsBefore >= 2*len(bad), fmt.Sprint(p.events)
+	// The runs that met the 401 before the park took effect end by putting
+	// their update back: then every update of the account waits in admission.
+	adm := p.store.Scheduler()
+	waitFor(t, "acct-bad's updates all back in admission", time.Minute, func() (bool, string) {
+		st, err := adm.Account(ctx, "acct-bad")
+		all, _ := adm.Stats(ctx)
+		runs, _, _ := p.counts("acct-bad")
+		sent := sentBad()
+		return err == nil && st.Waiting == int64(len(bad)) && all.Admitted == 0 && all.Running == 0 && runs == sent,
+			fmt.Sprintf("%+v %+v %v; %d runs observed for %d requests", st, all, err, runs, sent)
 	})
-	if got := sentBad(); got != atPark {
-		t.Errorf("a parked account got %d more requests", got-atPark)
+	runsAtPark, _, _ := p.counts("acct-bad")
+	atPark := sentBad()
+	if st, _ := adm.Account(ctx, "acct-bad"); !st.NextAdmission.IsZero() || st.Parked == "" {
+		t.Errorf("parked account in admission: %+v; want parked and not scheduled", st)
+	}
+	// Healthy work enqueued after the park goes through, and the admitter
+	// makes several passes, while the parked account's updates are not run.
+	passes, _ := p.worker.admitter.Passes()
+	later := make([]string, 0, 60)
+	for i := range 60 {
+		k := fmt.Sprintf("later-%03d", i)
+		u := tasks.Update{ID: fmt.Sprintf("later-org-%03d", i), IntegratedAccountID: fmt.Sprintf("acct-%d", 1+i%3),
+			IdempotencyKey: k, Body: jsonRaw(`{"seq":0}`)}
+		if err := p.enqueueOne(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		later = append(later, k)
+	}
+	p.waitAllCompleted(later, time.Minute)
+	waitFor(t, "the admitter's passes", time.Minute, func() (bool, string) {
+		now, _ := p.worker.admitter.Passes()
+		return now >= passes+5, fmt.Sprint(now - passes)
+	})
+	runsParked, _, _ := p.counts("acct-bad")
+	if runsParked != runsAtPark || sentBad() != atPark {
+		t.Errorf("while parked, acct-bad had %d more handler runs and %d more requests; want none",
+			runsParked-runsAtPark, sentBad()-atPark)
 	}
 	if dl, _ := p.store.CountDeadLetters(ctx); dl != 0 {
 		t.Fatalf("%d dead letters for a parked account, want 0", dl)
@@ -196,11 +249,23 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 		t.Fatalf("resume: %v %v", ok, err)
 	}
 	p.waitAllCompleted(bad, time.Minute)
-	if maxSpent := p.verdict(keys); maxSpent != 0 {
+	if maxSpent := p.verdict(append(keys, later...)); maxSpent != 0 {
 		t.Errorf("parking spent budget: max %d", maxSpent)
 	}
-	t.Logf("parked account: %d requests before it was parked (in flight at the time), 0 after, 0 dead letters; %d healthy updates done meanwhile",
-		atPark, len(good))
+	// After the resume: one run per update, each applying it. (A run is
+	// observed just after its ledger write: wait for the last ones.)
+	waitFor(t, "the runs after the resume observed", time.Minute, func() (bool, string) {
+		runs, _, _ := p.counts("acct-bad")
+		return runs-runsParked >= len(bad), fmt.Sprint(runs - runsParked)
+	})
+	runsAfter, _, idle := p.counts("acct-bad")
+	if got := runsAfter - runsParked; got != len(bad) || idle != 0 {
+		t.Errorf("after the resume acct-bad had %d handler runs for %d updates (and %d runs sent nothing); want one each",
+			got, len(bad), idle)
+	}
+	t.Logf("parked account: %d handler runs and %d requests before it was parked (in flight at the time), 0 while parked "+
+		"(%d healthy updates done meanwhile), %d runs for %d updates after the resume",
+		runsAtPark, atPark, len(good)+len(later), runsAfter-runsParked, len(bad))
 }
 
 // TestSharedLimitAcrossWorkers: three workers share tight per-account limits:
@@ -287,11 +352,13 @@ func TestInterleavedUpdatesKeepOrder(t *testing.T) {
 			t.Errorf("org-%03d ends as %v, want v%d", o, org["name"], perOrg-1)
 		}
 	}
-	p.mu.Lock()
-	waits := p.events[tasks.OutcomeWaiting]
-	p.mu.Unlock()
-	t.Logf("%d organizations x %d updates: %d requests (%v), %d effects, 0 out of order; %d waits in line",
-		orgs, perOrg, stats.Requests, stats.ByStatus, stats.Effects, waits)
+	// An organization's later updates wait in admission, not in runs.
+	events, idle := p.settledRuns(keys)
+	if events[tasks.OutcomeWaiting] != 0 || idle != 0 {
+		t.Errorf("runs by outcome %v, %d sent nothing; want no runs spent waiting in line", events, idle)
+	}
+	t.Logf("%d organizations x %d updates: %d requests (%v), %d effects, 0 out of order; runs by outcome %v",
+		orgs, perOrg, stats.Requests, stats.ByStatus, stats.Effects, events)
 }
 
 // TestBusyAccountDoesNotStarveOthers: one account with a deep backlog and a
@@ -328,5 +395,9 @@ func TestBusyAccountDoesNotStarveOthers(t *testing.T) {
 	}
 	if p.fake.Stats().RateLimited != 0 {
 		t.Errorf("the fake answered %d 429s", p.fake.Stats().RateLimited)
+	}
+	// The big account's backlog waits in admission: no run of it is spent waiting.
+	if _, events, idle := p.counts(""); events[tasks.OutcomeWaiting] != 0 || idle != 0 {
+		t.Errorf("runs by outcome %v, %d sent nothing; want none spent waiting", events, idle)
 	}
 }
