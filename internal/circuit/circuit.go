@@ -30,12 +30,12 @@ const (
 
 // Config configures a Breaker. Zero fields take the defaults.
 type Config struct {
-	Window        time.Duration // outcomes older than this are forgotten
-	MinFailures   int           // failures in the window before the breaker may open
+	Window      time.Duration // outcomes older than this are forgotten
+	MinFailures int           // failures in the window before the breaker may open
 	// MinAccounts is how many accounts must have failed in the window before
 	// the breaker may open: one account's failing provider holds back that
 	// account's lane (admission), not everyone's.
-	MinAccounts int
+	MinAccounts   int
 	Threshold     float64       // failure fraction in the window that opens it
 	ProbeInterval time.Duration // one probe request per interval while open
 	Ramp          time.Duration // after closing, the admitted fraction grows from 10 % to 100 % over this
