@@ -54,6 +54,9 @@ type Event struct {
 	Latency    time.Duration
 	Reason     string
 	Sent       int // requests sent in this run
+	// QueueTaskID is the run's asynq task id ("<TaskID>.<generation>" for an
+	// admitted update), under which asynq retains the completed task.
+	QueueTaskID string
 }
 
 // Outcomes of one run.
@@ -167,7 +170,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return h.malformed(ctx, t, err)
 	}
 	r := &run{task: t, id: p.TaskID(), p: p}
-	r.ev = Event{TaskID: r.id, Account: p.IntegratedAccountID}
+	qid, _ := asynq.GetTaskID(ctx)
+	r.ev = Event{TaskID: r.id, QueueTaskID: qid, Account: p.IntegratedAccountID}
 	gen, probe, admitted := ticketOf(t)
 	if !admitted {
 		return h.join(ctx, r)

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -188,7 +189,8 @@ func (m *Metrics) Observe(e tasks.Event) {
 	if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" && e.TaskID != "" && m.cfg.Inspector != nil {
 		m.pending.Add(1)
 		select {
-		case m.done <- completion{taskID: e.TaskID, at: m.cfg.Now()}:
+		// An admitted update runs as "<task id>.<generation>": that task holds the payload.
+		case m.done <- completion{taskID: cmp.Or(e.QueueTaskID, e.TaskID), at: m.cfg.Now()}:
 		default:
 			m.pending.Add(-1)
 			m.completionLag.WithLabelValues("backlog_full").Inc()
