@@ -363,6 +363,9 @@ func waitSettled(ctx context.Context, store *tasks.Store, breaker *circuit.Break
 }
 
 func waitLine(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
 	names := make([]string, 0, len(m))
 	for k := range m {
 		names = append(names, k)
