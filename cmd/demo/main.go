@@ -92,15 +92,16 @@ func parse(args []string, stderr io.Writer) (settings, error) {
 	return s, nil
 }
 
-// tally counts the handler's events.
+// tally counts the handler's events: each tasks.Event is one run of the handler.
 type tally struct {
-	completed, retried, waited, dead atomic.Int64
-	mu                               sync.Mutex
-	deadWhy                          map[string]int
-	waitWhy                          map[string]int
+	runs, completed, retried, waited, dead atomic.Int64
+	mu                                     sync.Mutex
+	deadWhy                                map[string]int
+	waitWhy                                map[string]int
 }
 
 func (t *tally) observe(e tasks.Event) {
+	t.runs.Add(1) // every run, whatever its outcome (a stale ticket, a ledger-answered re-run included)
 	switch e.Outcome {
 	case tasks.OutcomeCompleted:
 		if e.Class != "skipped" { // "skipped": a re-run the ledger answered; not a new application
@@ -135,8 +136,12 @@ type Report struct {
 	Seconds     float64         `json:"seconds"`
 }
 
-// PhaseReport is the state at the end of one pass.
+// PhaseReport is the state at the end of one pass. The counts are of
+// handler runs since the start (dead_lettered: in this pass); HandlerRuns is
+// every run whatever its outcome, so HandlerRuns minus the updates settled is
+// what waiting and retrying cost.
 type PhaseReport struct {
+	HandlerRuns  int64   `json:"handler_runs"`
 	Applied      int64   `json:"applied"`
 	Retried      int64   `json:"retried"`
 	Waited       int64   `json:"waited"`
@@ -222,7 +227,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	if s.outage > 0 {
 		time.AfterFunc(s.outageAfter, func() {
 			fake.StartOutage(trutotest.Outage503, s.outage)
-			say("\n   !! upstream outage: the fake answers 503 for %s; the circuit opens and updates wait (no budget spent) until a probe succeeds", s.outage)
+			say("\n   !! upstream outage: the fake answers 503 for %s; the circuit opens and admission holds the updates back (no run, no budget spent) until a probe succeeds", s.outage)
 		})
 	}
 	p1start := time.Now()
@@ -231,7 +236,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		return err
 	}
 	rep := Report{Updates: s.updates, DeadReasons: map[string]int{}, WaitReasons: map[string]int{}}
-	rep.Phase1 = PhaseReport{Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
+	rep.Phase1 = PhaseReport{HandlerRuns: t.runs.Load(), Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
 		DeadLettered: t.dead.Load(), Seconds: time.Since(p1start).Seconds()}
 	t.mu.Lock()
 	for k, v := range t.deadWhy {
@@ -241,9 +246,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		rep.WaitReasons[k] = v
 	}
 	t.mu.Unlock()
-	say("\n   first pass: %d applied, %d retries after transient failures, %d waits (no budget spent), %d dead-lettered, in %.1fs",
-		rep.Phase1.Applied, rep.Phase1.Retried, rep.Phase1.Waited, rep.Phase1.DeadLettered, rep.Phase1.Seconds)
-	say("   waits by reason: %s", waitLine(rep.WaitReasons))
+	say("\n   first pass: %d handler runs: %d applied, %d retries after transient failures, %d put back to wait (no budget spent), %d dead-lettered, in %.1fs",
+		rep.Phase1.HandlerRuns, rep.Phase1.Applied, rep.Phase1.Retried, rep.Phase1.Waited, rep.Phase1.DeadLettered, rep.Phase1.Seconds)
+	say("   put back by reason: %s (waiting for an organization's turn, a rate-limit slot or the circuit costs no run)", waitLine(rep.WaitReasons))
 	for why, n := range rep.DeadReasons {
 		say("   dead-lettered %d x %s", n, why)
 	}
@@ -267,7 +272,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	if err := waitSettled(ctx, store, breaker, t, int64(s.updates), fake, tty, stderr); err != nil {
 		return err
 	}
-	rep.Phase2 = PhaseReport{Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
+	rep.Phase2 = PhaseReport{HandlerRuns: t.runs.Load(), Applied: t.completed.Load(), Retried: t.retried.Load(), Waited: t.waited.Load(),
 		DeadLettered: t.dead.Load(), Seconds: time.Since(p2start).Seconds()}
 
 	rep.Fake = fake.Stats()
@@ -340,8 +345,8 @@ func waitSettled(ctx context.Context, store *tasks.Store, breaker *circuit.Break
 			if c, err := breaker.State(ctx); err == nil && c.Open {
 				cs = "OPEN"
 			}
-			fmt.Fprintf(stderr, "\r   applied %5d/%d  retried %4d  waits %5d  dead %3d  circuit %-6s | fake: %5d requests, 429s %4d, 503s %4d ",
-				done, n, t.retried.Load(), t.waited.Load(), dead, cs, st.Requests, st.RateLimited, st.ByStatus[503])
+			fmt.Fprintf(stderr, "\r   runs %5d  applied %5d/%d  retried %4d  put back %4d  dead %3d  circuit %-6s | fake: %5d requests, 429s %4d, 503s %4d ",
+				t.runs.Load(), done, n, t.retried.Load(), t.waited.Load(), dead, cs, st.Requests, st.RateLimited, st.ByStatus[503])
 		}
 		if done+dead >= n {
 			if tty {
@@ -358,6 +363,9 @@ func waitSettled(ctx context.Context, store *tasks.Store, breaker *circuit.Break
 }
 
 func waitLine(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
 	names := make([]string, 0, len(m))
 	for k := range m {
 		names = append(names, k)

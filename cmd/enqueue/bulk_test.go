@@ -82,8 +82,11 @@ func TestBulkMixedFile(t *testing.T) {
 		tasks.TaskID("acc1", tasks.RunKey("mixed", 9, []byte(validLine("o9")))),
 		tasks.TaskID("acc1", tasks.RunKey("mixed", 10, []byte(lines[9]))),
 	}
-	if diff := cmp.Diff(wantIDs, f.pendingIDs(t, tasks.DefaultQueue), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
-		t.Errorf("pending task ids (-want +got):\n%s", diff)
+	if diff := cmp.Diff(wantIDs, f.inAdmission(t, wantIDs...)); diff != "" {
+		t.Errorf("task ids in admission (-want +got):\n%s", diff)
+	}
+	if n := f.held(t, "acc1"); n != int64(len(wantIDs)) {
+		t.Errorf("admission holds %d updates, want exactly the %d valid lines", n, len(wantIDs))
 	}
 }
 
@@ -115,8 +118,8 @@ func TestBulkRerunSameRun(t *testing.T) {
 			t.Errorf("%s: summary (-want +got):\n%s", tt.name, diff)
 		}
 	}
-	if n := f.queueSize(t, tasks.DefaultQueue); n != 100 {
-		t.Errorf("queue holds %d tasks, want 100", n)
+	if n := f.held(t, "acc1"); n != 100 {
+		t.Errorf("admission holds %d updates, want 100", n)
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/go-cmp/cmp/cmpopts"
-	"github.com/hibiken/asynq"
 
 	"github.com/orgsync/orgsync/tasks"
 )
@@ -133,7 +131,6 @@ func replaySummaryOf(t *testing.T, f *fixture, wantCode int, args ...string) (re
 
 func TestDLQReplay(t *testing.T) {
 	t.Parallel()
-	sorted := cmpopts.SortSlices(func(a, b string) bool { return a < b })
 	t.Run("dry run changes nothing", func(t *testing.T) {
 		t.Parallel()
 		f, ds := dlqFixture(t)
@@ -141,8 +138,8 @@ func TestDLQReplay(t *testing.T) {
 		if diff := cmp.Diff(replaySummary{WouldReplay: 5, Skipped: 1}, got); diff != "" {
 			t.Errorf("summary (-want +got):\n%s", diff)
 		}
-		if n := f.queueSize(t, tasks.DefaultQueue); n != 0 {
-			t.Errorf("queue holds %d tasks, want 0", n)
+		if n := f.held(t, "acc1", "acc2", "acc3"); n != 0 {
+			t.Errorf("admission holds %d updates, want 0", n)
 		}
 		if n := len(f.deadIDs(t)); n != len(ds) {
 			t.Errorf("%d dead letters left, want %d", n, len(ds))
@@ -158,12 +155,12 @@ func TestDLQReplay(t *testing.T) {
 		if !strings.Contains(r.stderr, idOf("k2")+": replayed") {
 			t.Errorf("verbose stderr %q does not list the record", r.stderr)
 		}
-		if diff := cmp.Diff(ids("k2"), f.pendingIDs(t, tasks.DefaultQueue)); diff != "" {
-			t.Errorf("pending (-want +got):\n%s", diff)
+		if n := f.held(t, "acc1", "acc2", "acc3"); n != 1 {
+			t.Errorf("admission holds %d updates, want the one replayed", n)
 		}
-		p, info := f.payload(t, idOf("k2"))
-		if info.State != asynq.TaskStatePending || p.IdempotencyKey != "k2" || p.Replays != 1 || p.MaxRetry != 7 {
-			t.Errorf("replayed task: state %v key %q replays %d max retry %d; want pending, k2, 1, 7", info.State, p.IdempotencyKey, p.Replays, p.MaxRetry)
+		p, st := f.payload(t, idOf("k2"))
+		if st.State != "waiting" || p.IdempotencyKey != "k2" || p.Replays != 1 || p.MaxRetry != 7 {
+			t.Errorf("replayed update: state %q key %q replays %d max retry %d; want waiting, k2, 1, 7", st.State, p.IdempotencyKey, p.Replays, p.MaxRetry)
 		}
 		if slices.Contains(f.deadIDs(t), idOf("k2")) {
 			t.Errorf("dead letter of k2 is still there")
@@ -176,8 +173,11 @@ func TestDLQReplay(t *testing.T) {
 		if diff := cmp.Diff(replaySummary{Replayed: 2}, got); diff != "" {
 			t.Errorf("summary (-want +got):\n%s", diff)
 		}
-		if diff := cmp.Diff(ids("k1", "k4"), f.pendingIDs(t, tasks.DefaultQueue), sorted); diff != "" {
-			t.Errorf("pending (-want +got):\n%s", diff)
+		if diff := cmp.Diff(ids("k1", "k4"), f.inAdmission(t, ids("k1", "k4")...)); diff != "" {
+			t.Errorf("in admission (-want +got):\n%s", diff)
+		}
+		if n := f.held(t, "acc1", "acc2", "acc3"); n != 2 {
+			t.Errorf("admission holds %d updates, want the two replayed", n)
 		}
 		if diff := cmp.Diff(append([]string{ds[0].TaskID}, ids("k2", "k3", "k5")...), f.deadIDs(t)); diff != "" {
 			t.Errorf("dead letters left (-want +got):\n%s", diff)
@@ -253,8 +253,11 @@ func TestDLQExportPurgeBulkRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(bulkSummary{Read: 2, Enqueued: 2}, sum, ignoreTiming); diff != "" {
 		t.Errorf("bulk after purge (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(ids("k1", "k2"), f.pendingIDs(t, tasks.DefaultQueue), cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+	if diff := cmp.Diff(ids("k1", "k2"), f.inAdmission(t, ids("k1", "k2")...)); diff != "" {
 		t.Errorf("re-enqueued task ids (-want +got):\n%s", diff)
+	}
+	if n := f.held(t, "acc1"); n != 2 {
+		t.Errorf("admission holds %d updates of acc1, want the two re-enqueued", n)
 	}
 }
 
@@ -318,16 +321,28 @@ func TestPurgeDropsArchivedCopy(t *testing.T) {
 	if _, err := f.producer.Enqueue(ctx, u); err != nil {
 		t.Fatal(err)
 	}
-	// As the worker leaves it: asynq's archive mirrors the dead letter.
-	if err := f.ins.ArchiveTask(tasks.DefaultQueue, tasks.TaskID("a", "arch")); err != nil {
+	// As the worker leaves a dead update: admitted and handed to asynq under
+	// its run's task id, archived there as a mirror of the dead letter, and
+	// gone from admission.
+	tickets := f.deliver(t)
+	if len(tickets) != 1 {
+		t.Fatalf("admitted %d updates, want 1", len(tickets))
+	}
+	runID := tasks.RunTaskID(tickets[0].ID, tickets[0].Gen)
+	if err := f.ins.ArchiveTask(tasks.DefaultQueue, runID); err != nil {
 		t.Fatal(err)
 	}
-	f.putDeadLetters(t, deadLetter("arch", "a", "o", 422, "permanent", time.Now()))
+	if _, err := f.store.Scheduler().Finish(ctx, tickets[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	d := deadLetter("arch", "a", "o", 422, "permanent", time.Now())
+	d.QueueTaskID = runID
+	f.putDeadLetters(t, d)
 	if r := cli(t, f.srv, "", "dlq", "purge", tasks.TaskID("a", "arch"), "--yes"); r.code != 0 {
 		t.Fatalf("purge: exit %d, stderr %q", r.code, r.stderr)
 	}
-	if _, err := f.ins.GetTaskInfo(tasks.DefaultQueue, tasks.TaskID("a", "arch")); err == nil {
-		t.Errorf("the archived copy is still in asynq; it would block the key")
+	if _, err := f.ins.GetTaskInfo(tasks.DefaultQueue, runID); err == nil {
+		t.Errorf("the archived copy is still in asynq; the queue UI would still list it as dead")
 	}
 	if _, err := f.producer.Enqueue(ctx, u); err != nil {
 		t.Errorf("enqueue under the purged key: %v", err)

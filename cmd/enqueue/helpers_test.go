@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
 )
@@ -103,24 +103,39 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{srv: srv, rdb: rdb, store: store, producer: p, ins: asynq.NewInspectorFromRedisClient(rdb)}
 }
 
-// pendingIDs lists the task ids pending in queue q (none when it never existed).
-func (f *fixture) pendingIDs(t *testing.T, q string) []string {
+// inAdmission returns those of ids that admission holds (waiting, admitted
+// or running), in the order given. The producer puts updates there, not in
+// asynq: asynq only ever sees an update once a worker's admitter admits it.
+func (f *fixture) inAdmission(t *testing.T, ids ...string) []string {
 	t.Helper()
-	infos, err := f.ins.ListPendingTasks(q, asynq.PageSize(10000))
-	if errors.Is(err, asynq.ErrQueueNotFound) {
-		return nil
+	out := []string{}
+	for _, id := range ids {
+		if _, ok, err := f.store.Scheduler().Update(context.Background(), id); err != nil {
+			t.Fatalf("admission state of %s: %v", id, err)
+		} else if ok {
+			out = append(out, id)
+		}
 	}
-	if err != nil {
-		t.Fatalf("list pending tasks of %s: %v", q, err)
-	}
-	var ids []string
-	for _, ti := range infos {
-		ids = append(ids, ti.ID)
-	}
-	return ids
+	return out
 }
 
-// queueSize counts the tasks of queue q in every state.
+// held counts the updates admission holds for these accounts: with
+// inAdmission, it proves admission holds exactly a given set of updates.
+func (f *fixture) held(t *testing.T, accounts ...string) int64 {
+	t.Helper()
+	var n int64
+	for _, a := range accounts {
+		st, err := f.store.Scheduler().Account(context.Background(), a)
+		if err != nil {
+			t.Fatalf("admission state of account %s: %v", a, err)
+		}
+		n += st.Waiting
+	}
+	return n
+}
+
+// queueSize counts the tasks of asynq queue q in every state (0 when it
+// never existed): enqueueing alone must leave asynq untouched.
 func (f *fixture) queueSize(t *testing.T, q string) int {
 	t.Helper()
 	queues, err := f.ins.Queues()
@@ -137,18 +152,38 @@ func (f *fixture) queueSize(t *testing.T, q string) int {
 	return qi.Size
 }
 
-// payload reads the payload of task id in the default queue.
-func (f *fixture) payload(t *testing.T, id string) (tasks.Payload, *asynq.TaskInfo) {
+// payload reads the payload and admission state of update id, failing the
+// test when admission does not hold it.
+func (f *fixture) payload(t *testing.T, id string) (tasks.Payload, admission.UpdateState) {
 	t.Helper()
-	info, err := f.ins.GetTaskInfo(tasks.DefaultQueue, id)
+	st, ok, err := f.store.Scheduler().Update(context.Background(), id)
 	if err != nil {
-		t.Fatalf("task %s: %v", id, err)
+		t.Fatalf("admission state of %s: %v", id, err)
 	}
-	p, err := tasks.DecodePayload(info.Payload)
+	if !ok {
+		t.Fatalf("update %s is not in admission", id)
+	}
+	p, err := tasks.DecodePayload(st.Payload)
 	if err != nil {
 		t.Fatalf("decode payload of %s: %v", id, err)
 	}
-	return p, info
+	return p, st
+}
+
+// deliver admits what can go now and hands it to asynq as a worker's
+// admitter does (the queue then exists in asynq), returning the tickets.
+func (f *fixture) deliver(t *testing.T) []admission.Ticket {
+	t.Helper()
+	ctx := context.Background()
+	tickets, _, err := f.store.Scheduler().Admit(ctx, "test-admitter")
+	if err != nil {
+		t.Fatalf("admit: %v", err)
+	}
+	client := asynq.NewClientFromRedisClient(f.rdb)
+	if err := tasks.Deliverer(client, time.Hour)(ctx, tickets); err != nil {
+		t.Fatalf("hand admitted updates to asynq: %v", err)
+	}
+	return tickets
 }
 
 // deadLetter builds a dead letter of a valid update with key key.

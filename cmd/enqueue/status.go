@@ -14,8 +14,9 @@ func (a *app) statusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status TASK_ID|IDEMPOTENCY_KEY [--account ACCOUNT] [--key | --task-id]",
 		Short: "Print everything known about one update",
-		Long: "Print the state of one update (pending, scheduled, active, retry, waiting, completed, dead),\n" +
-			"its attempts, last error, and the stored response when completed.\n" +
+		Long: "Print the state of one update (waiting in admission, and why; pending: admitted, in asynq's queue for\n" +
+			"the next free worker; active; completed; dead), its attempts, last error, and the stored response\n" +
+			"when completed.\n" +
 			"The reference is tried as a task id and as an idempotency key. Each integrated account has its own\n" +
 			"keys, so a key several accounts used, or a reference that is one update's task id and another's key,\n" +
 			"matches several updates: they are listed, and --account (the key's account), --key or --task-id picks one.\n" +
@@ -62,7 +63,7 @@ func (a *app) statusCmd() *cobra.Command {
 func (a *app) statsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stats",
-		Short: "Print queue counts, dead letters by status and class, account holds, the circuit, the oldest waiting update",
+		Short: "Print queue counts, admission (accounts scheduled, updates admitted and running, parks), dead letters by status and class, account holds, the circuit",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := a.connect(c.Context()); err != nil {

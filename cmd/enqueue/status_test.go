@@ -38,11 +38,14 @@ func TestStatus(t *testing.T) {
 			var got tasks.Status
 			decode(t, r, &got)
 			want := tasks.Status{TaskID: tasks.TaskID("acc1", "status-key"), IdempotencyKey: "status-key", Queue: tasks.DefaultQueue,
-				State: tasks.StatusPending, Update: &u}
+				State: tasks.StatusWaiting, Update: &u}
 			if diff := cmp.Diff(want, got, cmp.FilterPath(func(p cmp.Path) bool {
 				return p.Last().String() == ".NextAttemptAt" || p.Last().String() == ".Why"
 			}, cmp.Ignore())); diff != "" {
 				t.Errorf("status (-want +got):\n%s", diff)
+			}
+			if !strings.Contains(got.Why, "its account's turn") {
+				t.Errorf("why = %q, want it waiting for its account's turn", got.Why)
 			}
 		})
 	}
@@ -53,6 +56,83 @@ func TestStatus(t *testing.T) {
 			t.Errorf("exit %d stderr %q, want 1 naming the reference", r.code, r.stderr)
 		}
 	})
+}
+
+// TestStatusFollowsAdmission walks one update through admission and checks
+// the state and the why status reports at each step.
+func TestStatusFollowsAdmission(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	adm := f.store.Scheduler()
+	enqueue := func(org, key string, opts ...tasks.EnqueueOption) string {
+		t.Helper()
+		got, err := f.producer.Enqueue(ctx, tasks.Update{ID: org, IntegratedAccountID: "acc1", Body: json.RawMessage(`{}`), IdempotencyKey: key}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.TaskID
+	}
+	first, second := enqueue("org1", "first"), enqueue("org1", "second")
+	later := enqueue("org2", "later", tasks.At(time.Now().Add(time.Hour)))
+	type view struct{ State, Why string }
+	status := func(ref string) view {
+		t.Helper()
+		r := cli(t, f.srv, "", "status", ref, "--task-id")
+		if r.code != 0 {
+			t.Fatalf("status %s: exit %d, stderr %q", ref, r.code, r.stderr)
+		}
+		var got tasks.Status
+		decode(t, r, &got)
+		return view{got.State, got.Why}
+	}
+	check := func(step, ref, wantState, whyHas string) {
+		t.Helper()
+		got := status(ref)
+		if diff := cmp.Diff(wantState, got.State); diff != "" || !strings.Contains(got.Why, whyHas) {
+			t.Errorf("%s: state (-want +got):\n%s\nwhy %q, want it to contain %q", step, diff, got.Why, whyHas)
+		}
+	}
+	check("enqueued", second, tasks.StatusWaiting, "behind 1 earlier update(s) of its organization")
+	check("scheduled", later, tasks.StatusWaiting, "scheduled")
+
+	tickets := f.deliver(t)
+	if len(tickets) != 1 || tickets[0].ID != first {
+		t.Fatalf("admitted %+v, want only %s (one update of an organization at a time)", tickets, first)
+	}
+	check("admitted", first, tasks.StatusPending, "")
+	if _, ok, err := adm.Start(ctx, first, tickets[0].Gen, "test-worker"); err != nil || !ok {
+		t.Fatalf("start %s: %v %v", first, ok, err)
+	}
+	check("started", first, tasks.StatusActive, "")
+
+	// A 429 holds the account; the update goes back to its lane.
+	if err := f.store.PauseAccount(ctx, "acc1", time.Now().Add(time.Hour), 429, "slow down"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := adm.Retry(ctx, first, tickets[0].Gen, time.Time{}); err != nil || !ok {
+		t.Fatalf("retry %s: %v %v", first, ok, err)
+	}
+	check("held", first, tasks.StatusWaiting, "account rate limited until")
+	if err := f.store.ParkAccount(ctx, "acc1", 401, "credentials revoked"); err != nil {
+		t.Fatal(err)
+	}
+	check("parked", first, tasks.StatusWaiting, "account parked (credentials revoked)")
+	if err := f.store.ParkAccount(ctx, tasks.AllAccounts, 401, "token rejected"); err != nil {
+		t.Fatal(err)
+	}
+	check("all parked", first, tasks.StatusWaiting, "every account is parked (token rejected)")
+	for _, a := range []string{tasks.AllAccounts, "acc1"} {
+		if _, err := f.store.ResumeAccount(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("resumed", first, tasks.StatusWaiting, "its account's turn")
+
+	if _, err := adm.Finish(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	check("its predecessor finished", second, tasks.StatusWaiting, "its account's turn")
 }
 
 func TestStats(t *testing.T) {
@@ -79,8 +159,20 @@ func TestStats(t *testing.T) {
 	if got.DeadLetters != 1 || got.DeadByStatus["422"] != 1 || got.DeadByClass["permanent"] != 1 {
 		t.Errorf("dead letter stats = %+v, want one 422 permanent", got)
 	}
-	if len(got.Queues) != 1 || got.Queues[0].Queue != tasks.DefaultQueue || got.Queues[0].Pending != 2 {
-		t.Errorf("queues = %+v, want %s with 2 pending", got.Queues, tasks.DefaultQueue)
+	// Enqueued updates wait in admission: asynq has no queue until a worker admits one.
+	if len(got.Queues) != 0 {
+		t.Errorf("queues = %+v, want none before any update is admitted", got.Queues)
+	}
+	if got.Admission.Scheduled != 1 || got.Admission.Admitted != 0 || got.Admission.Running != 0 || got.Admission.Next.IsZero() {
+		t.Errorf("admission = %+v, want acc1 scheduled with its 2 updates, none admitted or running", got.Admission)
+	}
+
+	// Once a worker admits them, asynq's queue has them pending.
+	f.deliver(t)
+	r = cli(t, f.srv, "", "stats")
+	decode(t, r, &got)
+	if len(got.Queues) != 1 || got.Queues[0].Queue != tasks.DefaultQueue || got.Queues[0].Pending != 2 || got.Admission.Admitted != 2 {
+		t.Errorf("after admission: queues = %+v, admission %+v; want %s with 2 pending, 2 admitted", got.Queues, got.Admission, tasks.DefaultQueue)
 	}
 }
 
@@ -132,9 +224,14 @@ func TestAccounts(t *testing.T) {
 func TestAccountsTable(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	// ParkAccount refuses such an account id; a hold an older version wrote can still hold one.
-	hold := `{"account":"acc\u001b[31m","kind":"parked","reason":"bad\ntoken","status_code":401,"since":"2026-11-28T12:00:00Z"}`
-	if err := f.rdb.HSet(context.Background(), "orgsync:{accounts}:holds", "acc\x1b[31m", hold).Err(); err != nil {
+	ctx := context.Background()
+	// Reasons come from upstream answers; an account id with control
+	// characters cannot be enqueued or parked through the store, but the
+	// table must not trust what admission holds either.
+	if err := f.store.Scheduler().Park(ctx, "acc\x1b[31m", "bad\ntoken", 401); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.PauseAccount(ctx, "acc2", time.Now().Add(time.Hour), 429, "slow\x1b[0m down"); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb strings.Builder
@@ -143,8 +240,10 @@ func TestAccountsTable(t *testing.T) {
 	if code := a.execute(context.Background(), []string{"--redis-url", f.srv.URL(), "accounts", "list"}); code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, errb.String())
 	}
-	if !strings.HasPrefix(out.String(), "ACCOUNT") || !strings.Contains(out.String(), "bad token") || strings.Contains(out.String(), "\x1b") {
-		t.Errorf("table = %q, want a header and control characters neutralised", out.String())
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ACCOUNT") || !strings.Contains(lines[1], "bad token") ||
+		!strings.Contains(lines[2], "acc2") || strings.Contains(out.String(), "\x1b") {
+		t.Errorf("table = %q, want a header, the park and the hold, control characters neutralised", out.String())
 	}
 }
 
@@ -154,6 +253,7 @@ func TestQueuePauseResume(t *testing.T) {
 	if _, err := f.producer.Enqueue(context.Background(), tasks.Update{ID: "o", IntegratedAccountID: "a", Body: json.RawMessage(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
+	f.deliver(t) // asynq knows the queue once a worker has admitted an update to it
 	type answer struct {
 		Queue   string `json:"queue"`
 		Paused  bool   `json:"paused"`

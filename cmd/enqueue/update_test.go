@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/hibiken/asynq"
 
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
@@ -41,9 +40,14 @@ func TestUpdateHappyPath(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("output (-want +got):\n%s", diff)
 	}
-	p, info := f.payload(t, got.TaskID)
-	if info.State != asynq.TaskStatePending {
-		t.Errorf("state = %v, want pending", info.State)
+	// The producer puts it in admission, where it waits for a worker to
+	// admit it: asynq sees nothing yet.
+	p, st := f.payload(t, got.TaskID)
+	if st.State != "waiting" || !st.NotBefore.IsZero() {
+		t.Errorf("admission state %q, not before %v; want waiting, due now", st.State, st.NotBefore)
+	}
+	if n := f.queueSize(t, tasks.DefaultQueue); n != 0 {
+		t.Errorf("asynq queue holds %d tasks before any worker admitted one, want 0", n)
 	}
 	wantU := tasks.Update{ID: "org1", IntegratedAccountID: "acc1", Body: []byte(`{"name":"Acme"}`), IdempotencyKey: "k-1",
 		Options: trutoclient.Options{ResponseFormat: "raw", IgnoreRemoteData: true, ExcludeFields: []string{"licenses", "seats"},
@@ -59,7 +63,8 @@ func TestUpdateHappyPath(t *testing.T) {
 func TestUpdateGeneratesKeyAndSchedules(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	at := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	atTime := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	at := atTime.Format(time.RFC3339)
 	r := cli(t, f.srv, `{"a": 1}`, "update", "--id", "org1", "--account", "acc1", "--body-file", "-", "--at", at)
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
@@ -69,9 +74,9 @@ func TestUpdateGeneratesKeyAndSchedules(t *testing.T) {
 	if got.IdempotencyKey == "" || got.TaskID != tasks.TaskID("acc1", got.IdempotencyKey) || got.Status != "enqueued" {
 		t.Errorf("output = %+v, want a generated key and its task id", got)
 	}
-	p, info := f.payload(t, got.TaskID)
-	if info.State != asynq.TaskStateScheduled {
-		t.Errorf("state = %v, want scheduled", info.State)
+	p, st := f.payload(t, got.TaskID)
+	if st.State != "waiting" || !st.NotBefore.Equal(atTime) {
+		t.Errorf("admission state %q, not before %v; want waiting until %v", st.State, st.NotBefore, atTime)
 	}
 	if string(p.Body) != `{"a":1}` {
 		t.Errorf("body = %s, want the stdin body compacted", p.Body)
@@ -98,8 +103,8 @@ func TestUpdateDuplicate(t *testing.T) {
 	if !strings.Contains(second.stderr, "duplicate") {
 		t.Errorf("stderr %q does not say duplicate", second.stderr)
 	}
-	if n := f.queueSize(t, tasks.DefaultQueue); n != 1 {
-		t.Errorf("queue holds %d tasks, want 1", n)
+	if n := f.held(t, "acc1"); n != 1 {
+		t.Errorf("admission holds %d updates of acc1, want 1", n)
 	}
 }
 
@@ -154,8 +159,8 @@ func TestUpdateInvalid(t *testing.T) {
 		})
 	}
 	t.Cleanup(func() {
-		if n := f.queueSize(t, tasks.DefaultQueue); n != 0 {
-			t.Errorf("queue holds %d tasks after invalid updates, want 0", n)
+		if n := f.held(t, "acc1"); n != 0 {
+			t.Errorf("admission holds %d updates after invalid updates, want 0", n)
 		}
 	})
 }

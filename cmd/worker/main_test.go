@@ -28,4 +28,20 @@ func TestRunRefusesBadSettings(t *testing.T) {
 	if strings.Contains(stderr.String(), "tok_secret_123") {
 		t.Error("the token appears in the worker's output")
 	}
+	// Admission's settings are checked before Redis is dialled; a setting
+	// that no longer exists is refused, not silently ignored.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-admitted", "0"}, "--max-admitted"},
+		{[]string{"--lease", "0s"}, "--lease"},
+		{[]string{"--parked-recheck", "30s"}, "parked-recheck"},
+	} {
+		stderr.Reset()
+		args := append([]string{"--redis-url", "redis://127.0.0.1:1/0", "--admin-addr", ""}, tt.args...)
+		if code := run(context.Background(), args, env, &stderr); code != 2 || !strings.Contains(stderr.String(), tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and a message naming %s", tt.args, code, stderr.String(), tt.want)
+		}
+	}
 }

@@ -252,6 +252,20 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Before any worker runs, the updates wait in admission, each account
+	// scheduled for its turn, and status says so.
+	key := tasks.RunKey("e2e", 1, bytes.SplitN(file.Bytes(), []byte("\n"), 2)[0])
+	r = runCmd(t, env, "", "enqueue", "status", key)
+	var status tasks.Status
+	if err := json.Unmarshal([]byte(r.stdout), &status); err != nil || status.State != tasks.StatusWaiting || !strings.Contains(status.Why, "its account's turn") {
+		t.Errorf("status %s before the worker: exit %d, %q: want waiting for its account's turn", key, r.code, r.stdout)
+	}
+	r = runCmd(t, env, "", "enqueue", "stats")
+	var stats tasks.Stats
+	if err := json.Unmarshal([]byte(r.stdout), &stats); err != nil || stats.Admission.Scheduled != accounts || len(stats.Queues) != 0 {
+		t.Errorf("stats before the worker: exit %d, %q: want %d accounts scheduled in admission and nothing in asynq", r.code, r.stdout, accounts)
+	}
+
 	// The worker.
 	admin := freeAddr(t)
 	worker, _ := start(t, env, "worker", "--admin-addr", admin, "--concurrency", "40",
@@ -282,9 +296,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	// status of a completed update shows its stored response.
-	key := tasks.RunKey("e2e", 1, bytes.SplitN(file.Bytes(), []byte("\n"), 2)[0])
 	r = runCmd(t, env, "", "enqueue", "status", key)
-	var status tasks.Status
+	status = tasks.Status{}
 	if err := json.Unmarshal([]byte(r.stdout), &status); err != nil || status.State != tasks.StatusCompleted || status.Result == nil || status.Result.StatusCode != 200 {
 		t.Errorf("status %s: exit %d, %q: want completed with a 200 result", key, r.code, r.stdout)
 	}
