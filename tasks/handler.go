@@ -182,7 +182,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return err // Redis trouble: asynq runs it again; nothing was sent
 	}
 	if place.Held {
-		r.ev.Outcome, r.ev.Reason = OutcomeWaiting, "its account was held after it was admitted: back in its lane"
+		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, "held", "its account was held after it was admitted: back in its lane"
 		h.observe(r.ev)
 		return asynq.RevokeTask
 	}
@@ -196,6 +196,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	r.p.OrderSeq, r.p.OriginSeq = place.Seq, place.Origin
 
 	if r.rec, err = h.store.Get(ctx, r.id); err != nil {
+		r.ev.Class = "ledger"
 		return h.putBack(ctx, r, time.Second, "the ledger could not be read: "+err.Error())
 	}
 	if done, err := h.known(ctx, r); done {
@@ -242,7 +243,7 @@ func (h *Handler) join(ctx context.Context, r *run) error {
 	if err != nil {
 		return err
 	}
-	r.ev.Outcome, r.ev.Reason = OutcomeWaiting, "queued before admission: joined its account's lane"
+	r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, "joined", "queued before admission: joined its account's lane"
 	h.observe(r.ev)
 	return asynq.RevokeTask
 }
@@ -290,8 +291,10 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 		// next run would send it again.
 		return h.complete(context.WithoutCancel(ctx), r, a)
 	case a.storeErr != nil:
+		r.ev.Class = "ledger"
 		return h.putBack(ctx, r, time.Second, "the attempt could not be recorded: "+a.storeErr.Error())
 	case ctx.Err() != nil:
+		r.ev.Class = "stopping"
 		// The worker is stopping (or the deadline ran out) mid-request: the
 		// answer is unknown, the key makes a re-send safe, and it is not the
 		// update's fault, so nothing was spent.

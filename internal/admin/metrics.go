@@ -99,7 +99,7 @@ func NewMetrics(cfg MetricsConfig) *Metrics {
 		registry: prometheus.NewRegistry(),
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orgsync_updates_total",
-			Help: "Handler runs by outcome (completed, retry, waiting, dead) and class.",
+			Help: "Handler runs by outcome (completed, retry, waiting, dead, stale) and class.",
 		}, []string{"outcome", "class"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orgsync_attempts_total",
@@ -118,7 +118,7 @@ func NewMetrics(cfg MetricsConfig) *Metrics {
 		}),
 		waits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orgsync_waits_total",
-			Help: "Runs that waited without spending retry budget, by reason (ordering, rate_limit, circuit_open, account_rate_limited, account_parked, stopping, or a Truto answer's class).",
+			Help: "Runs that put their update back in admission without spending retry budget, by reason (rate_limited: a 429; account_attention: a 401 or blocked account; stopping; held: the account was held after the update was admitted; joined: queued before admission; ledger: Redis trouble). Waiting for a slot, a turn or the circuit costs no run and is not counted here.",
 		}, []string{"reason"}),
 		scrapeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "orgsync_scrape_errors_total",
@@ -161,10 +161,6 @@ func (m *Metrics) Observe(e tasks.Event) {
 	class := e.Class
 	if class == "" {
 		class = "none"
-		if e.Outcome == tasks.OutcomeWaiting {
-			// The handler leaves the class empty when the account itself is held.
-			class = "account_hold"
-		}
 	}
 	outcome := e.Outcome
 	if outcome == "" {
@@ -282,6 +278,9 @@ var (
 		"Dead letters in orgsync's own store (never trimmed, unlike asynq's archive).", nil, nil)
 	descHolds = prometheus.NewDesc("orgsync_account_holds",
 		"Integrated accounts whose updates wait, by kind (parked, rate_limited).", []string{"kind"}, nil)
+	descAdmission = prometheus.NewDesc("orgsync_admission",
+		"Admission as a whole: accounts scheduled to send (scheduled_accounts), updates handed to the queue and not yet started (admitted), updates a worker runs (running), parked accounts (parked_accounts), and 1 while every account is parked (all_parked).",
+		[]string{"what"}, nil)
 )
 
 // stateCollector reads the gauges from Redis at scrape time, each source
@@ -289,7 +288,7 @@ var (
 type stateCollector struct{ m *Metrics }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCircuitOpen, descQueueTasks, descQueueLatency, descQueuePaused, descDeadLetters, descHolds} {
+	for _, d := range []*prometheus.Desc{descCircuitOpen, descQueueTasks, descQueueLatency, descQueuePaused, descDeadLetters, descHolds, descAdmission} {
 		ch <- d
 	}
 }
@@ -325,6 +324,18 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		})
 	}
 	if m.cfg.Store != nil {
+		run("admission", func(ctx context.Context) ([]prometheus.Metric, error) {
+			st, err := m.cfg.Store.Scheduler().Stats(ctx)
+			if err != nil {
+				return nil, err
+			}
+			gauge := func(what string, v float64) prometheus.Metric {
+				return prometheus.MustNewConstMetric(descAdmission, prometheus.GaugeValue, v, what)
+			}
+			return []prometheus.Metric{gauge("scheduled_accounts", float64(st.Scheduled)), gauge("admitted", float64(st.Admitted)),
+				gauge("running", float64(st.Running)), gauge("parked_accounts", float64(st.Parked)),
+				gauge("all_parked", boolValue(st.AllParked != ""))}, nil
+		})
 		run("dead_letters", func(ctx context.Context) ([]prometheus.Metric, error) {
 			n, err := m.cfg.Store.CountDeadLetters(ctx)
 			if err != nil {
