@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"sort"
 	"time"
 )
@@ -114,4 +115,44 @@ func (s *Store) Holds(ctx context.Context) ([]Hold, error) {
 		return out[i].Account < out[j].Account
 	})
 	return out, nil
+}
+
+// MigrateLegacyHolds moves the holds a version before admission kept (a hash
+// of account -> hold) into admission, so a park made before an upgrade still
+// holds after it, and removes the hash. It returns how many it moved.
+func (s *Store) MigrateLegacyHolds(ctx context.Context) (int, error) {
+	key := s.prefix + ":{accounts}:holds"
+	m, err := s.rdb.HGetAll(ctx, key).Result()
+	if err != nil || len(m) == 0 {
+		return 0, err
+	}
+	moved := 0
+	for field, raw := range m {
+		var h struct {
+			Kind       string    `json:"kind"`
+			Reason     string    `json:"reason"`
+			StatusCode int       `json:"status_code"`
+			Until      time.Time `json:"until"`
+		}
+		if json.Unmarshal([]byte(raw), &h) != nil {
+			continue
+		}
+		account := field
+		if field == "*" || field == "\x00all-accounts" {
+			account = AllAccounts
+		}
+		switch {
+		case h.Kind == HoldParked:
+			err = s.ParkAccount(ctx, account, h.StatusCode, h.Reason)
+		case h.Kind == HoldRateLimited && h.Until.After(s.now()) && account != AllAccounts:
+			err = s.PauseAccount(ctx, account, h.Until, h.StatusCode, h.Reason)
+		default:
+			continue
+		}
+		if err != nil {
+			continue // an account id the door would refuse today: nothing to hold
+		}
+		moved++
+	}
+	return moved, s.rdb.Del(ctx, key).Err()
 }

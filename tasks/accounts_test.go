@@ -125,3 +125,33 @@ func TestAccountHoldIsPerAccount(t *testing.T) {
 		t.Errorf("held accounts (-want +got):\n%s", diff)
 	}
 }
+
+// TestMigrateLegacyHolds: a park (and a running rate-limit hold) written by
+// the version before admission still holds after the upgrade.
+func TestMigrateLegacyHolds(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Policy{})
+	ctx := context.Background()
+	key := "orgsync:{accounts}:holds"
+	until := e.now.Add(time.Hour).UTC().Format(time.RFC3339)
+	e.store.rdb.HSet(ctx, key,
+		"acct-1", `{"account":"acct-1","kind":"parked","reason":"reauth","status_code":401}`,
+		"acct-2", `{"account":"acct-2","kind":"rate_limited","reason":"429","status_code":429,"until":"`+until+`"}`,
+		"acct-3", `{"account":"acct-3","kind":"rate_limited","reason":"old","until":"2020-01-01T00:00:00Z"}`,
+		"\x00all-accounts", `{"account":"*","kind":"parked","reason":"token rejected","status_code":401}`)
+	n, err := e.store.MigrateLegacyHolds(ctx)
+	if err != nil || n != 3 {
+		t.Fatalf("MigrateLegacyHolds = %d, %v; want 3 moved", n, err)
+	}
+	holds, _ := e.store.Holds(ctx)
+	var got []string
+	for _, h := range holds {
+		got = append(got, h.Kind+" "+h.Account)
+	}
+	if diff := cmp.Diff([]string{"parked *", "parked acct-1", "rate_limited acct-2"}, got); diff != "" {
+		t.Errorf("holds after the move (-want +got):\n%s", diff)
+	}
+	if n, _ := e.store.rdb.Exists(ctx, key).Result(); n != 0 {
+		t.Error("the old holds hash is still there")
+	}
+}

@@ -244,6 +244,9 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 	if c.Circuit.Ramp == 0 {
 		c.Circuit.Ramp = -1 // explicit 0: no ramp
 	}
+	if c.Lease > 0 && c.Lease < time.Second {
+		bad("lease", "a duration of at least 1s (leases are renewed every third of it)")
+	}
 	if c.Policy.MaxRetry == 0 {
 		c.Policy.MaxRetry = -1 // an explicit 0 means "no retries", not "the default"
 	}

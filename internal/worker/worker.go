@@ -90,6 +90,11 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease, AccountFailures: cfg.AccountFailures})
 	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched))
 	w.leases = admission.NewLeases(sched, processID())
+	if n, err := w.store.MigrateLegacyHolds(ctx); err != nil {
+		w.logger.Warn("could not move account holds of the version before admission", "error", err.Error())
+	} else if n > 0 {
+		w.logger.Info("account holds of the version before admission moved into admission", "holds", n)
+	}
 
 	sender := o.sender
 	if sender == nil {
