@@ -149,6 +149,17 @@ func (s *Scheduler) intervalMS(lim ratelimit.Limit) float64 {
 	return float64(lim.Window.Milliseconds()) / float64(lim.Requests) / (1 - s.c.Headroom)
 }
 
+// credit is the fraction of an interval of lim a late admitter may make up:
+// what the headroom leaves room for in one window. Evenly spaced requests
+// put Requests×(1-Headroom)+1 in a window at worst; the spare below
+// Requests, less that one, may be made up, at most one interval.
+func (s *Scheduler) credit(lim ratelimit.Limit) float64 {
+	if lim.IsZero() {
+		return 1
+	}
+	return max(0, min(1, float64(lim.Requests)*s.c.Headroom-1))
+}
+
 // Item is one update to admit.
 type Item struct {
 	ID      string // the update's task id
@@ -199,7 +210,8 @@ func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Tim
 
 func (s *Scheduler) admit(ctx context.Context, owner string, n int) ([]Ticket, time.Time, error) {
 	res, err := s.run(ctx, "admit", n, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
-		s.intervalMS(s.c.Token), s.intervalMS(s.c.Account), s.c.TokenBurst, owner).Slice()
+		s.intervalMS(s.c.Token), s.intervalMS(s.c.Account), s.c.TokenBurst, owner,
+		s.credit(s.c.Token), s.credit(s.c.Account)).Slice()
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("admission: admit: %w", err)
 	}
@@ -419,6 +431,15 @@ func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
 
 // minBlock is the shortest wait spent blocked in Redis.
 const minBlock = 150 * time.Millisecond
+
+// Wake wakes one sleeping admitter (the circuit closed: the backlog may go).
+func (s *Scheduler) Wake(ctx context.Context) error {
+	pipe := s.rdb.Pipeline()
+	pipe.LPush(ctx, s.base+"notify", "1")
+	pipe.LTrim(ctx, s.base+"notify", 0, 0)
+	_, err := pipe.Exec(ctx)
+	return err
+}
 
 // Wait blocks until an admitter is woken (work became ready sooner than
 // planned, or an operator resumed an account) or d passed. It reports whether

@@ -55,13 +55,13 @@ end
 -- last. An account with nothing ready, or parked, leaves the schedule. An
 -- admitter is woken when the time is sooner than any of them plans to look.
 local function schedule(a)
-  local st = redis.call('HMGET', akey(a), 'parked', 'until', 'tat')
+  local st = redis.call('HMGET', akey(a), 'parked', 'until', 'tat', 'funtil')
   local first = redis.call('ZRANGE', lkey(a), 0, 0, 'WITHSCORES')
   if st[1] or #first == 0 then
     redis.call('ZREM', ACCTS, a)
     return nil
   end
-  local at = math.max(tonumber(first[2]), tonumber(st[2] or '0'), tonumber(st[3] or '0'))
+  local at = math.max(tonumber(first[2]), tonumber(st[2] or '0'), tonumber(st[3] or '0'), tonumber(st[4] or '0'))
   redis.call('ZADD', ACCTS, at, a)
   if at < tonumber(redis.call('GET', B .. 'plan') or NEVER) then wake() end
   return at
@@ -108,12 +108,15 @@ if op == 'add' then
   return seq
 
 elseif op == 'admit' then
-  -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner.
+  -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner,
+  -- token_credit, account_credit (the fraction of an interval a late
+  -- admitter may make up: what the headroom leaves room for).
   -- Returns {next, id, gen, queue, payload, ...}: next is when to look again
   -- (now: more may be ready; NEVER: nothing is waiting, or only on a worker
   -- starting an admitted update, or on an operator).
   local n, maxAdm, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
   local tiv, civ, burst, owner = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+  local tcredit, acredit = tonumber(ARGV[10]), tonumber(ARGV[11])
   redis.call('SET', B .. 'plan', 0) -- awake: scheduling below wakes no one
   local out = {}
   local nxt = NEVER
@@ -149,14 +152,18 @@ elseif op == 'admit' then
         local ak = akey(a)
         local st = redis.call('HMGET', ak, 'iv', 'tat')
         local iv = math.max(tonumber(st[1] or '0'), civ)
-        local tat = math.max(tonumber(st[2] or '0'), now) + iv
+        -- An admitter that comes late to a slot makes up to a fraction of an
+        -- interval of it (the headroom absorbs the requests that then come
+        -- closer than one interval); without this every late wake-up would
+        -- push every later slot back.
+        local tat = math.max(tonumber(st[2] or '0'), now - acredit * iv) + iv
         if iv < SLACK then
           -- No limit: a step of a microsecond, never past the slack, still
           -- makes the accounts with work take turns.
           tat = math.min(math.max(tonumber(st[2] or '0'), now) + 0.001, now + SLACK / 2)
         end
         redis.call('HSET', ak, 'tat', num(tat))
-        if tiv > 0 then ttat = math.max(ttat, now) + tiv end
+        if tiv > 0 then ttat = math.max(ttat, now - tcredit * tiv) + tiv end
         local u = redis.call('HMGET', uk, 'q', 'pl')
         out[#out + 1] = id
         out[#out + 1] = gen
@@ -331,11 +338,9 @@ elseif op == 'learn' then
     local fails = redis.call('HINCRBY', ak, 'fails', 1)
     if fails < value then return 0 end
     local hold = math.min(base * 2 ^ (fails - value), maxIv)
-    local u = now + hold
-    if u > tonumber(redis.call('HGET', ak, 'until') or '0') then
-      redis.call('HSET', ak, 'until', num(u), 'hwhy', fails .. ' requests in a row failed', 'hstatus', 0, 'hsince', num(now))
-      redis.call('ZADD', B .. 'held', u, a)
-    end
+    -- A lane held for failures admits nothing new until funtil; updates
+    -- admitted before still go (unlike a 429's hold, which they would only meet).
+    redis.call('HSET', ak, 'funtil', num(now + hold))
     schedule(a)
     return math.ceil(hold)
   elseif kind == 'ok' then
@@ -379,9 +384,10 @@ elseif op == 'reap' then
 elseif op == 'account' then
   -- account: {n, tat, iv, known, until, parked, lane size, scheduled at}
   local a = ARGV[3]
-  local st = redis.call('HMGET', akey(a), 'n', 'tat', 'iv', 'known', 'until', 'parked')
+  local st = redis.call('HMGET', akey(a), 'n', 'tat', 'iv', 'known', 'until', 'parked', 'funtil')
   local sc = redis.call('ZSCORE', ACCTS, a)
-  return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', st[5] or '0', st[6] or '',
+  local held = math.max(tonumber(st[5] or '0'), tonumber(st[7] or '0'))
+  return {st[1] or '0', st[2] or '0', st[3] or '0', st[4] or '0', num(held), st[6] or '',
     redis.call('ZCARD', lkey(a)), sc or ''}
 
 elseif op == 'holds' then

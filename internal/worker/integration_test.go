@@ -39,6 +39,10 @@ type pipeline struct {
 	// no request (with admission, only a stale ticket or an update the
 	// ledger already knew: never a wait).
 	runs map[string]int
+	// held counts runs put back unsent because their account was held after
+	// they were admitted, by account; heldAll in all.
+	held    map[string]int
+	heldAll int
 	idle int
 	sent int // requests the handler runs sent
 	// accountOf is the account of each idempotency key enqueued: keys belong
@@ -85,7 +89,7 @@ func testConfig(redisURL, baseURL string) Config {
 
 func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}, runs: map[string]int{}, accountOf: map[string]string{}}
+	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}, runs: map[string]int{}, held: map[string]int{}, accountOf: map[string]string{}}
 	p.rdb = p.redis.Client()
 	p.fake = trutotest.NewServer(testToken, trutotest.WithFaults(faults), trutotest.WithSeed(1))
 	t.Cleanup(p.fake.Close)
@@ -116,6 +120,12 @@ func (p *pipeline) observe(e tasks.Event) {
 	p.runs[e.Account]++
 	if e.Sent == 0 {
 		p.idle++
+	}
+	if e.Outcome == tasks.OutcomeWaiting && e.Class == "held" {
+		// Admitted before its account's 429 hold and started after it: back to
+		// its lane unsent (sending would only meet the 429).
+		p.held[e.Account]++
+		p.heldAll++
 	}
 	p.sent += e.Sent
 }

@@ -111,7 +111,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.breaker = circuit.New(w.rdb, cfg.Circuit)
 	hopts := []tasks.HandlerOption{
 		tasks.WithLogger(w.logger),
-		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger}),
+		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger, onClose: sched.Wake}),
 		tasks.WithLeases(w.leases),
 	}
 	if cfg.AdminAddr != "" {
@@ -350,8 +350,9 @@ func (w *Worker) readiness(ctx context.Context) []string {
 
 // breaker reports answers to the shared circuit breaker and logs its turns.
 type breaker struct {
-	b      *circuit.Breaker
-	logger *slog.Logger
+	b       *circuit.Breaker
+	logger  *slog.Logger
+	onClose func(context.Context) error // wakes admission: the backlog may go
 }
 
 func (a breaker) Record(ctx context.Context, account string, failed, probe bool) error {
@@ -361,6 +362,9 @@ func (a breaker) Record(ctx context.Context, account string, failed, probe bool)
 		a.logger.Warn("circuit opened: most requests to Truto are failing; nothing is admitted but one probe per interval (no retry budget spent)")
 	case closed:
 		a.logger.Info("circuit closed: a probe succeeded; admission resumes at full limit")
+		if a.onClose != nil {
+			_ = a.onClose(ctx)
+		}
 	}
 	return err
 }
