@@ -267,9 +267,14 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 		return runs-runsParked >= len(bad), fmt.Sprint(runs - runsParked)
 	})
 	runsAfter, _, idle := p.counts("acct-bad")
-	if got := runsAfter - runsParked; got != len(bad) || idle != 0 {
-		t.Errorf("after the resume acct-bad had %d handler runs for %d updates (and %d runs sent nothing); want one each",
-			got, len(bad), idle)
+	p.mu.Lock()
+	atParkHeld := p.heldAll
+	p.mu.Unlock()
+	// The only runs that sent nothing are those put back at the park itself
+	// (admitted before it, started after it).
+	if got := runsAfter - runsParked; got != len(bad) || idle != atParkHeld {
+		t.Errorf("after the resume acct-bad had %d handler runs for %d updates (and %d runs sent nothing, %d of them at the park); want one each",
+			got, len(bad), idle, atParkHeld)
 	}
 	t.Logf("parked account: %d handler runs and %d requests before it was parked (in flight at the time), 0 while parked "+
 		"(%d healthy updates done meanwhile), %d runs for %d updates after the resume",
@@ -405,8 +410,8 @@ func TestBusyAccountDoesNotStarveOthers(t *testing.T) {
 	// between admission and sending (asynq's poll, a loaded machine) bunches
 	// two requests more than the headroom absorbs.
 	limited := p.fake.Stats().RateLimited
-	if reqs := len(p.fake.Requests()); limited*100 > reqs {
-		t.Errorf("the fake answered %d 429s of %d requests; want at most 1%%", limited, reqs)
+	if reqs := len(p.fake.Requests()); limited > max(1, reqs/100) {
+		t.Errorf("the fake answered %d 429s of %d requests; want at most one, or 1%%", limited, reqs)
 	}
 	// The big account's backlog waits in admission: no run of it is spent
 	// waiting; only a 429 (and the updates admitted before its hold) put one back.
