@@ -43,8 +43,8 @@ type pipeline struct {
 	// they were admitted, by account; heldAll in all.
 	held    map[string]int
 	heldAll int
-	idle int
-	sent int // requests the handler runs sent
+	idle    int
+	sent    int // requests the handler runs sent
 	// accountOf is the account of each idempotency key enqueued: keys belong
 	// to accounts, and the tests' keys are unique across accounts.
 	accountOf map[string]string
