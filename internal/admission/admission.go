@@ -432,6 +432,17 @@ func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
 // minBlock is the shortest wait spent blocked in Redis.
 const minBlock = 150 * time.Millisecond
 
+// ClearFailures lifts every lane held for failures in a row: the circuit
+// closed, so those failures were the upstream's, not their accounts'. It
+// returns how many lanes it released.
+func (s *Scheduler) ClearFailures(ctx context.Context) (int, error) {
+	n, err := s.run(ctx, "clearfails").Int64()
+	if err != nil {
+		return 0, fmt.Errorf("admission: clear failure holds: %w", err)
+	}
+	return int(n), nil
+}
+
 // Wake wakes one sleeping admitter (the circuit closed: the backlog may go).
 func (s *Scheduler) Wake(ctx context.Context) error {
 	pipe := s.rdb.Pipeline()

@@ -639,3 +639,26 @@ func TestStartAfterAHoldPutsTheUpdateBack(t *testing.T) {
 		}
 	})
 }
+
+// TestClearFailuresReleasesTheLanes: when the circuit closes, lanes held for
+// failures (which were the upstream's) go at once.
+func TestClearFailuresReleasesTheLanes(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		s, _ := newTest(t, rdb, Config{AccountFailures: 1})
+		add(t, s, "a1", "A", "o1")
+		if d, _ := s.Failed(ctx, "A"); d == 0 {
+			t.Fatal("no hold after a failure with AccountFailures 1")
+		}
+		if got, _ := admit(t, s); len(got) != 0 {
+			t.Fatalf("admitted %v from a lane held for failures", got)
+		}
+		if n, err := s.ClearFailures(ctx); err != nil || n != 1 {
+			t.Fatalf("ClearFailures = %d, %v; want 1", n, err)
+		}
+		if got, _ := admit(t, s); !cmp.Equal(got, []string{"a1"}) {
+			t.Errorf("admitted %v after the release; want a1", got)
+		}
+	})
+}

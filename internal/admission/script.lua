@@ -21,6 +21,7 @@
 --   admitted       ZSET id -> lease end: admitted, not yet started by a worker
 --   running        ZSET id -> lease end: started, heartbeated by its worker
 --   parked         SET parked accounts;  held  ZSET account -> hold end
+--   failing        SET accounts whose lane is held for failures in a row
 --   parked_all     HASH why, status, since: every account parked
 --   plan           STRING when the sleeping admitters look next
 --   notify         LIST one token wakes one sleeping admitter
@@ -341,6 +342,7 @@ elseif op == 'learn' then
     -- A lane held for failures admits nothing new until funtil; updates
     -- admitted before still go (unlike a 429's hold, which they would only meet).
     redis.call('HSET', ak, 'funtil', num(now + hold))
+    redis.call('SADD', B .. 'failing', a)
     schedule(a)
     return math.ceil(hold)
   elseif kind == 'ok' then
@@ -359,6 +361,18 @@ elseif op == 'learn' then
     end
   end
   return 1
+
+elseif op == 'clearfails' then
+  -- The upstream is healthy again (the circuit closed): the lanes held for
+  -- failures that were Truto's, not their accounts', go at once.
+  local n = 0
+  for _, a in ipairs(redis.call('SMEMBERS', B .. 'failing')) do
+    redis.call('HDEL', akey(a), 'funtil', 'fails')
+    schedule(a)
+    n = n + 1
+  end
+  redis.call('DEL', B .. 'failing')
+  return n
 
 elseif op == 'reap' then
   -- max: updates whose lease ran out (their worker died, or the admitter

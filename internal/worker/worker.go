@@ -111,7 +111,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.breaker = circuit.New(w.rdb, cfg.Circuit)
 	hopts := []tasks.HandlerOption{
 		tasks.WithLogger(w.logger),
-		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger, onClose: sched.Wake}),
+		tasks.WithBreaker(breaker{b: w.breaker, logger: w.logger, onClose: func(ctx context.Context) error {
+			if _, err := sched.ClearFailures(ctx); err != nil {
+				return err
+			}
+			return sched.Wake(ctx)
+		}}),
 		tasks.WithLeases(w.leases),
 	}
 	if cfg.AdminAddr != "" {
