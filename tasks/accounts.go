@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sort"
 	"time"
 )
@@ -149,8 +150,12 @@ func (s *Store) MigrateLegacyHolds(ctx context.Context) (int, error) {
 		default:
 			continue
 		}
-		if err != nil {
+		var ve *ValidationError
+		if errors.As(err, &ve) {
 			continue // an account id the door would refuse today: nothing to hold
+		}
+		if err != nil {
+			return moved, err // keep the old hash: the next start tries again
 		}
 		moved++
 	}

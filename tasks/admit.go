@@ -2,7 +2,6 @@ package tasks
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -60,16 +59,18 @@ func (s *Store) Scheduler() *admission.Scheduler { return s.adm }
 // enqueues each into asynq's pending list under its run's task id, keeping a
 // completed one for retention (the queue UI's view; the ledger holds the
 // result).
-func Deliverer(client *asynq.Client, retention time.Duration) func(context.Context, []admission.Ticket) error {
-	return func(ctx context.Context, ts []admission.Ticket) error {
-		for _, t := range ts {
+func Deliverer(client *asynq.Client, retention time.Duration) admission.Deliver {
+	return func(ctx context.Context, ts []admission.Ticket) (int, error) {
+		for i, t := range ts {
 			_, err := client.EnqueueContext(ctx, TicketTask(t),
 				asynq.TaskID(RunTaskID(t.ID, t.Gen)), asynq.Queue(t.Queue), asynq.MaxRetry(asynqMaxRetry),
 				asynq.Timeout(DefaultTaskTimeout), asynq.Retention(retention))
-			if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) { // a conflict: handed over already
-				return fmt.Errorf("hand %s to queue %s: %w", t.ID, t.Queue, err)
+			if err != nil {
+				// Generations are unique across an update's lives, so even a
+				// conflict means this ticket is not on the queue.
+				return i, fmt.Errorf("hand %s to queue %s: %w", t.ID, t.Queue, err)
 			}
 		}
-		return nil
+		return len(ts), nil
 	}
 }

@@ -191,8 +191,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.observe(r.ev)
 		return asynq.RevokeTask
 	}
-	h.leases.Hold(r.id)
-	defer h.leases.Release(r.id)
+	h.leases.Hold(r.id, gen)
+	defer h.leases.Release(r.id, gen)
 	r.p.OrderSeq, r.p.OriginSeq = place.Seq, place.Origin
 
 	if r.rec, err = h.store.Get(ctx, r.id); err != nil {
@@ -225,7 +225,7 @@ func (h *Handler) malformed(ctx context.Context, t *asynq.Task, cause error) err
 	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
 		return err
 	}
-	_, _ = h.store.adm.Finish(context.WithoutCancel(ctx), taskID)
+	_, _ = h.store.adm.Finish(context.WithoutCancel(ctx), taskID, admission.AnyGeneration)
 	h.logger.Info("update dead-lettered", "task_id", taskID, "class", ClassMalformed, "reason", d.Reason)
 	h.observe(Event{TaskID: taskID, Outcome: OutcomeDead, Class: ClassMalformed, Reason: d.Reason})
 	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
@@ -239,7 +239,7 @@ func (h *Handler) join(ctx context.Context, r *run) error {
 		queue = DefaultQueue
 	}
 	_, err := h.store.adm.Add(ctx, admission.Item{ID: r.id, Account: r.p.IntegratedAccountID, Org: orgKey(r.p.Update),
-		Queue: queue, Payload: r.task.Payload(), Origin: r.p.OriginSeq})
+		Queue: queue, Payload: r.task.Payload(), Origin: r.p.origin()})
 	if err != nil {
 		return err
 	}
@@ -395,7 +395,7 @@ func (h *Handler) requeue(ctx context.Context, r *run, d time.Duration, reason s
 // becomes ready.
 func (h *Handler) finish(ctx context.Context, r *run) {
 	if err := h.durably(ctx, func(ctx context.Context) error {
-		_, err := h.store.adm.Finish(ctx, r.id)
+		_, err := h.store.adm.Finish(ctx, r.id, r.gen)
 		return err
 	}); err != nil {
 		// Its lease runs out, it is run again, and the ledger finishes it then.

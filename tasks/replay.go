@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/hibiken/asynq"
+
+	"github.com/orgsync/orgsync/internal/admission"
 )
 
 // ReplayOutcome says what happened to one dead letter in a replay.
@@ -126,6 +128,13 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 		return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
 	case ok && rec.State == StateDead && st.State == "running":
 		return false, "", fmt.Errorf("replay %s: the worker that dead-lettered it is still finishing; try again in a moment", d.TaskID)
+	case ok && rec.State == StateDead:
+		// Dead, but admission still holds it (the dead run could not take it
+		// out): take it out now, and replay.
+		if _, err := p.store.adm.Finish(ctx, d.TaskID, admission.AnyGeneration); err != nil {
+			return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
+		}
+		return false, "", nil
 	case ok:
 		return true, "already re-enqueued (" + st.State + ") by an earlier replay", nil
 	}

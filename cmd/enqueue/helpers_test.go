@@ -180,7 +180,7 @@ func (f *fixture) deliver(t *testing.T) []admission.Ticket {
 		t.Fatalf("admit: %v", err)
 	}
 	client := asynq.NewClientFromRedisClient(f.rdb)
-	if err := tasks.Deliverer(client, time.Hour)(ctx, tickets); err != nil {
+	if _, err := tasks.Deliverer(client, time.Hour)(ctx, tickets); err != nil {
 		t.Fatalf("hand admitted updates to asynq: %v", err)
 	}
 	return tickets

@@ -129,7 +129,7 @@ func TestStatusFollowsAdmission(t *testing.T) {
 	}
 	check("resumed", first, tasks.StatusWaiting, "its account's turn")
 
-	if _, err := adm.Finish(ctx, first); err != nil {
+	if _, err := adm.Finish(ctx, first, -1); err != nil {
 		t.Fatal(err)
 	}
 	check("its predecessor finished", second, tasks.StatusWaiting, "its account's turn")

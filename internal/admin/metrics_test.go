@@ -196,7 +196,7 @@ func TestMetricsCompletionTimeFromTheRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	ticket := admission.Ticket{ID: p.TaskID(), Gen: 3, Queue: tasks.DefaultQueue, Payload: b}
-	if err := tasks.Deliverer(asynq.NewClientFromRedisClient(rdb), time.Hour)(t.Context(), []admission.Ticket{ticket}); err != nil {
+	if _, err := tasks.Deliverer(asynq.NewClientFromRedisClient(rdb), time.Hour)(t.Context(), []admission.Ticket{ticket}); err != nil {
 		t.Fatal(err)
 	}
 	m := NewMetrics(MetricsConfig{Inspector: asynq.NewInspectorFromRedisClient(rdb), Queues: []string{tasks.DefaultQueue},

@@ -273,11 +273,32 @@ func (s *Scheduler) Extend(ctx context.Context, owner string, ids []string) ([]s
 }
 
 // Finish takes a completed or dead-lettered update out of admission; its
-// organization's next update becomes ready. It reports whether it was there.
-func (s *Scheduler) Finish(ctx context.Context, id string) (bool, error) {
-	n, err := s.run(ctx, "finish", id).Int64()
+// organization's next update becomes ready. gen is the finishing run's
+// generation (AnyGeneration when it is not known): a run whose update was
+// put back and admitted again since finishes nothing. It reports whether the
+// update was taken out.
+func (s *Scheduler) Finish(ctx context.Context, id string, gen int64) (bool, error) {
+	g := ""
+	if gen != AnyGeneration {
+		g = strconv.FormatInt(gen, 10)
+	}
+	n, err := s.run(ctx, "finish", id, g).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: finish %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// AnyGeneration finishes an update whatever its generation.
+const AnyGeneration = -1
+
+// Unadmit puts an admitted update that could not be handed to the queue back
+// in its lane, under a new generation. It reports false when gen is stale or
+// the update was started meanwhile.
+func (s *Scheduler) Unadmit(ctx context.Context, id string, gen int64) (bool, error) {
+	n, err := s.run(ctx, "unadmit", id, gen).Int64()
+	if err != nil {
+		return false, fmt.Errorf("admission: unadmit %s: %w", id, err)
 	}
 	return n == 1, nil
 }

@@ -87,7 +87,7 @@ func finish(t *testing.T, s *Scheduler, ids ...string) {
 	t.Helper()
 	ctx := context.Background()
 	for _, id := range ids {
-		if _, err := s.Finish(ctx, id); err != nil {
+		if _, err := s.Finish(ctx, id, AnyGeneration); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -327,16 +327,17 @@ func TestRetryWaitsItsTimeAndRefusesAStaleGeneration(t *testing.T) {
 		add(t, s, "u1", "A", "o1")
 		add(t, s, "u2", "A", "o1")
 		tickets, _, _ := s.Admit(ctx, "p")
-		if len(tickets) != 1 || tickets[0].Gen != 1 {
-			t.Fatalf("tickets %+v; want u1 at generation 1", tickets)
+		if len(tickets) != 1 || tickets[0].ID != "u1" {
+			t.Fatalf("tickets %+v; want u1", tickets)
 		}
-		if _, ok, _ := s.Start(ctx, "u1", 1, "p"); !ok {
+		gen := tickets[0].Gen
+		if _, ok, _ := s.Start(ctx, "u1", gen, "p"); !ok {
 			t.Fatal("Start refused a current ticket")
 		}
 		if ok, _ := s.Retry(ctx, "u1", 0, t0); ok {
 			t.Fatal("Retry accepted a stale generation")
 		}
-		if ok, _ := s.Retry(ctx, "u1", 1, t0.Add(3*time.Second)); !ok {
+		if ok, _ := s.Retry(ctx, "u1", gen, t0.Add(3*time.Second)); !ok {
 			t.Fatal("Retry refused the current generation")
 		}
 		got, next := admit(t, s)
@@ -375,6 +376,9 @@ func TestLeaseRunOutPutsBackUnderANewGeneration(t *testing.T) {
 		if len(again) != 1 || again[0].Gen <= tickets[0].Gen {
 			t.Fatalf("re-admitted %+v; want u1 under a newer generation than %d", again, tickets[0].Gen)
 		}
+		if ok, _ := s.Finish(ctx, "u1", tickets[0].Gen); ok {
+			t.Error("the dead worker's run finished the update admitted again since")
+		}
 		if lost, _ := s.Extend(ctx, "dead-worker", []string{"u1"}); !cmp.Equal(lost, []string{"u1"}) {
 			t.Errorf("Extend by the old owner lost %v; want u1", lost)
 		}
@@ -396,7 +400,8 @@ func TestMaxAdmittedWaitsForWorkers(t *testing.T) {
 		if len(got) != 2 || next != Never {
 			t.Fatalf("admitted %v, next %v; want 2 and to wait for a worker", got, next)
 		}
-		if _, ok, _ := s.Start(ctx, got[0], 1, "w"); !ok {
+		st, _, _ := s.Update(ctx, got[0])
+		if _, ok, _ := s.Start(ctx, got[0], st.Gen, "w"); !ok {
 			t.Fatal("Start refused")
 		}
 		if woken, _ := s.Wait(ctx, time.Second); !woken {
@@ -525,7 +530,7 @@ func TestHoldsUpdateStateAndLine(t *testing.T) {
 			t.Fatalf("Update(u2) = %v, %v", ok, err)
 		}
 		base := t0.UnixMilli()
-		wantSt := UpdateState{State: "waiting", Account: "A", Seq: base + 1, Origin: base + 1, Ahead: 1, Queue: "q", Payload: []byte("p-u2")}
+		wantSt := UpdateState{State: "waiting", Gen: base + 1, Account: "A", Seq: base + 1, Origin: base + 1, Ahead: 1, Queue: "q", Payload: []byte("p-u2")}
 		if diff := cmp.Diff(wantSt, st); diff != "" {
 			t.Errorf("u2 (-want +got):\n%s", diff)
 		}

@@ -19,28 +19,36 @@ type Leases struct {
 	s     *Scheduler
 	owner string
 	mu    sync.Mutex
-	ids   map[string]struct{}
+	ids   map[string]int64 // id -> the generation held
 }
 
 // NewLeases returns the lease set of the process owner.
 func NewLeases(s *Scheduler, owner string) *Leases {
-	return &Leases{s: s, owner: owner, ids: map[string]struct{}{}}
+	return &Leases{s: s, owner: owner, ids: map[string]int64{}}
 }
 
 // Owner is the process id the leases are held under.
 func (l *Leases) Owner() string { return l.owner }
 
-// Hold adds ids to the set.
-func (l *Leases) Hold(ids ...string) {
+// Hold adds generation gen of id to the set.
+func (l *Leases) Hold(id string, gen int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, id := range ids {
-		l.ids[id] = struct{}{}
+	l.ids[id] = gen
+}
+
+// Release drops generation gen of id from the set; a later generation of the
+// same update (admitted again meanwhile) keeps its lease.
+func (l *Leases) Release(id string, gen int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if g, ok := l.ids[id]; ok && g == gen {
+		delete(l.ids, id)
 	}
 }
 
-// Release drops ids from the set.
-func (l *Leases) Release(ids ...string) {
+// drop removes ids whatever their generation (their leases are lost).
+func (l *Leases) drop(ids []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, id := range ids {
@@ -69,7 +77,7 @@ func (l *Leases) Renew(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		l.Release(lost...)
+		l.drop(lost)
 		ids = ids[n:]
 	}
 	return nil
@@ -103,7 +111,7 @@ type Gate func(ctx context.Context) (allow, probe bool, wait time.Duration, err 
 type Admitter struct {
 	s       *Scheduler
 	leases  *Leases
-	deliver func(context.Context, []Ticket) error
+	deliver Deliver
 	logger  *slog.Logger
 	reap    time.Duration
 	gate    Gate
@@ -113,10 +121,14 @@ type Admitter struct {
 	passes, woken int64
 }
 
+// Deliver hands admitted tickets to the queue, in order, and says how many
+// it handed over before an error.
+type Deliver func(context.Context, []Ticket) (int, error)
+
 // NewAdmitter returns an admitter for the process whose leases are leases.
-// deliver must enqueue each ticket for a worker; on error the tickets go
-// back to their lanes at once.
-func NewAdmitter(s *Scheduler, leases *Leases, deliver func(context.Context, []Ticket) error, logger *slog.Logger) *Admitter {
+// deliver must enqueue each ticket for a worker; the tickets it could not
+// hand over go back to their lanes at once.
+func NewAdmitter(s *Scheduler, leases *Leases, deliver Deliver, logger *slog.Logger) *Admitter {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -141,7 +153,10 @@ func (a *Admitter) Run(ctx context.Context) {
 	woken := false
 	for ctx.Err() == nil {
 		if time.Since(lastReap) >= a.reap {
-			if n, err := a.s.Reap(ctx, 1000); err == nil && n > 0 {
+			switch n, err := a.s.Reap(ctx, 1000); {
+			case err != nil && !failing && ctx.Err() == nil:
+				a.logger.Warn("could not look for updates whose lease ran out; trying again", "error", err.Error())
+			case n > 0:
 				a.logger.Info("updates whose lease ran out go again", "updates", n)
 			}
 			lastReap = time.Now()
@@ -197,20 +212,23 @@ func (a *Admitter) Run(ctx context.Context) {
 }
 
 // hand delivers tickets, holding their leases until a worker starts them.
+// Delivery is not cut short by ctx (a stopping process finishes the batch it
+// admitted); what could not be handed over goes back to its lane.
 func (a *Admitter) hand(ctx context.Context, tickets []Ticket) {
-	ids := make([]string, len(tickets))
-	for i, t := range tickets {
-		ids[i] = t.ID
+	for _, t := range tickets {
+		a.leases.Hold(t.ID, t.Gen)
 	}
-	a.leases.Hold(ids...)
-	if err := a.deliver(ctx, tickets); err != nil {
-		a.leases.Release(ids...)
-		a.logger.Warn("could not hand admitted updates to the queue; they go back to their lanes",
-			"updates", len(tickets), "error", err.Error())
-		for _, t := range tickets {
-			// If this fails too, the lease runs out and the reaper puts it back.
-			_, _ = a.s.Retry(context.WithoutCancel(ctx), t.ID, t.Gen, time.Time{})
-		}
+	n, err := a.deliver(context.WithoutCancel(ctx), tickets)
+	if err == nil {
+		return
+	}
+	rest := tickets[min(max(n, 0), len(tickets)):]
+	a.logger.Warn("could not hand admitted updates to the queue; they go back to their lanes",
+		"updates", len(rest), "error", err.Error())
+	for _, t := range rest {
+		a.leases.Release(t.ID, t.Gen)
+		// If this fails too, the lease runs out and the reaper puts it back.
+		_, _ = a.s.Unadmit(context.WithoutCancel(ctx), t.ID, t.Gen)
 	}
 }
 

@@ -47,15 +47,15 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 		owner := fmt.Sprint("proc-", p)
 		leases := NewLeases(s, owner)
 		work := make(chan Ticket, 64)
-		deliver := func(ctx context.Context, ts []Ticket) error {
-			for _, tk := range ts {
+		deliver := func(ctx context.Context, ts []Ticket) (int, error) {
+			for i, tk := range ts {
 				select {
 				case work <- tk:
 				case <-ctx.Done():
-					return ctx.Err()
+					return i, ctx.Err()
 				}
 			}
-			return nil
+			return len(ts), nil
 		}
 		go NewAdmitter(s, leases, deliver, nil).Run(ctx)
 		for range 4 { // a worker process's concurrency
@@ -81,7 +81,7 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 					mu.Lock()
 					inFlight[org] = false
 					mu.Unlock()
-					if _, err := s.Finish(ctx, tk.ID); err != nil {
+					if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
 						mu.Lock()
 						problems = append(problems, err.Error())
 						mu.Unlock()
@@ -228,7 +228,7 @@ func TestGateLetsOnlyTheProbeThrough(t *testing.T) {
 			if !tk.Probe {
 				t.Errorf("%s went through an open gate without being the probe", tk.ID)
 			}
-			if _, err := s.Finish(ctx, tk.ID); err != nil {
+			if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
 				t.Fatal(err)
 			}
 		case <-time.After(10 * time.Second):
@@ -238,11 +238,11 @@ func TestGateLetsOnlyTheProbeThrough(t *testing.T) {
 }
 
 // handTo is a deliver func that passes every ticket to ch.
-func handTo(ch chan<- Ticket) func(context.Context, []Ticket) error {
-	return func(_ context.Context, ts []Ticket) error {
+func handTo(ch chan<- Ticket) Deliver {
+	return func(_ context.Context, ts []Ticket) (int, error) {
 		for _, tk := range ts {
 			ch <- tk
 		}
-		return nil
+		return len(ts), nil
 	}
 }

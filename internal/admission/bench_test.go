@@ -44,7 +44,7 @@ func BenchmarkCycle(b *testing.B) {
 			if _, _, err := s.Start(ctx, tk.ID, tk.Gen, "p"); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := s.Finish(ctx, tk.ID); err != nil {
+			if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
 				b.Fatal(err)
 			}
 			done++
@@ -98,7 +98,7 @@ func BenchmarkBacklogFairness(b *testing.B) {
 			if strings.HasPrefix(tk.ID, "small") {
 				small++
 			}
-			if _, err := s.Finish(ctx, tk.ID); err != nil {
+			if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
 				b.Fatal(err)
 			}
 		}

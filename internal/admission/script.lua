@@ -102,7 +102,10 @@ if op == 'add' then
   if og == 0 then og = seq end
   redis.call('ZADD', okey(o), seq, id)
   redis.call('HSET', uk, 'a', a, 'o', o, 'q', ARGV[6], 'nb', ARGV[7], 'pl', ARGV[8],
-    'seq', seq, 'og', og, 'gen', 0, 'state', 'waiting')
+    -- Generations start at the sequence number, so a run task id
+    -- ("<id>.<gen>") of this life never meets one of an earlier life (a
+    -- replay, or a purge and re-enqueue, of the same id).
+    'seq', seq, 'og', og, 'gen', seq, 'state', 'waiting')
   redis.call('HINCRBY', akey(a), 'n', 1)
   redis.call('PERSIST', akey(a))
   ready(a, o, id, math.max(now, tonumber(ARGV[7])))
@@ -147,7 +150,7 @@ elseif op == 'admit' then
       if id then
         local uk = ukey(id)
         local gen = redis.call('HINCRBY', uk, 'gen', 1)
-        redis.call('HSET', uk, 'state', 'admitted', 'owner', owner)
+        redis.call('HSET', uk, 'state', 'admitted', 'owner', owner, 'at', num(now))
         redis.call('ZADD', B .. 'admitted', now + lease, id)
         inAdm = inAdm + 1
         local ak = akey(a)
@@ -176,7 +179,7 @@ elseif op == 'admit' then
     end
   end
   if not done then nxt = now end -- stopped at n, or at the loop's bound: more may be ready
-  if tiv > 0 then redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000) end
+  if tiv > 0 and ttat > now then redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000) end
   redis.call('SET', B .. 'plan', num(nxt))
   table.insert(out, 1, num(nxt))
   return out
@@ -209,11 +212,14 @@ elseif op == 'start' then
 elseif op == 'extend' then
   -- owner, lease_ms, id...: extends the leases the owner still holds and
   -- returns the ids it no longer does.
+  -- An admitted update is renewed for at most three leases: if no worker
+  -- has started it by then (its queue unserved or paused, its task lost),
+  -- it goes back and is admitted again.
   local owner, lease = ARGV[3], tonumber(ARGV[4])
   local lost = {}
   for i = 5, #ARGV do
-    local h = redis.call('HMGET', ukey(ARGV[i]), 'owner', 'state')
-    if h[1] == owner and (h[2] == 'admitted' or h[2] == 'running') then
+    local h = redis.call('HMGET', ukey(ARGV[i]), 'owner', 'state', 'at')
+    if h[1] == owner and (h[2] == 'running' or (h[2] == 'admitted' and now - tonumber(h[3] or '0') < 3 * lease)) then
       redis.call('ZADD', B .. h[2], 'XX', now + lease, ARGV[i])
     else
       lost[#lost + 1] = ARGV[i]
@@ -223,11 +229,15 @@ elseif op == 'extend' then
 
 elseif op == 'finish' then
   -- id: completed or dead. The organization's next update becomes ready.
+  -- gen: the finishing run's generation ('' for any: a payload that could
+  -- not be read). A run whose update went back and was admitted again since
+  -- (its lease ran out) finishes nothing: the newer run decides.
   local id = ARGV[3]
   local uk = ukey(id)
+  local h = redis.call('HMGET', uk, 'a', 'o', 'gen')
+  if h[1] and ARGV[4] ~= '' and h[3] ~= ARGV[4] then return 0 end
   redis.call('ZREM', B .. 'running', id)
   redis.call('ZREM', B .. 'admitted', id)
-  local h = redis.call('HMGET', uk, 'a', 'o')
   if not h[1] then return 0 end
   local a, o = h[1], h[2]
   local rank = redis.call('ZRANK', okey(o), id)
@@ -257,6 +267,20 @@ elseif op == 'retry' then
   ready(h[1], h[2], id, math.max(now, tonumber(ARGV[5])))
   return 1
 
+elseif op == 'unadmit' then
+  -- id, gen: an admitted update that could not be handed to the queue goes
+  -- back to its lane, under a new generation.
+  local id = ARGV[3]
+  local uk = ukey(id)
+  local h = redis.call('HMGET', uk, 'a', 'o', 'gen', 'state')
+  if not h[1] or h[3] ~= ARGV[4] or h[4] ~= 'admitted' then return 0 end
+  redis.call('ZREM', B .. 'admitted', id)
+  redis.call('HINCRBY', uk, 'gen', 1)
+  redis.call('HSET', uk, 'state', 'waiting')
+  ready(h[1], h[2], id, now)
+  if redis.call('DEL', B .. 'cap') == 1 then wake() end
+  return 1
+
 elseif op == 'hold' then
   -- account, until_ms, reason, status: its lane waits until then, as a
   -- whole. A hold only ever extends.
@@ -265,7 +289,7 @@ elseif op == 'hold' then
     -- The token's own limit: every account waits.
     local cur = tonumber(redis.call('GET', B .. 'token') or '0')
     local u = tonumber(ARGV[4])
-    if u > cur then redis.call('SET', B .. 'token', num(u), 'PX', math.ceil(u - now) + 1000) end
+    if u > cur and u > now then redis.call('SET', B .. 'token', num(u), 'PX', math.ceil(u - now) + 1000) end
     return 1
   end
   if tonumber(ARGV[4]) > tonumber(redis.call('HGET', akey(a), 'until') or '0') then
@@ -301,8 +325,9 @@ elseif op == 'resume' then
     wake()
     return n
   end
-  local n = redis.call('HDEL', akey(a), 'parked', 'until')
-  redis.call('HDEL', akey(a), 'pstatus', 'psince', 'hwhy', 'hstatus', 'hsince')
+  local n = redis.call('HDEL', akey(a), 'parked', 'until', 'funtil')
+  redis.call('HDEL', akey(a), 'pstatus', 'psince', 'hwhy', 'hstatus', 'hsince', 'fails')
+  redis.call('SREM', B .. 'failing', a)
   redis.call('SREM', B .. 'parked', a)
   redis.call('ZREM', B .. 'held', a)
   schedule(a)
@@ -347,6 +372,7 @@ elseif op == 'learn' then
     return math.ceil(hold)
   elseif kind == 'ok' then
     redis.call('HDEL', ak, 'fails')
+    redis.call('SREM', B .. 'failing', a)
     if st[1] == false or iv <= civ then return 0 end
     local ceil = 1 / math.max(civ, base / 10)
     local r = 1 / iv
