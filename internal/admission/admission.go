@@ -255,8 +255,9 @@ func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner strin
 	return Started{Seq: res[1], Origin: res[2]}, true, nil
 }
 
-// Extend renews the leases owner holds on ids and returns those it no
-// longer holds (finished, or put back after its lease ran out).
+// Extend renews the leases owner holds on the running updates ids and
+// returns those it no longer holds (finished, put back after its lease ran
+// out, or not started by it).
 func (s *Scheduler) Extend(ctx context.Context, owner string, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil

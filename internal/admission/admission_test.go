@@ -382,8 +382,11 @@ func TestLeaseRunOutPutsBackUnderANewGeneration(t *testing.T) {
 		if lost, _ := s.Extend(ctx, "dead-worker", []string{"u1"}); !cmp.Equal(lost, []string{"u1"}) {
 			t.Errorf("Extend by the old owner lost %v; want u1", lost)
 		}
+		if _, ok, _ := s.Start(ctx, "u1", again[0].Gen, "live-worker"); !ok {
+			t.Fatal("the live worker could not start the update admitted again")
+		}
 		if lost, _ := s.Extend(ctx, "live-worker", []string{"u1"}); len(lost) != 0 {
-			t.Errorf("Extend by the new owner lost %v", lost)
+			t.Errorf("Extend by the running owner lost %v", lost)
 		}
 	})
 }

@@ -12,9 +12,9 @@ import (
 // about 12 s.
 const DefaultReapInterval = 2 * time.Second
 
-// Leases is the set of updates one process holds leases on (those it
-// admitted and no worker has started yet, and those its workers run), kept
-// alive by one heartbeat for all of them.
+// Leases is the set of updates one process's workers run, whose leases one
+// heartbeat keeps alive. (An admitted update's lease is not renewed: a worker
+// must start it within one lease, or it goes back.)
 type Leases struct {
 	s     *Scheduler
 	owner string
@@ -211,13 +211,10 @@ func (a *Admitter) Run(ctx context.Context) {
 	}
 }
 
-// hand delivers tickets, holding their leases until a worker starts them.
-// Delivery is not cut short by ctx (a stopping process finishes the batch it
-// admitted); what could not be handed over goes back to its lane.
+// hand delivers tickets. Delivery is not cut short by ctx (a stopping
+// process finishes the batch it admitted); what could not be handed over
+// goes back to its lane.
 func (a *Admitter) hand(ctx context.Context, tickets []Ticket) {
-	for _, t := range tickets {
-		a.leases.Hold(t.ID, t.Gen)
-	}
 	n, err := a.deliver(context.WithoutCancel(ctx), tickets)
 	if err == nil {
 		return
@@ -226,7 +223,6 @@ func (a *Admitter) hand(ctx context.Context, tickets []Ticket) {
 	a.logger.Warn("could not hand admitted updates to the queue; they go back to their lanes",
 		"updates", len(rest), "error", err.Error())
 	for _, t := range rest {
-		a.leases.Release(t.ID, t.Gen)
 		// If this fails too, the lease runs out and the reaper puts it back.
 		_, _ = a.s.Unadmit(context.WithoutCancel(ctx), t.ID, t.Gen)
 	}

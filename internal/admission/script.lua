@@ -150,7 +150,7 @@ elseif op == 'admit' then
       if id then
         local uk = ukey(id)
         local gen = redis.call('HINCRBY', uk, 'gen', 1)
-        redis.call('HSET', uk, 'state', 'admitted', 'owner', owner, 'at', num(now))
+        redis.call('HSET', uk, 'state', 'admitted', 'owner', owner)
         redis.call('ZADD', B .. 'admitted', now + lease, id)
         inAdm = inAdm + 1
         local ak = akey(a)
@@ -212,14 +212,15 @@ elseif op == 'start' then
 elseif op == 'extend' then
   -- owner, lease_ms, id...: extends the leases the owner still holds and
   -- returns the ids it no longer does.
-  -- An admitted update is renewed for at most three leases: if no worker
-  -- has started it by then (its queue unserved or paused, its task lost),
-  -- it goes back and is admitted again.
+  -- An admitted update's lease is not renewed: if no worker has started it
+  -- within one lease (a worker took its task from the queue and died before
+  -- starting it, its queue is unserved or paused, its task was lost), it goes
+  -- back and is admitted again; the old task, if it ever runs, is stale.
   local owner, lease = ARGV[3], tonumber(ARGV[4])
   local lost = {}
   for i = 5, #ARGV do
-    local h = redis.call('HMGET', ukey(ARGV[i]), 'owner', 'state', 'at')
-    if h[1] == owner and (h[2] == 'running' or (h[2] == 'admitted' and now - tonumber(h[3] or '0') < 3 * lease)) then
+    local h = redis.call('HMGET', ukey(ARGV[i]), 'owner', 'state')
+    if h[1] == owner and h[2] == 'running' then
       redis.call('ZADD', B .. h[2], 'XX', now + lease, ARGV[i])
     else
       lost[#lost + 1] = ARGV[i]
