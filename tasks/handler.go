@@ -206,6 +206,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		reason := fmt.Sprintf("expired: enqueued %s ago, over the %s budget (--max-age)", age.Round(time.Second), h.policy.MaxAge)
 		return h.deadLetter(ctx, r, ClassExpired, 0, reason, nil)
 	}
+	if held, err := h.store.adm.Held(ctx, p.IntegratedAccountID); err == nil && held {
+		// A 429 of an update sent just before this one holds the account.
+		r.ev.Class = "held"
+		return h.putBack(ctx, r, 0, "its account was held as it started: back in its lane")
+	}
 	a := h.send(ctx, r)
 	return h.settle(ctx, r, a)
 }
