@@ -679,32 +679,13 @@ func bareCommands(b *testing.B, n int) (float64, time.Duration) {
 	b.Cleanup(func() { _ = client.Close() })
 	before := redisCalls(b, rdb)
 	start := time.Now()
-	enqueueAll(b, n, func(ctx context.Context, i int) error {
-		u := benchUpdate(i)
-		payload, err := json.Marshal(barePayload{ID: u.ID, Account: u.IntegratedAccountID, Body: u.Body, IdempotencyKey: u.IdempotencyKey})
-		if err != nil {
-			return err
-		}
-		_, err = client.EnqueueContext(ctx, asynq.NewTask(benchTaskType, payload))
-		return err
-	})
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = benchConcurrency
-	b.Cleanup(tr.CloseIdleConnections)
-	var done, failed atomic.Int64
-	h := bareHandler{client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, baseURL: s.fake.URL, done: &done, failed: &failed}
-	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: s.redis.Addr}, asynq.Config{
-		Concurrency:       benchConcurrency,
-		TaskCheckInterval: 50 * time.Millisecond,
-		LogLevel:          asynq.WarnLevel,
-	})
-	mux := asynq.NewServeMux()
-	mux.Handle(benchTaskType, h)
+	enqueueBare(b, client, n)
+	srv, mux, done, failed := bareServer(b, s)
 	if err := srv.Start(mux); err != nil {
 		b.Fatalf("asynq server start: %v", err)
 	}
 	b.Cleanup(srv.Shutdown)
-	waitCompleted(b, int64(n), &done, &failed)
+	waitCompleted(b, int64(n), done, failed)
 	took := time.Since(start)
 	calls := redisCalls(b, rdb) - before
 	checkEffects(b, s.fake, n)

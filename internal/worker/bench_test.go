@@ -276,7 +276,28 @@ func BenchmarkBareAsynq(b *testing.B) {
 
 	client := asynq.NewClientFromRedisClient(s.redis.Client())
 	b.Cleanup(func() { _ = client.Close() })
-	enqueueTime := enqueueAll(b, n, func(ctx context.Context, i int) error {
+	enqueueTime := enqueueBare(b, client, n)
+	srv, mux, done, failed := bareServer(b, s)
+
+	b.ResetTimer()
+	b.StartTimer()
+	start := time.Now()
+	if err := srv.Start(mux); err != nil {
+		b.Fatalf("asynq server start: %v", err)
+	}
+	b.Cleanup(srv.Shutdown)
+	waitCompleted(b, int64(n), done, failed)
+	processTime := time.Since(start)
+	b.StopTimer()
+
+	checkEffects(b, s.fake, n)
+	reportRates(b, n, enqueueTime, processTime)
+}
+
+// enqueueBare enqueues n updates as bare asynq tasks and returns how long it took.
+func enqueueBare(b *testing.B, client *asynq.Client, n int) time.Duration {
+	b.Helper()
+	return enqueueAll(b, n, func(ctx context.Context, i int) error {
 		u := benchUpdate(i)
 		payload, err := json.Marshal(barePayload{ID: u.ID, Account: u.IntegratedAccountID, Body: u.Body, IdempotencyKey: u.IdempotencyKey})
 		if err != nil {
@@ -285,7 +306,12 @@ func BenchmarkBareAsynq(b *testing.B) {
 		_, err = client.EnqueueContext(ctx, asynq.NewTask(benchTaskType, payload))
 		return err
 	})
+}
 
+// bareServer is the baseline's plain asynq server (not started) and its
+// counts of completed and failed PATCHes.
+func bareServer(b *testing.B, s benchSetup) (*asynq.Server, *asynq.ServeMux, *atomic.Int64, *atomic.Int64) {
+	b.Helper()
 	// The default transport keeps 2 idle connections per host; with 50 handlers
 	// the baseline would then measure TCP setup, not the queue. orgsync's client
 	// keeps as many as its concurrency, so the baseline gets the same.
@@ -294,7 +320,6 @@ func BenchmarkBareAsynq(b *testing.B) {
 	b.Cleanup(tr.CloseIdleConnections)
 	var done, failed atomic.Int64
 	h := bareHandler{client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, baseURL: s.fake.URL, done: &done, failed: &failed}
-
 	// The same connection construction as the worker's (asynq's RedisClientOpt);
 	// LogLevel only keeps asynq's start and stop lines out of the benchmark output.
 	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: s.redis.Addr}, asynq.Config{
@@ -304,18 +329,5 @@ func BenchmarkBareAsynq(b *testing.B) {
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(benchTaskType, h)
-
-	b.ResetTimer()
-	b.StartTimer()
-	start := time.Now()
-	if err := srv.Start(mux); err != nil {
-		b.Fatalf("asynq server start: %v", err)
-	}
-	b.Cleanup(srv.Shutdown)
-	waitCompleted(b, int64(n), &done, &failed)
-	processTime := time.Since(start)
-	b.StopTimer()
-
-	checkEffects(b, s.fake, n)
-	reportRates(b, n, enqueueTime, processTime)
+	return srv, mux, &done, &failed
 }
