@@ -247,16 +247,7 @@ func TestClassifyNetwork(t *testing.T) {
 			return errors.As(err, &op) && op.Op == "dial" && errors.Is(err, syscall.ECONNREFUSED)
 		}},
 		{"body cut short", func(t *testing.T) (*Response, error) {
-			rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request) {
-				conn, buf, err := w.(http.Hijacker).Hijack()
-				if err != nil {
-					return
-				}
-				defer conn.Close()
-				_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":")
-				_ = buf.Flush()
-			})
-			c := newTestClient(t, rec.srv.URL)
+			c := newTestClient(t, cutShortServer(t))
 			_, resp, err := c.UpdateOrganization(testContext(t), validRequest())
 			if resp == nil || resp.StatusCode != 200 || string(resp.Body) != `{"id":` {
 				t.Errorf("partial response = %+v, want the 200 and the bytes that arrived", resp)
@@ -276,4 +267,20 @@ func TestClassifyNetwork(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cutShortServer answers 200 with a Content-Length it does not keep, then
+// closes the connection: a body cut short. It returns the server's URL.
+func cutShortServer(t *testing.T) string {
+	t.Helper()
+	rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request) {
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":")
+		_ = buf.Flush()
+	})
+	return rec.srv.URL
 }

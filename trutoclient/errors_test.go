@@ -346,16 +346,7 @@ func TestTransportError(t *testing.T) {
 		{
 			name: "body cut short",
 			setup: func(t *testing.T) (string, []Option) {
-				rec := newRecorder(t, func(w http.ResponseWriter, _ *http.Request) {
-					conn, buf, err := w.(http.Hijacker).Hijack()
-					if err != nil {
-						return
-					}
-					defer conn.Close()
-					_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"id\":")
-					_ = buf.Flush()
-				})
-				return rec.srv.URL, nil
+				return cutShortServer(t), nil
 			},
 			wantError:  "PATCH " + path + ": reading the 200 response body: unexpected EOF",
 			wantReason: "connection error, the update may have been applied: unexpected EOF",

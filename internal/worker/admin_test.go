@@ -330,11 +330,7 @@ func TestAdminConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			env := map[string]string{"TRUTO_API_TOKEN": "tok"}
-			for k, v := range tt.env {
-				env[k] = v
-			}
-			c, err := LoadConfig(tt.args, lookupFrom(env), &bytes.Buffer{})
+			c, err := loadWithToken(tt.args, tt.env)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
@@ -456,11 +452,7 @@ func TestAdminHostAndConnectionSettings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			env := map[string]string{"TRUTO_API_TOKEN": "tok"}
-			for k, v := range tt.env {
-				env[k] = v
-			}
-			c, err := LoadConfig(tt.args, lookupFrom(env), &bytes.Buffer{})
+			c, err := loadWithToken(tt.args, tt.env)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
@@ -478,4 +470,13 @@ func TestAdminHostAndConnectionSettings(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadWithToken loads a config from args and env, with an API token set.
+func loadWithToken(args []string, env map[string]string) (Config, error) {
+	all := map[string]string{"TRUTO_API_TOKEN": "tok"}
+	for k, v := range env {
+		all[k] = v
+	}
+	return LoadConfig(args, lookupFrom(all), &bytes.Buffer{})
 }
