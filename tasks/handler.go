@@ -258,8 +258,14 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 	switch {
 	case r.rec.State == StateCompleted:
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
-		if r.rec.Result != nil {
-			h.writeResult(r.task, *r.rec.Result)
+		e := OutcomeEvent{Type: EventCompleted}
+		if res := r.rec.Result; res != nil {
+			h.writeResult(r.task, *res)
+			e.StatusCode, e.Attempts = res.StatusCode, res.Attempts
+		}
+		// Its outcome event may not have been written before the crash: at least once.
+		if err := h.announce(ctx, r, e, r.rec.Runs); err != nil {
+			return true, err
 		}
 		h.finish(ctx, r)
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, "skipped", "already completed"
@@ -268,10 +274,21 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 	case r.rec.State == StateDead || (r.rec.DeadLettered && h.deadLetterIsCurrent(ctx, r.id, r.p)):
 		// A dead letter exists: finish marking it (a crash may have come in
 		// between) and send nothing, so a dead update can never also apply.
+		runs := r.rec.Runs
 		if r.rec.State != StateDead {
-			if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, r.id, "dead-lettered") }); err != nil {
+			if err := h.durably(ctx, func(ctx context.Context) (err error) {
+				runs, err = h.store.markDead(ctx, r.id, "dead-lettered")
+				return err
+			}); err != nil {
 				return true, err
 			}
+		}
+		e := OutcomeEvent{Type: EventDead}
+		if d, err := h.store.DeadLetter(ctx, r.id); err == nil {
+			e.StatusCode, e.Class, e.Reason, e.Attempts = d.StatusCode, d.Class, d.Reason, d.Attempts
+		}
+		if err := h.announce(ctx, r, e, runs); err != nil {
+			return true, err
 		}
 		h.finish(ctx, r)
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
@@ -524,7 +541,11 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	} else {
 		result.BodyText = rawExcerpt(res.Body, MaxResultBody)
 	}
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.complete(ctx, r.id, result) }); err != nil {
+	var runs []string
+	if err := h.durably(ctx, func(ctx context.Context) (err error) {
+		runs, err = h.store.complete(ctx, r.id, result)
+		return err
+	}); err != nil {
 		// The update is applied but the ledger could not say so: the next run
 		// re-sends under the same key, and Truto's idempotency cache answers it.
 		h.logger.Error("update applied but its result could not be stored; it will be re-sent with the same idempotency key",
@@ -535,6 +556,9 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	if err := h.store.noteApplied(ctx, p.Update, p.origin()); err != nil {
 		h.logger.Warn("could not note the organization's newest applied update (the stale-replay guard may miss it)",
 			"task_id", r.id, "error", err.Error())
+	}
+	if err := h.announce(ctx, r, OutcomeEvent{Type: EventCompleted, StatusCode: res.StatusCode, Attempts: result.Attempts}, runs); err != nil {
+		return err // run again: the ledger knows it applied, and the next run announces it
 	}
 	h.finish(ctx, r)
 	account := p.IntegratedAccountID
@@ -571,6 +595,19 @@ func statedLimit(v string) (ratelimit.Limit, bool) {
 		return ratelimit.Limit{Requests: reqs, Window: time.Duration(secs) * time.Second}, true
 	}
 	return ratelimit.Limit{}, false
+}
+
+// announce writes the update's outcome event and counts its end in its runs.
+func (h *Handler) announce(ctx context.Context, r *run, e OutcomeEvent, runs []string) error {
+	p := r.p
+	e.At, e.TaskID, e.IdempotencyKey = h.now().UTC(), r.id, p.IdempotencyKey
+	e.Account, e.Organization, e.EnqueuedAt = p.IntegratedAccountID, p.ID, p.EnqueuedAt
+	err := h.durably(ctx, func(ctx context.Context) error { return h.store.ended(ctx, e, runs) })
+	if err != nil {
+		h.logger.Warn("could not write the update's outcome event or count it in its run; it is run again to retry",
+			"task_id", r.id, "error", err.Error())
+	}
+	return err
 }
 
 // durably runs a ledger write that must not be lost to a passing Redis blip,
@@ -618,8 +655,16 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class string, status i
 	}
 	// Once the dead letter exists, a later run sends nothing even if this
 	// mark is lost (ProcessTask checks for the dead letter itself).
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.markDead(ctx, d.TaskID, d.Reason) }); err != nil {
+	var runs []string
+	if err := h.durably(ctx, func(ctx context.Context) (err error) {
+		runs, err = h.store.markDead(ctx, d.TaskID, d.Reason)
 		return err
+	}); err != nil {
+		return err
+	}
+	e := OutcomeEvent{Type: EventDead, StatusCode: d.StatusCode, Class: d.Class, Reason: d.Reason, Attempts: d.Attempts}
+	if err := h.announce(ctx, r, e, runs); err != nil {
+		return err // run again: the dead letter stops any send, and the next run announces it
 	}
 	h.finish(ctx, r) // a dead update must not hold back its organization's later updates
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,

@@ -70,7 +70,8 @@ type enqueueConfig struct {
 	maxRetry  int
 	processAt time.Time
 	run       string
-	replay    bool // the dead letter is being replayed: its record does not block
+	line      int64 // the update's line in its run (0: the next free one)
+	replay    bool  // the dead letter is being replayed: its record does not block
 }
 
 // InQueue sends the update to queue q.
@@ -82,8 +83,15 @@ func WithMaxRetry(n int) EnqueueOption { return func(c *enqueueConfig) { c.maxRe
 // At delays the update's first attempt until t.
 func At(t time.Time) EnqueueOption { return func(c *enqueueConfig) { c.processAt = t } }
 
-// InRun records the bulk run name in the payload.
+// InRun adds the update to run name (see Store.Run): the run records its
+// line and counts its end. A run is done once sealed (SealRun) and every
+// update in it has ended.
 func InRun(name string) EnqueueOption { return func(c *enqueueConfig) { c.run = name } }
+
+// AtLine sets the update's line number in its run (a bulk file's line); by
+// default it takes the run's next line. An update already in the run keeps
+// its first line; a line that held another update now holds this one.
+func AtLine(n int64) EnqueueOption { return func(c *enqueueConfig) { c.line = n } }
 
 // Enqueued describes an accepted (or duplicate) update.
 type Enqueued struct {
@@ -108,6 +116,14 @@ func (p *Producer) Enqueue(ctx context.Context, u Update, opts ...EnqueueOption)
 	if cfg.maxRetry < 0 {
 		return Enqueued{}, &ValidationError{Field: "max_retry", Reason: "must not be negative"}
 	}
+	if cfg.run != "" {
+		if err := ValidateRunName(cfg.run); err != nil {
+			return Enqueued{}, err
+		}
+	}
+	if cfg.line < 0 {
+		return Enqueued{}, &ValidationError{Field: "line", Reason: "must not be negative"}
+	}
 	if u.IdempotencyKey == "" {
 		u.IdempotencyKey = NewKey()
 	}
@@ -127,6 +143,49 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 	if err := p.store.noteKey(ctx, pl.IntegratedAccountID, pl.IdempotencyKey); err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
+	// The run is named in the ledger record before the update's state is
+	// read below: either the worker that ends it sees the run, or this
+	// enqueue sees it ended (and counts it in the run itself).
+	if cfg.run != "" && !cfg.replay {
+		places, err := p.store.addToRun(ctx, cfg.run, []runEntry{{line: cfg.line, taskID: id, key: pl.IdempotencyKey}})
+		if err != nil {
+			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+		}
+		if places[0].prior == runPurged {
+			// Purged, and enqueued again: it waits in its run once more, from
+			// before admission can hand it to a worker.
+			if err := p.store.setInRuns(ctx, id, []string{cfg.run}, runWaiting); err != nil {
+				return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+			}
+		}
+	}
+	out, err := p.admit(ctx, pl, cfg, out)
+	if cfg.run != "" && !cfg.replay && errors.Is(err, ErrDuplicate) {
+		if rerr := p.countEnded(ctx, out.TaskID, cfg.run); rerr != nil {
+			return out, fmt.Errorf("enqueue %s: %w", id, rerr)
+		}
+	}
+	return out, err
+}
+
+// countEnded counts an update that already ended (completed or dead) in run.
+func (p *Producer) countEnded(ctx context.Context, id, run string) error {
+	rec, err := p.store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	switch {
+	case rec.State == StateCompleted:
+		return p.store.setInRuns(ctx, id, []string{run}, runCompleted)
+	case rec.State == StateDead || rec.DeadLettered:
+		return p.store.setInRuns(ctx, id, []string{run}, runDead)
+	}
+	return nil // still waiting or running: the worker that ends it counts it
+}
+
+// admit puts the update in admission unless it exists already.
+func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out Enqueued) (Enqueued, error) {
+	id := out.TaskID
 	if !cfg.replay {
 		// A dead update keeps its identity until an operator replays or purges
 		// it, even after asynq's capped archive has forgotten it; and an update

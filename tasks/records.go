@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -74,6 +76,8 @@ type Record struct {
 	Result         *Result   `json:"result,omitempty"`
 	// DeadLettered says a dead letter exists for the update.
 	DeadLettered bool `json:"dead_lettered,omitempty"`
+	// Runs names the runs the update is in.
+	Runs []string `json:"runs,omitempty"`
 }
 
 // Store holds orgsync's own records in Redis: the per-update ledger and
@@ -88,6 +92,8 @@ type Store struct {
 	maxAttempts int
 	now         func() time.Time
 	adm         *admission.Scheduler
+	// eventsMaxLen caps the outcome stream (0: no events).
+	eventsMaxLen int64
 }
 
 // StoreOption configures a Store.
@@ -112,7 +118,8 @@ func WithMaxAttemptsKept(n int) StoreOption { return func(s *Store) { s.maxAttem
 
 // NewStore returns a Store on rdb.
 func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
-	s := &Store{rdb: rdb, prefix: "orgsync", ttl: DefaultResultTTL, maxAttempts: DefaultMaxAttemptsKept, now: time.Now}
+	s := &Store{rdb: rdb, prefix: "orgsync", ttl: DefaultResultTTL, maxAttempts: DefaultMaxAttemptsKept, now: time.Now,
+		eventsMaxLen: DefaultEventsMaxLen}
 	for _, o := range opts {
 		o(s)
 	}
@@ -144,6 +151,12 @@ func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
 	r.Attempts, _ = strconv.Atoi(m["attempts"])
 	r.FirstAttemptAt = parseTime(m["first_attempt"])
 	r.LastAttemptAt = parseTime(m["last_attempt"])
+	for f := range m {
+		if name, ok := strings.CutPrefix(f, runFieldPrefix); ok {
+			r.Runs = append(r.Runs, name)
+		}
+	}
+	slices.Sort(r.Runs)
 	if raw := m["result"]; raw != "" {
 		var res Result
 		if err := json.Unmarshal([]byte(raw), &res); err == nil {
@@ -204,34 +217,39 @@ func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
 	return err
 }
 
-// complete marks the update done and stores its result.
-func (s *Store) complete(ctx context.Context, taskID string, res Result) error {
+// complete marks the update done and stores its result. It returns the runs
+// the update is in, read in the same transaction: a producer that adds the
+// update to a run either is seen here or sees the state (see addToRun).
+func (s *Store) complete(ctx context.Context, taskID string, res Result) ([]string, error) {
 	b, err := json.Marshal(res)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
 	pipe.HSet(ctx, rec, "state", StateCompleted, "result", b, "last_error", "")
 	pipe.PExpire(ctx, rec, s.ttl)
+	fields := pipe.HKeys(ctx, rec)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("store result of %s: %w", taskID, err)
+		return nil, fmt.Errorf("store result of %s: %w", taskID, err)
 	}
-	return nil
+	return runsOf(fields.Val()), nil
 }
 
 // markDead records that the update ended dead. The dead letter itself is
 // written first, by the caller, so that a crash in between leaves a dead letter
 // and a ledger that a re-run will complete, never the reverse.
-func (s *Store) markDead(ctx context.Context, taskID, reason string) error {
+// It returns the runs the update is in, as complete does.
+func (s *Store) markDead(ctx context.Context, taskID, reason string) ([]string, error) {
 	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
 	pipe.HSet(ctx, rec, "state", StateDead, "last_error", reason)
 	pipe.PExpire(ctx, rec, s.ttl)
+	fields := pipe.HKeys(ctx, rec)
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("mark %s dead: %w", taskID, err)
+		return nil, fmt.Errorf("mark %s dead: %w", taskID, err)
 	}
-	return nil
+	return runsOf(fields.Val()), nil
 }
 
 // resetForReplay gives the update a fresh budget and clears its final state;

@@ -89,6 +89,12 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	if err := p.store.resetForReplay(ctx, d.TaskID); err != nil {
 		return out, err
 	}
+	// Waiting again in its runs, before a worker can end it once more.
+	if rec, err := p.store.Get(ctx, d.TaskID); err != nil {
+		return out, err
+	} else if err := p.store.setInRuns(ctx, d.TaskID, rec.Runs, runWaiting); err != nil {
+		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
+	}
 	maxRetry := d.MaxRetry
 	if o.MaxRetry > 0 {
 		maxRetry = o.MaxRetry
@@ -166,10 +172,24 @@ func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
 	if err := s.deleteArchived(asynq.NewInspectorFromRedisClient(s.rdb), d); err != nil {
 		return false, fmt.Errorf("purge %s: %w", d.TaskID, err)
 	}
+	rec, err := s.Get(ctx, d.TaskID)
+	if err != nil {
+		return false, err
+	}
 	if err := s.resetForReplay(ctx, d.TaskID); err != nil {
 		return false, err
 	}
-	return s.DeleteDeadLetter(ctx, d.TaskID)
+	existed, err := s.DeleteDeadLetter(ctx, d.TaskID)
+	if err != nil {
+		return existed, err
+	}
+	// Ended without applying: purged in its runs, which may now be done.
+	if rec.State != StateCompleted {
+		if err := s.setInRuns(ctx, d.TaskID, rec.Runs, runPurged); err != nil {
+			return existed, fmt.Errorf("purge %s: %w", d.TaskID, err)
+		}
+	}
+	return existed, nil
 }
 
 // deleteArchived deletes asynq's archived copy of a dead letter (kept for the

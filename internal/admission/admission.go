@@ -700,3 +700,21 @@ func str(v any) string {
 	}
 	return ""
 }
+
+// States returns the admission state of each update ("waiting", "admitted"
+// or "running"; "" when admission does not hold it), in one round trip.
+func (s *Scheduler) States(ctx context.Context, ids []string) ([]string, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGet(ctx, s.base+"upd:"+id, "state")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("admission: states: %w", err)
+	}
+	out := make([]string, len(ids))
+	for i, c := range cmds {
+		out[i] = c.Val()
+	}
+	return out, nil
+}

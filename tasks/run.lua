@@ -1,0 +1,138 @@
+-- Runs: which updates a bulk run holds, line by line, and how many of them
+-- have ended. Every key of one run shares its hash tag, so the script runs on
+-- one Redis Cluster slot. KEYS[1] is the run's meta hash, KEYS[2] its lines,
+-- KEYS[3] its ids.
+--
+--   meta   HASH name, started (ms), total (updates in the run), completed,
+--          dead, purged (counts by end state), next_line (the highest line
+--          number used), sealed (1: every line is in), finished (ms, when
+--          the run became done), announced (1: its "run done" event is out)
+--   lines  HASH line number -> task id .. "\t" .. idempotency key
+--   ids    HASH task id -> line number .. "|" .. state, where state is ""
+--          (not ended), "c" (completed), "d" (dead) or "p" (purged)
+--
+-- A task id is in a run once, at the line where it was first added; a line
+-- holds one task id, the last added there (a line edited in place and enqueued
+-- again under the same run replaces its earlier update in the run).
+local META, LINES, IDS = KEYS[1], KEYS[2], KEYS[3]
+local op = ARGV[1]
+local now = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local counter = {c = 'completed', d = 'dead', p = 'purged'}
+
+local function split(v)
+  local bar = string.find(v, '|', 1, true)
+  if not bar then return v, '' end
+  return string.sub(v, 1, bar - 1), string.sub(v, bar + 1)
+end
+
+local function num(f)
+  return tonumber(redis.call('HGET', META, f) or '0') or 0
+end
+
+-- done reports whether the run just became done and its event is not out yet
+-- (again after a crash before the event was written: at least once).
+local function done()
+  if num('sealed') ~= 1 then return 0 end
+  local total = num('total')
+  if total == 0 or num('completed') + num('dead') + num('purged') < total then return 0 end
+  if redis.call('HEXISTS', META, 'finished') == 0 then
+    redis.call('HSET', META, 'finished', now)
+  end
+  if redis.call('HEXISTS', META, 'announced') == 1 then return 0 end
+  return 1
+end
+
+local function keep()
+  redis.call('PEXPIRE', META, ttl)
+  redis.call('PEXPIRE', LINES, ttl)
+  redis.call('PEXPIRE', IDS, ttl)
+end
+
+local function reopen()
+  redis.call('HDEL', META, 'finished', 'announced')
+end
+
+if op == 'add' then
+  -- ARGV[4] the run's name, then triples: line (0: the next free one), task id, key.
+  -- Returns, per entry: its line and its state before ("new" if it was not in the run).
+  if redis.call('EXISTS', META) == 0 then
+    redis.call('HSET', META, 'name', ARGV[4], 'started', now, 'total', 0, 'next_line', 0)
+  end
+  local out = {}
+  local added = false
+  for i = 5, #ARGV, 3 do
+    local line, id, key = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
+    local cur = redis.call('HGET', IDS, id)
+    if cur then
+      local l, st = split(cur)
+      table.insert(out, tonumber(l))
+      table.insert(out, st)
+    else
+      if line <= 0 then
+        line = redis.call('HINCRBY', META, 'next_line', 1)
+      elseif line > num('next_line') then
+        redis.call('HSET', META, 'next_line', line)
+      end
+      local old = redis.call('HGET', LINES, line)
+      if old then
+        local tab = string.find(old, '\t', 1, true)
+        local oldid = string.sub(old, 1, tab - 1)
+        local oc = redis.call('HGET', IDS, oldid)
+        if oc then
+          local _, ost = split(oc)
+          if counter[ost] then redis.call('HINCRBY', META, counter[ost], -1) end
+          redis.call('HDEL', IDS, oldid)
+          redis.call('HINCRBY', META, 'total', -1)
+        end
+      end
+      redis.call('HSET', LINES, line, id .. '\t' .. key)
+      redis.call('HSET', IDS, id, line .. '|')
+      redis.call('HINCRBY', META, 'total', 1)
+      added = true
+      table.insert(out, line)
+      table.insert(out, 'new')
+    end
+  end
+  if added then
+    redis.call('HSET', META, 'sealed', 0)
+    reopen()
+  end
+  keep()
+  return out
+end
+
+if op == 'set' then
+  -- ARGV[4] task id, ARGV[5] its state now: "c", "d", "p", or "" (waiting
+  -- again: replayed, or enqueued again after a purge). Returns {changed,
+  -- became done}; {-1, 0} when the task id is not in the run.
+  local cur = redis.call('HGET', IDS, ARGV[4])
+  if not cur then return {-1, 0} end
+  local line, st = split(cur)
+  local new = ARGV[5]
+  local changed = 0
+  if st ~= new then
+    if counter[st] then redis.call('HINCRBY', META, counter[st], -1) end
+    if counter[new] then redis.call('HINCRBY', META, counter[new], 1) end
+    redis.call('HSET', IDS, ARGV[4], line .. '|' .. new)
+    if new == '' then reopen() end
+    changed = 1
+  end
+  keep()
+  return {changed, done()}
+end
+
+if op == 'seal' then
+  -- Every line is in. Returns {exists, became done}.
+  if redis.call('EXISTS', META) == 0 then return {0, 0} end
+  redis.call('HSET', META, 'sealed', 1)
+  keep()
+  return {1, done()}
+end
+
+if op == 'announced' then
+  redis.call('HSET', META, 'announced', 1)
+  return 1
+end
+
+return redis.error_reply('run.lua: unknown op ' .. tostring(op))
