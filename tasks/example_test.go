@@ -45,3 +45,42 @@ func ExampleProducer_Enqueue() {
 	// duplicate true true
 	// body: must be a JSON object
 }
+
+// A service learns the outcome of the updates it enqueued without polling:
+// it reads orgsync's outcome stream through a consumer group, handles each
+// event, then acknowledges it. An event not acknowledged (the service died
+// while handling it) is delivered again: to this consumer when it comes
+// back under the same name, or to another of the group after ClaimIdle.
+func ExampleStore_NewEventReader() {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	defer rdb.Close()
+
+	reader, err := tasks.NewStore(rdb).NewEventReader(tasks.EventReaderOptions{
+		Group:    "billing-service", // one group per service that wants every event
+		Consumer: "billing-1",       // stable across restarts
+	})
+	if err != nil {
+		panic(err)
+	}
+	for ctx.Err() == nil {
+		events, err := reader.Read(ctx) // waits up to 5 s for new events
+		if err != nil {
+			fmt.Println("read:", err) // Redis unreachable: try again
+			continue
+		}
+		for _, e := range events {
+			switch e.Type {
+			case tasks.EventCompleted:
+				fmt.Println("applied", e.IdempotencyKey, e.StatusCode)
+			case tasks.EventDead:
+				fmt.Println("dead", e.IdempotencyKey, e.Class, e.Reason)
+			case tasks.EventRunDone:
+				fmt.Println("run", e.Run, "done:", e.Completed, "completed,", e.Dead, "dead")
+			}
+			if err := reader.Ack(ctx, e.ID); err != nil {
+				fmt.Println("ack:", err)
+			}
+		}
+	}
+}

@@ -266,6 +266,11 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("stats before the worker: exit %d, %q: want %d accounts scheduled in admission and nothing in asynq", r.code, r.stdout, accounts)
 	}
 
+	// Someone follows the run to its end before any worker has started.
+	follower, followOut := start(t, env, "enqueue", "runs", "status", "e2e", "--wait", "--timeout", "4m")
+	followed := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(followOut); followed <- b }()
+
 	// The worker.
 	admin := freeAddr(t)
 	worker, _ := start(t, env, "worker", "--admin-addr", admin, "--concurrency", "40",
@@ -295,6 +300,47 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("dlq list lacks %s with status 422:\n%s", id, r.stdout)
 		}
 	}
+	// The follower saw the run end: every update completed or dead, exit 1
+	// for the dead ones, dead letters by status and class.
+	var runSt tasks.RunStatus
+	select {
+	case out := <-followed:
+		err := <-follower.done
+		follower.done <- err // for the cleanup
+		code := -1
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		if jerr := json.Unmarshal(out, &runSt); jerr != nil || code != 1 || !runSt.Done || runSt.Total != int64(n) ||
+			runSt.Completed != int64(n-len(bad)) || runSt.Dead != int64(len(bad)) || runSt.DeadByStatus["422"] != len(bad) || runSt.DeadByClass["permanent"] != len(bad) {
+			t.Errorf("runs status --wait: exit %d (%v), %q; want exit 1, done: %d completed, %d dead with 422", code, err, out, n-len(bad), len(bad))
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("runs status --wait did not return within a minute of the run ending")
+	}
+	// Its results, line by line: every line of the file that was valid, in
+	// order; the dead ones with Truto's answer.
+	r = runCmd(t, env, "", "enqueue", "runs", "results", "e2e")
+	resLines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(resLines) != n {
+		t.Fatalf("runs results: exit %d, %d lines; want %d", r.code, len(resLines), n)
+	}
+	prev := int64(0)
+	for _, l := range resLines {
+		var res tasks.RunResult
+		if err := json.Unmarshal([]byte(l), &res); err != nil || res.Line <= prev {
+			t.Fatalf("runs results line %q: %v; want NDJSON in line order", l, err)
+		}
+		prev = res.Line
+		if res.State == tasks.StatusCompleted && (res.StatusCode != 200 || len(res.Response) == 0) {
+			t.Errorf("completed line %d without its stored response: %s", res.Line, l)
+		}
+	}
+	r = runCmd(t, env, "", "enqueue", "runs", "results", "e2e", "--state", "dead")
+	if strings.Count(r.stdout, "\n") != len(bad) || strings.Count(r.stdout, `"status_code":422`) != len(bad) || !strings.Contains(r.stdout, `"class":"permanent"`) {
+		t.Errorf("runs results --state dead: %q; want the %d dead lines with 422 and their class", r.stdout, len(bad))
+	}
+
 	// status of a completed update shows its stored response.
 	r = runCmd(t, env, "", "enqueue", "status", key)
 	status = tasks.Status{}
@@ -312,11 +358,42 @@ func TestEndToEnd(t *testing.T) {
 		getJSON(t, fake+"/_fake/stats", &st)
 		return st.Effects == n, fmt.Sprintf("%+v", st)
 	})
+	// In the run, the replayed lines went from dead to waiting to completed.
+	r = runCmd(t, env, "", "enqueue", "runs", "status", "e2e", "--wait", "--timeout", "1m")
+	if err := json.Unmarshal([]byte(r.stdout), &runSt); err != nil || r.code != 0 || runSt.Completed != int64(n) || runSt.Dead != 0 || !runSt.Done {
+		t.Errorf("runs status after the replay: exit %d, %q; want exit 0, all %d completed", r.code, r.stdout, n)
+	}
+	// The outcome events: every update's end at least once, the dead ones,
+	// and the run done (twice: before and after the replay).
+	r = runCmd(t, env, "", "enqueue", "events", "--run", "e2e")
+	completed := map[string]bool{}
+	var deadEvents, doneEvents int
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ev tasks.OutcomeEvent
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("events line %q: %v", l, err)
+		}
+		switch ev.Type {
+		case tasks.EventCompleted:
+			completed[ev.TaskID] = true
+		case tasks.EventDead:
+			deadEvents++
+		case tasks.EventRunDone:
+			doneEvents++
+		}
+	}
+	if r.code != 0 || len(completed) != n || deadEvents != len(bad) || doneEvents != 2 {
+		t.Errorf("events --run e2e: exit %d, %d updates completed, %d dead, %d run_done; want %d, %d, 2", r.code, len(completed), deadEvents, doneEvents, n, len(bad))
+	}
 
 	// Re-running the same file under the same run name enqueues nothing.
 	r = runCmd(t, env, "", "enqueue", "bulk", input, "--run", "e2e")
-	if err := json.Unmarshal([]byte(r.stdout), &sum); err != nil || sum.Enqueued != 0 || sum.Duplicates != n {
+	if err := json.Unmarshal([]byte(strings.SplitN(r.stdout, "\n", 2)[0]), &sum); err != nil || sum.Enqueued != 0 || sum.Duplicates != n {
 		t.Errorf("bulk re-run: %q: want 0 enqueued, %d duplicates", r.stdout, n)
+	}
+	r = runCmd(t, env, "", "enqueue", "runs", "status", "e2e")
+	if err := json.Unmarshal([]byte(r.stdout), &runSt); err != nil || runSt.Total != int64(n) || runSt.Completed != int64(n) || !runSt.Done {
+		t.Errorf("runs status after the re-run: %q; want the same %d lines, all completed", r.stdout, n)
 	}
 
 	// SIGTERM drains and exits 0.
