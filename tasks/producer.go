@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -273,48 +272,4 @@ func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup 
 		}
 	}
 	return false, "", false, nil
-}
-
-// DefaultEnqueueConcurrency is how many enqueues EnqueueMany keeps in flight.
-const DefaultEnqueueConcurrency = 16
-
-// EnqueueMany enqueues updates concurrently (DefaultEnqueueConcurrency at a
-// time) with the same options, and returns one result and one error per
-// update, in the updates' order: errs[i] is nil, a *ValidationError, an error
-// matching ErrDuplicate (results[i] then names the existing task), or a Redis
-// error. Updates to the same organization are enqueued in slice order, so
-// they also apply in that order.
-func (p *Producer) EnqueueMany(ctx context.Context, updates []Update, opts ...EnqueueOption) ([]Enqueued, []error) {
-	results := make([]Enqueued, len(updates))
-	errs := make([]error, len(updates))
-	// One worker per organization key at a time keeps each organization's
-	// updates in slice order; different organizations go concurrently.
-	byOrg := map[string][]int{}
-	var order []string
-	for i, u := range updates {
-		k := u.IntegratedAccountID + "\x00" + u.ID
-		if _, ok := byOrg[k]; !ok {
-			order = append(order, k)
-		}
-		byOrg[k] = append(byOrg[k], i)
-	}
-	work := make(chan []int)
-	var wg sync.WaitGroup
-	for range min(DefaultEnqueueConcurrency, len(order)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for idx := range work {
-				for _, i := range idx {
-					results[i], errs[i] = p.Enqueue(ctx, updates[i], opts...)
-				}
-			}
-		}()
-	}
-	for _, k := range order {
-		work <- byOrg[k]
-	}
-	close(work)
-	wg.Wait()
-	return results, errs
 }

@@ -102,21 +102,34 @@ if op == 'add' then
   return out
 end
 
-if op == 'set' then
-  -- ARGV[4] task id, ARGV[5] its state now: "c", "d", "p", or "" (waiting
-  -- again: replayed, or enqueued again after a purge). Returns {changed,
-  -- became done}; {-1, 0} when the task id is not in the run.
-  local cur = redis.call('HGET', IDS, ARGV[4])
-  if not cur then return {-1, 0} end
+-- set records task id's state now: "c", "d", "p", or "" (waiting again:
+-- replayed, or enqueued again after a purge). It returns 1 when that changed
+-- something, 0 when not, -1 when the task id is not in the run.
+local function set(id, new)
+  local cur = redis.call('HGET', IDS, id)
+  if not cur then return -1 end
   local line, st = split(cur)
-  local new = ARGV[5]
+  if st == new then return 0 end
+  if counter[st] then redis.call('HINCRBY', META, counter[st], -1) end
+  if counter[new] then redis.call('HINCRBY', META, counter[new], 1) end
+  redis.call('HSET', IDS, id, line .. '|' .. new)
+  if new == '' then reopen() end
+  return 1
+end
+
+if op == 'set' then
+  -- ARGV[4] task id, ARGV[5] its state. Returns {changed, became done}.
+  local changed = set(ARGV[4], ARGV[5])
+  if changed < 0 then return {-1, 0} end
+  keep()
+  return {changed, done()}
+end
+
+if op == 'setmany' then
+  -- Pairs of task id and state from ARGV[4]. Returns {changed, became done}.
   local changed = 0
-  if st ~= new then
-    if counter[st] then redis.call('HINCRBY', META, counter[st], -1) end
-    if counter[new] then redis.call('HINCRBY', META, counter[new], 1) end
-    redis.call('HSET', IDS, ARGV[4], line .. '|' .. new)
-    if new == '' then reopen() end
-    changed = 1
+  for i = 4, #ARGV, 2 do
+    if set(ARGV[i], ARGV[i + 1]) > 0 then changed = changed + 1 end
   end
   keep()
   return {changed, done()}

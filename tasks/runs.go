@@ -138,6 +138,26 @@ func (s *Store) setRunState(ctx context.Context, name, taskID, state string) (bo
 	return len(res) == 2 && res[1] == 1, nil
 }
 
+// setRunStates records several updates' states in run name in one call,
+// and announces the run if they made it done.
+func (s *Store) setRunStates(ctx context.Context, name string, states map[string]string) error {
+	if len(states) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 2*len(states))
+	for id, st := range states {
+		args = append(args, id, st)
+	}
+	res, err := s.runCall(ctx, name, "setmany", args...).Int64Slice()
+	if err != nil {
+		return fmt.Errorf("run %q: record %d updates: %w", name, len(states), err)
+	}
+	if len(res) == 2 && res[1] == 1 {
+		return s.announceRun(ctx, name)
+	}
+	return nil
+}
+
 // SealRun says every line of run name is in: once every update in it has
 // ended, the run is done. Adding a new line later opens it again. It returns
 // ErrNotFound for an unknown run.

@@ -186,6 +186,23 @@ func (s *Scheduler) Add(ctx context.Context, it Item) (int64, error) {
 	return seq, nil
 }
 
+// AddMany adds items in order in one script call, as Add would one by one,
+// and returns each one's sequence number (0: already in).
+func (s *Scheduler) AddMany(ctx context.Context, items []Item) ([]int64, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, 7*len(items))
+	for _, it := range items {
+		args = append(args, it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin)
+	}
+	seqs, err := s.run(ctx, "addmany", args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("admission: add %d updates: %w", len(items), err)
+	}
+	return seqs, nil
+}
+
 // Ticket is an admitted update: run it now.
 type Ticket struct {
 	ID      string

@@ -88,9 +88,9 @@ local function forget(a)
   end
 end
 
-if op == 'add' then
-  -- id, account, org, queue, not_before, payload, origin (0: this enqueue)
-  local id, a, o = ARGV[3], ARGV[4], ARGV[5]
+-- add puts update id in account a's lane, behind organization o's earlier
+-- updates; it returns its sequence number, or 0 when id is already in.
+local function add(id, a, o, q, nb, pl, origin)
   local uk = ukey(id)
   if redis.call('EXISTS', uk) == 1 then return 0 end
   -- Sequence numbers count up from the clock's milliseconds, so they are
@@ -98,18 +98,32 @@ if op == 'add' then
   -- per-organization numbers) and still strictly increasing.
   local seq = math.max(tonumber(redis.call('GET', B .. 'seq') or '0') + 1, math.floor(now))
   redis.call('SET', B .. 'seq', string.format('%d', seq))
-  local og = tonumber(ARGV[9])
+  local og = tonumber(origin)
   if og == 0 then og = seq end
   redis.call('ZADD', okey(o), seq, id)
-  redis.call('HSET', uk, 'a', a, 'o', o, 'q', ARGV[6], 'nb', ARGV[7], 'pl', ARGV[8],
+  redis.call('HSET', uk, 'a', a, 'o', o, 'q', q, 'nb', nb, 'pl', pl,
     -- Generations start at the sequence number, so a run task id
     -- ("<id>.<gen>") of this life never meets one of an earlier life (a
     -- replay, or a purge and re-enqueue, of the same id).
     'seq', seq, 'og', og, 'gen', seq, 'state', 'waiting')
   redis.call('HINCRBY', akey(a), 'n', 1)
   redis.call('PERSIST', akey(a))
-  ready(a, o, id, math.max(now, tonumber(ARGV[7])))
+  ready(a, o, id, math.max(now, tonumber(nb)))
   return seq
+end
+
+if op == 'add' then
+  -- id, account, org, queue, not_before, payload, origin (0: this enqueue)
+  return add(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+
+elseif op == 'addmany' then
+  -- the arguments of add, seven per update, in enqueue order; returns the
+  -- sequence number (or 0) of each.
+  local out = {}
+  for i = 3, #ARGV, 7 do
+    table.insert(out, add(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]))
+  end
+  return out
 
 elseif op == 'admit' then
   -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner,
