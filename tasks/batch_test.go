@@ -23,7 +23,6 @@ func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return func(ctx context.Context, cmds []redis.Cmder) error { r.n.Add(1); return next(ctx, cmds) }
 }
 
-
 // TestEnqueueLinesBatches: a run of 1,200 lines goes in a fixed handful of
 // round trips per batch of DefaultBatchSize; lines keep their numbers, each
 // organization's updates their order; a re-run adds nothing and counts the
