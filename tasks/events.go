@@ -92,18 +92,32 @@ func (s *Store) emit(ctx context.Context, e OutcomeEvent) error {
 	return nil
 }
 
-// ended reports an update's end: the event, then its state in each of its
-// runs, then the runs it made done. Each step can be repeated.
-func (s *Store) ended(ctx context.Context, e OutcomeEvent, runs []string) error {
+// endIn queues in pipe what an update's end writes besides the ledger: its
+// outcome event, then its state in each of its runs. Each part is safe to
+// repeat. The returned function, once the pipeline has run, names the runs
+// the update made done (their run_done events are still to be written).
+func (s *Store) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent, runs []string) func() []string {
 	e.Runs = runs
-	if err := s.emit(ctx, e); err != nil {
-		return err
+	if s.eventsMaxLen > 0 {
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: s.EventsKey(), MaxLen: s.eventsMaxLen, Approx: true, Values: e.fields()})
 	}
 	state := runCompleted
 	if e.Type == EventDead {
 		state = runDead
 	}
-	return s.setInRuns(ctx, e.TaskID, runs, state)
+	cmds := make([]*redis.Cmd, len(runs))
+	for i, name := range runs {
+		cmds[i] = runScript.EvalSha(ctx, pipe, s.runKeys(name), "set", s.now().UnixMilli(), s.ttl.Milliseconds(), e.TaskID, state)
+	}
+	return func() []string {
+		var done []string
+		for i, c := range cmds {
+			if res, err := c.Int64Slice(); err == nil && len(res) == 2 && res[1] == 1 {
+				done = append(done, runs[i])
+			}
+		}
+		return done
+	}
 }
 
 // setInRuns records the update's state in each of runs, and announces those
@@ -122,10 +136,11 @@ func (s *Store) setInRuns(ctx context.Context, taskID string, runs []string, sta
 
 // announceRun writes a run's run_done event, then marks it written.
 func (s *Store) announceRun(ctx context.Context, name string) error {
-	st, err := s.Run(ctx, name)
+	m, err := s.rdb.HGetAll(ctx, s.runKeys(name)[0]).Result()
 	if err != nil {
-		return err
+		return fmt.Errorf("read run %q: %w", name, err)
 	}
+	st := runStatusOf(name, m)
 	e := OutcomeEvent{Type: EventRunDone, At: s.now().UTC(), Run: name, Total: st.Total,
 		Completed: st.Completed, Dead: st.Dead, Purged: st.Purged}
 	if err := s.emit(ctx, e); err != nil {

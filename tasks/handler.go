@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"github.com/sethvargo/go-retry"
 
 	"github.com/orgsync/orgsync/internal/admission"
@@ -165,54 +166,69 @@ type run struct {
 
 // ProcessTask runs one admitted update; see Handler for the contract.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	r, err := h.begin(ctx, t)
+	if r == nil {
+		return err // malformed, queued before admission, stale or held: begin settled it
+	}
+	defer h.leases.Release(r.id, r.gen)
+	if done, err := h.known(ctx, r); done {
+		return err
+	}
+	if age := h.now().Sub(r.p.EnqueuedAt); age > h.policy.MaxAge {
+		reason := fmt.Sprintf("expired: enqueued %s ago, over the %s budget (--max-age)", age.Round(time.Second), h.policy.MaxAge)
+		return h.deadLetter(ctx, r, ClassExpired, 0, reason, nil)
+	}
+	a := h.send(ctx, r)
+	return h.settle(ctx, r, a)
+}
+
+// begin reads the task and claims the update from admission, reading its
+// ledger record in the same round trip. It returns nil (and what the run
+// returns) when there is nothing to send: a malformed payload, a task from
+// before admission, a stale ticket, or an account held since admission.
+func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 	p, err := DecodePayload(t.Payload())
 	if err != nil {
-		return h.malformed(ctx, t, err)
+		return nil, h.malformed(ctx, t, err)
 	}
 	r := &run{task: t, id: p.TaskID(), p: p}
 	qid, _ := asynq.GetTaskID(ctx)
 	r.ev = Event{TaskID: r.id, QueueTaskID: qid, Account: p.IntegratedAccountID}
 	gen, probe, admitted := ticketOf(t)
 	if !admitted {
-		return h.join(ctx, r)
+		return nil, h.join(ctx, r)
 	}
 	r.gen, r.probe = gen, probe
-	place, ok, err := h.store.adm.Start(ctx, r.id, gen, h.leases.Owner())
-	if err != nil {
-		return err // Redis trouble: asynq runs it again; nothing was sent
+	var start func() (admission.Started, bool, error)
+	var read func() (Record, error)
+	_ = h.store.pipelined(ctx, func(pipe redis.Pipeliner) { // each command's error is read below
+		start = h.store.adm.StartIn(ctx, pipe, r.id, gen, h.leases.Owner())
+		read = h.store.getIn(ctx, pipe, r.id)
+	})
+	place, ok, serr := start()
+	if serr != nil {
+		return nil, serr // Redis trouble: asynq runs it again; nothing was sent
 	}
-	if place.Held {
+	switch {
+	case place.Held:
+		// Its account was held (a 429 of an update sent just before) or
+		// parked after it was admitted: sending would only meet the same answer.
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, "held", "its account was held after it was admitted: back in its lane"
 		h.observe(r.ev)
-		return asynq.RevokeTask
-	}
-	if !ok {
+		return nil, asynq.RevokeTask
+	case !ok:
 		r.ev.Outcome, r.ev.Reason = OutcomeStale, "stale ticket: admission has this update elsewhere"
 		h.observe(r.ev)
-		return asynq.RevokeTask
+		return nil, asynq.RevokeTask
 	}
 	h.leases.Hold(r.id, gen)
-	defer h.leases.Release(r.id, gen)
 	r.p.OrderSeq, r.p.OriginSeq = place.Seq, place.Origin
-
-	if r.rec, err = h.store.Get(ctx, r.id); err != nil {
+	if r.rec, err = read(); err != nil {
+		defer h.leases.Release(r.id, gen)
 		r.ev.Class = "ledger"
-		return h.putBack(ctx, r, time.Second, "the ledger could not be read: "+err.Error())
+		return nil, h.putBack(ctx, r, time.Second, "the ledger could not be read: "+err.Error())
 	}
-	if done, err := h.known(ctx, r); done {
-		return err
-	}
-	if age := h.now().Sub(p.EnqueuedAt); age > h.policy.MaxAge {
-		reason := fmt.Sprintf("expired: enqueued %s ago, over the %s budget (--max-age)", age.Round(time.Second), h.policy.MaxAge)
-		return h.deadLetter(ctx, r, ClassExpired, 0, reason, nil)
-	}
-	if held, err := h.store.adm.Held(ctx, p.IntegratedAccountID); err == nil && held {
-		// A 429 of an update sent just before this one holds the account.
-		r.ev.Class = "held"
-		return h.putBack(ctx, r, 0, "its account was held as it started: back in its lane")
-	}
-	a := h.send(ctx, r)
-	return h.settle(ctx, r, a)
+	return r, nil
 }
 
 // malformed dead-letters a payload that cannot be read.
@@ -258,16 +274,14 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 	switch {
 	case r.rec.State == StateCompleted:
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
+		// Its outcome event may not have been written before the crash: at least once.
 		e := OutcomeEvent{Type: EventCompleted}
 		if res := r.rec.Result; res != nil {
-			h.writeResult(r.task, *res)
 			e.StatusCode, e.Attempts = res.StatusCode, res.Attempts
 		}
-		// Its outcome event may not have been written before the crash: at least once.
-		if err := h.announce(ctx, r, e, r.rec.Runs); err != nil {
+		if err := h.end(ctx, r, e, r.rec.Runs, nil); err != nil {
 			return true, err
 		}
-		h.finish(ctx, r)
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, "skipped", "already completed"
 		h.observe(r.ev)
 		return true, nil
@@ -287,10 +301,9 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		if d, err := h.store.DeadLetter(ctx, r.id); err == nil {
 			e.StatusCode, e.Class, e.Reason, e.Attempts = d.StatusCode, d.Class, d.Reason, d.Attempts
 		}
-		if err := h.announce(ctx, r, e, runs); err != nil {
+		if err := h.end(ctx, r, e, runs, nil); err != nil {
 			return true, err
 		}
-		h.finish(ctx, r)
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
 		h.observe(r.ev)
 		return true, fmt.Errorf("already dead-lettered: %w", asynq.SkipRetry)
@@ -552,19 +565,17 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 			"task_id", r.id, "error", err.Error())
 		return err
 	}
-	h.writeResult(r.task, result)
-	if err := h.store.noteApplied(ctx, p.Update, p.origin()); err != nil {
-		h.logger.Warn("could not note the organization's newest applied update (the stale-replay guard may miss it)",
-			"task_id", r.id, "error", err.Error())
-	}
-	if err := h.announce(ctx, r, OutcomeEvent{Type: EventCompleted, StatusCode: res.StatusCode, Attempts: result.Attempts}, runs); err != nil {
-		return err // run again: the ledger knows it applied, and the next run announces it
-	}
-	h.finish(ctx, r)
 	account := p.IntegratedAccountID
-	_ = h.store.adm.Learn(ctx, account, admission.Accepted)
-	if lim, ok := statedLimit(res.RateLimit.Limit); ok {
-		_ = h.store.adm.LearnLimit(ctx, account, lim)
+	err := h.end(ctx, r, OutcomeEvent{Type: EventCompleted, StatusCode: res.StatusCode, Attempts: result.Attempts}, runs,
+		func(pipe redis.Pipeliner) {
+			h.store.noteAppliedIn(ctx, pipe, p.Update, p.origin())
+			h.store.adm.LearnIn(ctx, pipe, account, admission.Accepted)
+			if lim, ok := statedLimit(res.RateLimit.Limit); ok {
+				h.store.adm.LearnLimitIn(ctx, pipe, account, lim)
+			}
+		})
+	if err != nil {
+		return err // run again: the ledger knows it applied, and the next run ends it
 	}
 	if a.decision.Delay > 0 {
 		// The answer said the window is used up: hold the account for everyone.
@@ -597,17 +608,40 @@ func statedLimit(v string) (ratelimit.Limit, bool) {
 	return ratelimit.Limit{}, false
 }
 
-// announce writes the update's outcome event and counts its end in its runs.
-func (h *Handler) announce(ctx context.Context, r *run, e OutcomeEvent, runs []string) error {
+// end follows an update's end in the ledger (completed or dead): its
+// outcome event, its state in its runs and extra in one round trip, then it
+// takes the update out of admission (its organization's next update becomes
+// ready), then it writes the run_done events of the runs it finished. A
+// failure before the update leaves admission is returned: asynq runs it
+// again, the ledger knows the end, and the next run ends it again (events
+// are written at least once).
+func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string, extra func(redis.Pipeliner)) error {
+	ctx = context.WithoutCancel(ctx)
 	p := r.p
 	e.At, e.TaskID, e.IdempotencyKey = h.now().UTC(), r.id, p.IdempotencyKey
 	e.Account, e.Organization, e.EnqueuedAt = p.IntegratedAccountID, p.ID, p.EnqueuedAt
-	err := h.durably(ctx, func(ctx context.Context) error { return h.store.ended(ctx, e, runs) })
+	var finished func() []string
+	err := h.durably(ctx, func(ctx context.Context) error {
+		return h.store.pipelined(ctx, func(pipe redis.Pipeliner) {
+			finished = h.store.endIn(ctx, pipe, e, runs)
+			if extra != nil {
+				extra(pipe)
+			}
+		})
+	})
 	if err != nil {
-		h.logger.Warn("could not write the update's outcome event or count it in its run; it is run again to retry",
+		h.logger.Warn("could not write the update's outcome event or count it in its runs; it is run again to retry",
 			"task_id", r.id, "error", err.Error())
+		return err
 	}
-	return err
+	h.finish(ctx, r)
+	for _, name := range finished() {
+		if err := h.store.announceRun(ctx, name); err != nil {
+			h.logger.Warn("a run is done but its run_done event could not be written; the next read of its status writes it",
+				"run", name, "error", err.Error())
+		}
+	}
+	return nil
 }
 
 // durably runs a ledger write that must not be lost to a passing Redis blip,
@@ -621,17 +655,6 @@ func (h *Handler) durably(ctx context.Context, write func(context.Context) error
 		}
 		return nil
 	})
-}
-
-func (h *Handler) writeResult(t *asynq.Task, r Result) {
-	w := t.ResultWriter()
-	if w == nil {
-		return
-	}
-	b, err := json.Marshal(r)
-	if err == nil {
-		_, _ = w.Write(b) // a copy for the queue UI; the ledger holds the real one
-	}
 }
 
 // deadLetter writes the update's dead letter, marks the ledger, and lets its
@@ -662,11 +685,11 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class string, status i
 	}); err != nil {
 		return err
 	}
+	// Out of admission: a dead update must not hold back its organization's later updates.
 	e := OutcomeEvent{Type: EventDead, StatusCode: d.StatusCode, Class: d.Class, Reason: d.Reason, Attempts: d.Attempts}
-	if err := h.announce(ctx, r, e, runs); err != nil {
-		return err // run again: the dead letter stops any send, and the next run announces it
+	if err := h.end(ctx, r, e, runs, nil); err != nil {
+		return err // run again: the dead letter stops any send, and the next run ends it
 	}
-	h.finish(ctx, r) // a dead update must not hold back its organization's later updates
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,
 		"class", d.Class, "status", d.StatusCode, "reason", d.Reason)
 	r.ev.Outcome = OutcomeDead

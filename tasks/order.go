@@ -48,6 +48,13 @@ func (s *Store) noteApplied(ctx context.Context, u Update, origin int64) error {
 	return setLastApplied.Run(ctx, s.rdb, []string{s.lastKey(u.IntegratedAccountID, u.ID)}, origin, lastAppliedTTL.Milliseconds()).Err()
 }
 
+// noteAppliedIn queues noteApplied in pipe.
+func (s *Store) noteAppliedIn(ctx context.Context, pipe redis.Pipeliner, u Update, origin int64) {
+	if origin > 0 {
+		setLastApplied.EvalSha(ctx, pipe, []string{s.lastKey(u.IntegratedAccountID, u.ID)}, origin, lastAppliedTTL.Milliseconds())
+	}
+}
+
 // LastApplied returns the sequence number of the newest update applied to
 // the organization (0 when none is known).
 func (s *Store) LastApplied(ctx context.Context, account, id string) (int64, error) {

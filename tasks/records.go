@@ -140,13 +140,26 @@ func (s *Store) attKey(taskID string) string { return s.prefix + ":{" + taskID +
 func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
 	// Not a transaction: the two keys live in different hash slots.
 	pipe := s.rdb.Pipeline()
+	read := s.getIn(ctx, pipe, taskID)
+	_, _ = pipe.Exec(ctx)
+	return read()
+}
+
+// getIn queues Get's reads in pipe; the returned function reads the record
+// once the pipeline has run.
+func (s *Store) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) func() (Record, error) {
 	all := pipe.HGetAll(ctx, s.recKey(taskID))
 	dead := pipe.HExists(ctx, s.dlqRecords(), taskID)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
+	return func() (Record, error) {
+		if err := errors.Join(all.Err(), dead.Err()); err != nil {
+			return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
+		}
+		return recordOf(taskID, all.Val(), dead.Val()), nil
 	}
-	m := all.Val()
-	r := Record{TaskID: taskID, State: m["state"], LastError: m["last_error"], DeadLettered: dead.Val()}
+}
+
+func recordOf(taskID string, m map[string]string, dead bool) Record {
+	r := Record{TaskID: taskID, State: m["state"], LastError: m["last_error"], DeadLettered: dead}
 	r.Spent, _ = strconv.Atoi(m["spent"])
 	r.Attempts, _ = strconv.Atoi(m["attempts"])
 	r.FirstAttemptAt = parseTime(m["first_attempt"])
@@ -163,7 +176,7 @@ func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
 			r.Result = &res
 		}
 	}
-	return r, nil
+	return r
 }
 
 // Attempts returns the attempt history of an update, oldest first.

@@ -205,7 +205,13 @@ func (s *Store) Run(ctx context.Context, name string) (RunStatus, error) {
 	if len(m) == 0 {
 		return RunStatus{}, fmt.Errorf("run %q: %w", name, ErrNotFound)
 	}
-	return runStatusOf(name, m), nil
+	st := runStatusOf(name, m)
+	if st.Done && m["announced"] != "1" {
+		// Its run_done event was lost to a crash or a Redis error between the
+		// last end and the event: whoever reads the run first writes it.
+		_ = s.announceRun(ctx, name)
+	}
+	return st, nil
 }
 
 func runStatusOf(name string, m map[string]string) RunStatus {

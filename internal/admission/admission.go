@@ -133,11 +133,55 @@ func New(rdb redis.UniversalClient, c Config, opts ...Option) *Scheduler {
 func (s *Scheduler) Config() Config { return s.c }
 
 func (s *Scheduler) run(ctx context.Context, op string, args ...any) *redis.Cmd {
+	return script.Run(ctx, s.rdb, []string{s.key}, s.args(op, args)...)
+}
+
+// runIn queues op in pipe (by its SHA: LoadScript must have run).
+func (s *Scheduler) runIn(ctx context.Context, pipe redis.Pipeliner, op string, args ...any) *redis.Cmd {
+	return script.EvalSha(ctx, pipe, []string{s.key}, s.args(op, args)...)
+}
+
+func (s *Scheduler) args(op string, args []any) []any {
 	now := int64(0)
 	if s.now != nil {
 		now = s.now().UnixMilli()
 	}
-	return script.Run(ctx, s.rdb, []string{s.key}, append([]any{op, now}, args...)...)
+	return append([]any{op, now}, args...)
+}
+
+// LoadScript loads admission's script into Redis, so that its operations can
+// be queued in pipelines (the *In methods); a Redis restart forgets it.
+func LoadScript(ctx context.Context, rdb redis.Scripter) error {
+	return script.Load(ctx, rdb).Err()
+}
+
+// StartIn queues Start in pipe; the returned function reads its answer once
+// the pipeline has run.
+func (s *Scheduler) StartIn(ctx context.Context, pipe redis.Pipeliner, id string, gen int64, owner string) func() (Started, bool, error) {
+	cmd := s.runIn(ctx, pipe, "start", id, gen, owner, s.c.Lease.Milliseconds())
+	return func() (Started, bool, error) { return started(id, cmd) }
+}
+
+// FinishIn queues Finish in pipe.
+func (s *Scheduler) FinishIn(ctx context.Context, pipe redis.Pipeliner, id string, gen int64) *redis.Cmd {
+	return s.runIn(ctx, pipe, "finish", id, genArg(gen))
+}
+
+// LearnLimitIn queues LearnLimit in pipe.
+func (s *Scheduler) LearnLimitIn(ctx context.Context, pipe redis.Pipeliner, account string, lim ratelimit.Limit) {
+	if lim.IsZero() {
+		return
+	}
+	ceiling, base := s.learnRates(account)
+	s.runIn(ctx, pipe, "learn", account, "limit", s.intervalMS(ceiling), s.intervalMS(base),
+		s.c.MaxLearnedInterval.Milliseconds(), s.intervalMS(lim))
+}
+
+// LearnIn queues Learn in pipe.
+func (s *Scheduler) LearnIn(ctx context.Context, pipe redis.Pipeliner, account string, fb Feedback) *redis.Cmd {
+	ceiling, base := s.learnRates(account)
+	return s.runIn(ctx, pipe, "learn", account, fb.kind(), s.intervalMS(ceiling), s.intervalMS(base),
+		s.c.MaxLearnedInterval.Milliseconds(), 0)
 }
 
 // intervalMS is the spacing between requests under lim, headroom included,
@@ -259,7 +303,11 @@ type Started struct {
 // for a stale ticket (the update was put back, or finished, since): the
 // caller must not run it.
 func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner string) (Started, bool, error) {
-	res, err := s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()).Int64Slice()
+	return started(id, s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()))
+}
+
+func started(id string, cmd *redis.Cmd) (Started, bool, error) {
+	res, err := cmd.Int64Slice()
 	if err != nil {
 		return Started{}, false, fmt.Errorf("admission: start %s: %w", id, err)
 	}
@@ -296,15 +344,18 @@ func (s *Scheduler) Extend(ctx context.Context, owner string, ids []string) ([]s
 // put back and admitted again since finishes nothing. It reports whether the
 // update was taken out.
 func (s *Scheduler) Finish(ctx context.Context, id string, gen int64) (bool, error) {
-	g := ""
-	if gen != AnyGeneration {
-		g = strconv.FormatInt(gen, 10)
-	}
-	n, err := s.run(ctx, "finish", id, g).Int64()
+	n, err := s.run(ctx, "finish", id, genArg(gen)).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: finish %s: %w", id, err)
 	}
 	return n == 1, nil
+}
+
+func genArg(gen int64) string {
+	if gen == AnyGeneration {
+		return ""
+	}
+	return strconv.FormatInt(gen, 10)
 }
 
 // Held reports whether the account's lane is parked or held now (or every
@@ -399,11 +450,14 @@ const (
 
 // Learn lowers or raises the account's admitted rate from an answer.
 func (s *Scheduler) Learn(ctx context.Context, account string, fb Feedback) error {
-	kind := "ok"
+	return s.learn(ctx, account, fb.kind(), 0)
+}
+
+func (fb Feedback) kind() string {
 	if fb == Limited {
-		kind = "limited"
+		return "limited"
 	}
-	return s.learn(ctx, account, kind, 0)
+	return "ok"
 }
 
 // LearnLimit sets the account's admitted rate from a limit the upstream
@@ -464,19 +518,26 @@ func (s *Scheduler) RateLimited(ctx context.Context, account string, until time.
 }
 
 func (s *Scheduler) learn(ctx context.Context, account, kind string, value float64) error {
-	ceiling, base := s.c.Account, s.c.Account
-	if account == "" {
-		ceiling, base = s.c.Token, s.c.Token
-	}
-	if base.IsZero() {
-		base = ratelimit.DefaultAccountLimit
-	}
+	ceiling, base := s.learnRates(account)
 	err := s.run(ctx, "learn", account, kind, s.intervalMS(ceiling), s.intervalMS(base),
 		s.c.MaxLearnedInterval.Milliseconds(), value).Err()
 	if err != nil {
 		return fmt.Errorf("admission: learn the rate of account %s: %w", account, err)
 	}
 	return nil
+}
+
+// learnRates are the ceiling and the starting point of account's learned
+// rate ("" is the API token's).
+func (s *Scheduler) learnRates(account string) (ceiling, base ratelimit.Limit) {
+	ceiling, base = s.c.Account, s.c.Account
+	if account == "" {
+		ceiling, base = s.c.Token, s.c.Token
+	}
+	if base.IsZero() {
+		base = ratelimit.DefaultAccountLimit
+	}
+	return ceiling, base
 }
 
 // Reap puts back up to max updates whose lease ran out, and returns how many.
