@@ -71,9 +71,11 @@ func TestKeysWithoutExpiryDoNotGrow(t *testing.T) {
 				}
 			}
 		}
-		waitFor(t, "every update completed", 2*time.Minute, func() (bool, string) {
+		waitFor(t, "every update completed and out of admission", 2*time.Minute, func() (bool, string) {
 			st := p.states(keys)
-			return st[tasks.StateCompleted] == n, fmt.Sprint(st)
+			adm, err := p.store.Scheduler().Stats(ctx)
+			return err == nil && st[tasks.StateCompleted] == n && adm.Running+adm.Admitted+adm.Scheduled == 0,
+				fmt.Sprint(st, adm, err)
 		})
 	}
 	round(0, 200)
