@@ -170,7 +170,7 @@ func (a *app) rootCmd() *cobra.Command {
 		return usageError("%w (see `%s --help`)", err, c.CommandPath())
 	})
 	root.AddCommand(a.updateCmd(), a.bulkCmd(), a.statusCmd(), a.dlqCmd(), a.accountsCmd(), a.statsCmd(), a.queueCmd(),
-		a.runsCmd())
+		a.runsCmd(), a.eventsCmd())
 	return root
 }
 
