@@ -169,7 +169,8 @@ func (a *app) rootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError("%w (see `%s --help`)", err, c.CommandPath())
 	})
-	root.AddCommand(a.updateCmd(), a.bulkCmd(), a.statusCmd(), a.dlqCmd(), a.accountsCmd(), a.statsCmd(), a.queueCmd())
+	root.AddCommand(a.updateCmd(), a.bulkCmd(), a.statusCmd(), a.dlqCmd(), a.accountsCmd(), a.statsCmd(), a.queueCmd(),
+		a.runsCmd(), a.eventsCmd())
 	return root
 }
 

@@ -24,6 +24,7 @@ const maxLineBytes = tasks.MaxBodyBytes + 64<<10
 // bulkSummary is what `enqueue bulk` prints. Read counts non-blank lines, and
 // Read = Enqueued + Duplicates + Invalid + Failed.
 type bulkSummary struct {
+	Run        string  `json:"run,omitempty"`
 	Read       int64   `json:"read"`
 	Enqueued   int64   `json:"enqueued"`
 	Duplicates int64   `json:"duplicates"`
@@ -33,23 +34,44 @@ type bulkSummary struct {
 	PerSecond  float64 `json:"per_second"`
 }
 
+// Defaults of the flags of `enqueue bulk`.
+const (
+	defaultRun         = "" // no run
+	defaultConcurrency = 16
+	defaultMaxRetry    = 0 // the worker's default
+)
+
 // bulkFlags are the flags of `enqueue bulk`.
 type bulkFlags struct {
 	run         string
 	concurrency int
 	maxRetry    int
+	waitFlags
 }
 
 func (a *app) bulkCmd() *cobra.Command {
 	var f bulkFlags
 	c := &cobra.Command{
-		Use:   "bulk [FILE | -] [--run NAME]",
+		Use:   "bulk [FILE | -] [--run NAME [--wait [--timeout D]]]",
 		Short: "Enqueue every update of an NDJSON file (or stdin)",
 		Long: "Stream an NDJSON file of updates (one JSON object per line, the format of DESIGN.md) and\n" +
 			"enqueue the valid lines; each invalid line is reported on stderr with its number and reason.\n" +
-			"With --run NAME, lines without idempotency_key get a key derived from NAME, the line number and\n" +
-			"its content, so re-running the same file with the same NAME enqueues nothing twice.\n" +
-			"Exit 1 when any line was invalid, 2 when Redis failed.",
+			"Prints one summary object: {\"run\", \"read\", \"enqueued\", \"duplicates\", \"invalid\", \"failed\", ...}.\n" +
+			"Exit 1 when any line was invalid, 2 when Redis failed.\n" +
+			"\n" +
+			"With --run NAME the file is a run: each update is recorded at its line number (blank lines count)\n" +
+			"and lines without idempotency_key get a key derived from NAME, the line number and the line's\n" +
+			"content, so re-running the same file with the same NAME enqueues nothing twice and adds nothing\n" +
+			"to the run twice. Once every line is in, the run is sealed: it is done when every update in it\n" +
+			"has ended (`enqueue runs status NAME`). A bulk that stops half-way (Redis failed, interrupted)\n" +
+			"leaves the run open, never done, until the same file is run again with the same --run.\n" +
+			"\n" +
+			"--wait then waits for the run as `enqueue runs status NAME --wait` does: stdout gets the summary\n" +
+			"line as soon as every line is in, then, once the run is done (or --timeout passes), a second line,\n" +
+			"the run's status object. The exit code is the worse of the bulk's and the wait's: 0 every line\n" +
+			"valid and every update completed; 1 an invalid line, or an update dead or purged; 2 Redis failed\n" +
+			"or --timeout passed. There is no second line when the bulk stopped half-way (the run cannot be\n" +
+			"done) or no line of the file entered the run.",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			if f.concurrency < 1 {
@@ -57,6 +79,17 @@ func (a *app) bulkCmd() *cobra.Command {
 			}
 			if f.maxRetry < 0 {
 				return usageError("--max-retry %d: must not be negative (0 is the worker's default)", f.maxRetry)
+			}
+			if c.Flags().Changed("run") {
+				if err := tasks.ValidateRunName(f.run); err != nil {
+					return usageError("--run %q: %v", f.run, err)
+				}
+			}
+			if f.wait && f.run == "" {
+				return usageError("--wait waits for a run: give it a name with --run NAME")
+			}
+			if err := f.waitFlags.check(c.Flags()); err != nil {
+				return err
 			}
 			var src io.Reader = a.stdin
 			if len(args) == 1 && args[0] != "-" {
@@ -71,24 +104,42 @@ func (a *app) bulkCmd() *cobra.Command {
 				return err
 			}
 			sum, err := a.bulk(c.Context(), src, f)
+			sealed := false
+			if err == nil && sum.Failed == 0 && f.run != "" {
+				sealed, err = a.sealRun(c.Context(), f.run)
+			}
 			if werr := a.writeJSON(sum); werr != nil && err == nil {
 				err = werr
 			}
+			code := exitOK
 			switch {
 			case err != nil:
 				return &exitError{code: exitUsage, err: err}
 			case sum.Failed > 0:
 				return &exitError{code: exitUsage}
 			case sum.Invalid > 0:
-				return &exitError{code: exitRefused}
+				code = exitRefused
+			}
+			if f.wait && sealed {
+				if err := a.runStatus(c.Context(), f.run, f.waitFlags); err != nil {
+					var ee *exitError
+					if errors.As(err, &ee) && ee.code < code {
+						ee.code = code
+					}
+					return err
+				}
+			}
+			if code != exitOK {
+				return &exitError{code: code}
 			}
 			return nil
 		},
 	}
 	fl := c.Flags()
-	fl.StringVar(&f.run, "run", "", "name of this run: derives stable idempotency keys for lines without one")
-	fl.IntVar(&f.concurrency, "concurrency", 16, "enqueues in flight at once")
-	fl.IntVar(&f.maxRetry, "max-retry", 0, "retry budget of each update (0: the worker's default)")
+	fl.StringVar(&f.run, "run", defaultRun, "`NAME` of this run: records each update at its line, derives stable idempotency keys for lines without one, and seals the run once every line is in (see 'enqueue runs --help')")
+	fl.IntVar(&f.concurrency, "concurrency", defaultConcurrency, "enqueues in flight at once")
+	fl.IntVar(&f.maxRetry, "max-retry", defaultMaxRetry, "retry budget of each update (0: the worker's default)")
+	f.waitFlags.register(fl, "after the bulk, wait until the run is done (needs --run), as 'enqueue runs status --wait' does")
 	return c
 }
 
@@ -130,7 +181,11 @@ func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary
 					failed.Add(1) // read, never sent: the run was stopped
 					continue
 				}
-				_, err := a.producer.Enqueue(wctx, j.u, opts...)
+				jobOpts := opts
+				if f.run != "" {
+					jobOpts = append(opts[:len(opts):len(opts)], tasks.AtLine(int64(j.line)))
+				}
+				_, err := a.producer.Enqueue(wctx, j.u, jobOpts...)
 				switch {
 				case err == nil:
 					enqueued.Add(1)
@@ -153,6 +208,7 @@ func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary
 	wg.Wait()
 	a.finishProgress(bar)
 
+	sum.Run = f.run
 	sum.Enqueued, sum.Duplicates, sum.Failed = enqueued.Load(), duplicates.Load(), failed.Load()
 	sum.Seconds = time.Since(start).Seconds()
 	if sum.Seconds > 0 {
@@ -167,10 +223,26 @@ func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary
 	return sum, nil
 }
 
+// sealRun seals run name once every line of its file is in, so that it is
+// done once its updates have ended. It reports whether the run exists.
+func (a *app) sealRun(ctx context.Context, name string) (bool, error) {
+	err := a.store.SealRun(ctx, name)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, tasks.ErrNotFound):
+		a.logf("run %s has no line: the file had no valid line, so the run was not created", name)
+		return false, nil
+	}
+	return false, fmt.Errorf("bulk: every line is in, but run %s could not be sealed: %w; "+
+		"run the same file again with the same --run %s (nothing is enqueued twice) to seal it", name, err, name)
+}
+
 // resumeHint tells the user how to finish a run that stopped half-way.
 func resumeHint(run string) string {
 	if run != "" {
-		return fmt.Sprintf("re-run with the same --run %s to finish without enqueuing anything twice", run)
+		return fmt.Sprintf("re-run with the same --run %s to finish without enqueuing anything twice "+
+			"(until then run %s stays open: never done)", run, run)
 	}
 	return "lines without idempotency_key got random keys, so re-running the file enqueues them again; use --run NAME next time"
 }

@@ -57,7 +57,7 @@ func TestBulkMixedFile(t *testing.T) {
 	}
 	var got bulkSummary
 	decode(t, r, &got)
-	want := bulkSummary{Read: 8, Enqueued: 4, Invalid: 4}
+	want := bulkSummary{Run: "mixed", Read: 8, Enqueued: 4, Invalid: 4}
 	if diff := cmp.Diff(want, got, ignoreTiming); diff != "" {
 		t.Errorf("summary (-want +got):\n%s", diff)
 	}
@@ -103,9 +103,9 @@ func TestBulkRerunSameRun(t *testing.T) {
 		run  string
 		want bulkSummary
 	}{
-		{"first run", "r1", bulkSummary{Read: 50, Enqueued: 50}},
-		{"same run again", "r1", bulkSummary{Read: 50, Duplicates: 50}},
-		{"another run name", "r2", bulkSummary{Read: 50, Enqueued: 50}},
+		{"first run", "r1", bulkSummary{Run: "r1", Read: 50, Enqueued: 50}},
+		{"same run again", "r1", bulkSummary{Run: "r1", Read: 50, Duplicates: 50}},
+		{"another run name", "r2", bulkSummary{Run: "r2", Read: 50, Enqueued: 50}},
 	}
 	for _, tt := range tests { // in order: each builds on the last
 		r := cli(t, f.srv, "", "bulk", path, "--run", tt.run)
@@ -116,6 +116,11 @@ func TestBulkRerunSameRun(t *testing.T) {
 		decode(t, r, &got)
 		if diff := cmp.Diff(tt.want, got, ignoreTiming); diff != "" {
 			t.Errorf("%s: summary (-want +got):\n%s", tt.name, diff)
+		}
+		// Each line once in its run, whatever the re-runs; sealed once read whole.
+		st, err := f.store.Run(t.Context(), tt.run)
+		if err != nil || st.Total != 50 || st.Waiting != 50 || !st.Sealed {
+			t.Errorf("%s: run %s is %+v (%v); want 50 lines waiting, sealed", tt.name, tt.run, st, err)
 		}
 	}
 	if n := f.held(t, "acc1"); n != 100 {

@@ -248,9 +248,9 @@ func TestDLQExportPurgeBulkRoundTrip(t *testing.T) {
 	if purge.code != 0 || strings.TrimSpace(purge.stdout) != `{"purged":2}` {
 		t.Fatalf("purge: exit %d stdout %q stderr %q", purge.code, purge.stdout, purge.stderr)
 	}
-	again := cli(t, f.srv, exp.stdout, "bulk", "-", "--run", "ignored-for-keyed-lines")
+	again := cli(t, f.srv, exp.stdout, "bulk", "-", "--run", "keyed-lines")
 	decode(t, again, &sum)
-	if diff := cmp.Diff(bulkSummary{Read: 2, Enqueued: 2}, sum, ignoreTiming); diff != "" {
+	if diff := cmp.Diff(bulkSummary{Run: "keyed-lines", Read: 2, Enqueued: 2}, sum, ignoreTiming); diff != "" {
 		t.Errorf("bulk after purge (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff(ids("k1", "k2"), f.inAdmission(t, ids("k1", "k2")...)); diff != "" {

@@ -21,7 +21,13 @@ func main() {
 	// go-redis logs each failed dial on its own; the error we return already
 	// says what went wrong, once.
 	redis.SetLogger(quietLogger{})
+	// SIGINT or SIGTERM cancels ctx: commands stop cleanly (events --follow
+	// exits 0, a wait prints where the run stood). A second one kills at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
 	stop()
 	os.Exit(code)
