@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"os"
 	"sync"
@@ -149,10 +150,53 @@ type bulkJob struct {
 	u    tasks.Update
 }
 
-// bulk reads src line by line and enqueues the valid lines with f.concurrency
-// workers. Memory stays flat: one line buffer, and a channel of at most
-// f.concurrency parsed updates. The first Redis failure stops the run (the
-// rest would fail the same way); the lines it leaves behind count as failed.
+// Batches: each lane sends up to tasks.DefaultBatchSize lines, or about
+// maxBatchBytes of bodies, per call (a fixed handful of Redis round trips);
+// at most maxBulkBytes of bodies are read and not yet enqueued, whatever the
+// number of lanes.
+const (
+	maxBatchBytes = 4 << 20
+	maxBulkBytes  = 32 << 20
+)
+
+// byteBudget bounds the bytes held between reading and enqueueing.
+type byteBudget struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	used int
+	max  int
+}
+
+func newByteBudget(max int) *byteBudget {
+	b := &byteBudget{max: max}
+	b.cond = sync.NewCond(&b.mu)
+	return b
+}
+
+// take waits until n more bytes fit (a line larger than the whole budget
+// waits until nothing else is held).
+func (b *byteBudget) take(n int) {
+	b.mu.Lock()
+	for b.used > 0 && b.used+n > b.max {
+		b.cond.Wait()
+	}
+	b.used += n
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) give(n int) {
+	b.mu.Lock()
+	b.used -= n
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// bulk reads src line by line and enqueues the valid lines in batches over
+// f.concurrency lanes. An organization's lines always go to the same lane, so
+// they are enqueued (and applied) in file order. Memory stays flat: one line
+// buffer, and per lane one batch in the making and one in flight. The first
+// Redis failure stops the run (the rest would fail the same way); the lines
+// it leaves behind count as failed.
 func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary, error) {
 	start := time.Now()
 	var sum bulkSummary
@@ -169,42 +213,66 @@ func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary
 	}
 
 	bar := a.startProgress(-1, "enqueue", "lines")
-	jobs := make(chan bulkJob, f.concurrency)
+	lanes := make([]chan bulkJob, f.concurrency)
 	var wg sync.WaitGroup
 	var stopOnce sync.Once
-	for range f.concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				if wctx.Err() != nil {
-					failed.Add(1) // read, never sent: the run was stopped
-					continue
-				}
-				jobOpts := opts
-				if f.run != "" {
-					jobOpts = append(opts[:len(opts):len(opts)], tasks.AtLine(int64(j.line)))
-				}
-				_, err := a.producer.Enqueue(wctx, j.u, jobOpts...)
-				switch {
-				case err == nil:
-					enqueued.Add(1)
-				case errors.Is(err, tasks.ErrDuplicate):
-					duplicates.Add(1)
-				default:
-					failed.Add(1)
-					stopOnce.Do(func() {
-						a.logf("line %d: enqueue failed: %v", j.line, err)
-						a.logf("stopping: the lines not yet enqueued are counted as failed; %s", resumeHint(f.run))
-						cancel(err)
-					})
-				}
+	budget := newByteBudget(maxBulkBytes)
+	send := func(batch []tasks.Line, size int) {
+		defer budget.give(size)
+		if wctx.Err() != nil {
+			failed.Add(int64(len(batch))) // read, never sent: the run was stopped
+			return
+		}
+		_, errs := a.producer.EnqueueLines(wctx, batch, opts...)
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				enqueued.Add(1)
+			case errors.Is(err, tasks.ErrDuplicate):
+				duplicates.Add(1)
+			default:
+				failed.Add(1)
+				stopOnce.Do(func() {
+					a.logf("line %d: enqueue failed: %v", batch[i].No, err)
+					a.logf("stopping: the lines not yet enqueued are counted as failed; %s", resumeHint(f.run))
+					cancel(err)
+				})
 			}
-		}()
+		}
+	}
+	for i := range lanes {
+		lanes[i] = make(chan bulkJob, tasks.DefaultBatchSize)
+		wg.Add(1)
+		go func(jobs <-chan bulkJob) {
+			defer wg.Done()
+			batch := make([]tasks.Line, 0, tasks.DefaultBatchSize)
+			for j := range jobs {
+				batch = append(batch[:0], tasks.Line{No: int64(j.line), Update: j.u})
+				size := len(j.u.Body)
+				// Take what else is already waiting, up to a batch: a fast
+				// reader fills batches, a slow one is not held back.
+			more:
+				for len(batch) < tasks.DefaultBatchSize && size < maxBatchBytes {
+					select {
+					case j, ok := <-jobs:
+						if !ok {
+							break more
+						}
+						batch = append(batch, tasks.Line{No: int64(j.line), Update: j.u})
+						size += len(j.u.Body)
+					default:
+						break more
+					}
+				}
+				send(batch, size)
+			}
+		}(lanes[i])
 	}
 
-	readErr := a.readLines(wctx, src, f.run, &sum, &failed, bar, jobs)
-	close(jobs)
+	readErr := a.readLines(wctx, src, f.run, &sum, &failed, bar, lanes, budget)
+	for _, l := range lanes {
+		close(l)
+	}
 	wg.Wait()
 	a.finishProgress(bar)
 
@@ -221,6 +289,15 @@ func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary
 		return sum, fmt.Errorf("bulk: interrupted after %d lines: %w; %s", sum.Read, err, resumeHint(f.run))
 	}
 	return sum, nil
+}
+
+// laneOf is the lane of an organization: always the same one.
+func laneOf(u tasks.Update, lanes int) int {
+	h := fnv.New32a()
+	h.Write([]byte(u.IntegratedAccountID))
+	h.Write([]byte{0})
+	h.Write([]byte(u.ID))
+	return int(h.Sum32() % uint32(lanes))
 }
 
 // sealRun seals run name once every line of its file is in, so that it is
@@ -249,7 +326,7 @@ func resumeHint(run string) string {
 
 // readLines parses src line by line, reports invalid lines and sends the
 // valid ones to jobs, until EOF or until ctx is done.
-func (a *app) readLines(ctx context.Context, src io.Reader, run string, sum *bulkSummary, failed *atomic.Int64, bar *progress, jobs chan<- bulkJob) error {
+func (a *app) readLines(ctx context.Context, src io.Reader, run string, sum *bulkSummary, failed *atomic.Int64, bar *progress, lanes []chan bulkJob, budget *byteBudget) error {
 	br := bufio.NewReaderSize(src, 64<<10)
 	var buf []byte
 	for lineNo := 1; ; lineNo++ {
@@ -282,8 +359,9 @@ func (a *app) readLines(ctx context.Context, src io.Reader, run string, sum *bul
 		if u.IdempotencyKey == "" && run != "" {
 			u.IdempotencyKey = tasks.RunKey(run, lineNo, line)
 		}
+		budget.take(len(u.Body))
 		select {
-		case jobs <- bulkJob{line: lineNo, u: u}:
+		case lanes[laneOf(u, len(lanes))] <- bulkJob{line: lineNo, u: u}:
 		case <-ctx.Done():
 			failed.Add(1) // read, never sent: the run was stopped
 			return nil
