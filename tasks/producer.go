@@ -84,7 +84,9 @@ func At(t time.Time) EnqueueOption { return func(c *enqueueConfig) { c.processAt
 
 // InRun adds the update to run name (see Store.Run): the run records its
 // line and counts its end. A run is done once sealed (SealRun) and every
-// update in it has ended.
+// update in it has ended. The run records the line before admission takes the
+// update: when Enqueue fails with a Redis error, enqueue the same update again
+// (same key), or the run waits for it (its line shows as StatusNotQueued).
 func InRun(name string) EnqueueOption { return func(c *enqueueConfig) { c.run = name } }
 
 // AtLine sets the update's line number in its run (a bulk file's line); by

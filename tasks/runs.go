@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +34,12 @@ var runScript = redis.NewScript(runSource)
 // StatusPurged is the state, in a run, of a dead update whose dead letter an
 // operator purged: it ended without being applied, and is not waiting.
 const StatusPurged = "purged"
+
+// StatusNotQueued is the state, in a run, of a line whose update the run
+// holds but admission does not, and which has not ended: its enqueue stopped
+// half-way (Redis failed, the producer was stopped). Enqueueing the same
+// line again (re-running the file with the same run name) queues it.
+const StatusNotQueued = "not_queued"
 
 // MaxRunNameBytes bounds a run's name.
 const MaxRunNameBytes = 256
@@ -355,19 +363,24 @@ func (f ResultFilter) match(r RunResult) bool {
 // run's size. It returns ErrNotFound for an unknown run.
 func (s *Store) EachRunResult(ctx context.Context, name string, f ResultFilter, fn func(RunResult) error) error {
 	keys := s.runKeys(name)
-	lastLine, err := s.rdb.HGet(ctx, keys[0], "next_line").Int64()
-	if errors.Is(err, redis.Nil) {
-		return fmt.Errorf("run %q: %w", name, ErrNotFound)
-	}
+	meta, err := s.rdb.HMGet(ctx, keys[0], "next_line", "total").Result()
 	if err != nil {
 		return fmt.Errorf("read run %q: %w", name, err)
 	}
-	fields := make([]string, 0, runPage)
-	for from := int64(1); from <= lastLine; from += runPage {
-		fields = fields[:0]
-		for l := from; l < from+runPage && l <= lastLine; l++ {
-			fields = append(fields, strconv.FormatInt(l, 10))
+	if meta[0] == nil {
+		return fmt.Errorf("run %q: %w", name, ErrNotFound)
+	}
+	lastLine, _ := strconv.ParseInt(str(meta[0]), 10, 64)
+	total, _ := strconv.ParseInt(str(meta[1]), 10, 64)
+	pages := denseLines(lastLine)
+	if lastLine > 2*total+runPage {
+		// Sparse line numbers (a producer's own): read the ones in use, in
+		// order, rather than every number up to the highest.
+		if pages, err = s.sparseLines(ctx, keys[1]); err != nil {
+			return fmt.Errorf("read run %q: %w", name, err)
 		}
+	}
+	for fields := range pages {
 		page, err := s.runResultPage(ctx, keys, fields)
 		if err != nil {
 			return fmt.Errorf("read run %q: %w", name, err)
@@ -383,6 +396,59 @@ func (s *Store) EachRunResult(ctx context.Context, name string, f ResultFilter, 
 	}
 	return nil
 }
+
+// denseLines yields the line numbers 1..last, runPage at a time.
+func denseLines(last int64) iter.Seq[[]string] {
+	return func(yield func([]string) bool) {
+		fields := make([]string, 0, runPage)
+		for from := int64(1); from <= last; from += runPage {
+			fields = fields[:0]
+			for l := from; l < from+runPage && l <= last; l++ {
+				fields = append(fields, strconv.FormatInt(l, 10))
+			}
+			if !yield(fields) {
+				return
+			}
+		}
+	}
+}
+
+// sparseLines yields the line numbers in use, in order, runPage at a time:
+// eight bytes per line held while it runs.
+func (s *Store) sparseLines(ctx context.Context, lines string) (iter.Seq[[]string], error) {
+	var nums []int64
+	var cursor uint64
+	for {
+		keys, next, err := s.rdb.HScanNoValues(ctx, lines, cursor, "", runPage).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			if n, err := strconv.ParseInt(k, 10, 64); err == nil {
+				nums = append(nums, n)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	slices.Sort(nums)
+	nums = slices.Compact(nums)
+	return func(yield func([]string) bool) {
+		fields := make([]string, 0, runPage)
+		for from := 0; from < len(nums); from += runPage {
+			fields = fields[:0]
+			for _, n := range nums[from:min(from+runPage, len(nums))] {
+				fields = append(fields, strconv.FormatInt(n, 10))
+			}
+			if !yield(fields) {
+				return
+			}
+		}
+	}, nil
+}
+
+func str(v any) string { s, _ := v.(string); return s }
 
 // runResultPage reads the given lines of a run and what became of each: the
 // lines and their states in one round trip, then the stored results, dead
@@ -472,8 +538,12 @@ func (s *Store) runResultPage(ctx context.Context, keys, lines []string) ([]RunR
 				out[i].State = StatusPending
 			case "running":
 				out[i].State = StatusActive
-			default:
+			case "waiting":
 				out[i].State = StatusWaiting
+			default:
+				// In the run, but not in admission and not ended: its enqueue
+				// stopped between the two (or is under way right now).
+				out[i].State = StatusNotQueued
 			}
 		}
 	}

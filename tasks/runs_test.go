@@ -431,3 +431,33 @@ func TestEventReaderAtLeastOnce(t *testing.T) {
 		t.Errorf("new event: %+v; want u_3 dead with 422, once", fresh)
 	}
 }
+
+// TestRunResultsSparseAndNotQueued: line numbers far apart are read as they
+// are, not as every number up to the highest; a line whose update never
+// reached admission (its enqueue stopped half-way) shows as not_queued.
+func TestRunResultsSparseAndNotQueued(t *testing.T) {
+	t.Parallel()
+	s, rdb := realStore(t)
+	rt := &roundTrips{}
+	rdb.AddHook(rt)
+	ctx := context.Background()
+	if _, err := s.addToRun(ctx, "sparse", []runEntry{{1_000_000_000, "u_b", "kb"}, {3, "u_a", "ka"}}); err != nil {
+		t.Fatal(err)
+	}
+	before := rt.n.Load()
+	var got []RunResult
+	if err := s.EachRunResult(ctx, "sparse", ResultFilter{}, func(r RunResult) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if trips := rt.n.Load() - before; trips > 10 {
+		t.Errorf("%d round trips for 2 lines numbered up to 1e9; want a handful", trips)
+	}
+	if len(got) != 2 || got[0].Line != 3 || got[1].Line != 1_000_000_000 {
+		t.Fatalf("results %+v; want lines 3 and 1e9 in order", got)
+	}
+	for _, r := range got {
+		if r.State != StatusNotQueued {
+			t.Errorf("line %d: state %q, want %q", r.Line, r.State, StatusNotQueued)
+		}
+	}
+}

@@ -32,7 +32,7 @@ const (
 
 // resultStates are the states `runs results --state` accepts, as
 // tasks.RunResult names them.
-var resultStates = []string{tasks.StatusCompleted, tasks.StatusDead, tasks.StatusPurged,
+var resultStates = []string{tasks.StatusCompleted, tasks.StatusDead, tasks.StatusPurged, tasks.StatusNotQueued,
 	tasks.StatusWaiting, tasks.StatusPending, tasks.StatusActive}
 
 // errWaitTimeout ends a wait that --timeout cut short.

@@ -234,7 +234,7 @@ func TestRunsUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{"bad state", []string{"runs", "results", "r", "--state", "done"}, 2, `--state "done": expected one of completed, dead, purged, waiting, pending, active`},
+		{"bad state", []string{"runs", "results", "r", "--state", "done"}, 2, `--state "done": expected one of completed, dead, purged, not_queued, waiting, pending, active`},
 		{"negative status", []string{"runs", "results", "r", "--status", "-1"}, 2, "--status -1"},
 		{"timeout without wait", []string{"runs", "status", "r", "--timeout", "1s"}, 2, "--timeout only applies with --wait"},
 		{"zero poll", []string{"runs", "status", "r", "--wait", "--poll", "0s"}, 2, "--poll 0s must be positive"},
