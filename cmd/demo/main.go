@@ -1,8 +1,9 @@
 // Command demo runs the whole of orgsync in one process on embedded defaults:
 // an in-process Redis (miniredis), the fake Truto on loopback with a scripted
 // outage, rate limits and a few organizations that refuse their update, a few
-// thousand updates enqueued through the real producer and processed by the real
-// worker, a report, and a replay of the dead letters once the fake is "fixed".
+// thousand updates enqueued through the real producer as one run (a line each)
+// and processed by the real worker, a report, a replay of the dead letters once
+// the fake is "fixed", and the run's status and first lines of results.
 //
 // It needs nothing installed but Go:
 //
@@ -13,6 +14,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -133,8 +135,51 @@ type Report struct {
 	Lost        int             `json:"lost"`
 	Duplicates  int             `json:"duplicate_effects"`
 	OutOfOrder  int             `json:"out_of_order_effects"`
+	Run         RunReport       `json:"run"`
 	Seconds     float64         `json:"seconds"`
 }
+
+// RunReport follows the run the updates were enqueued in (tasks.InRun), one
+// line per update in enqueue order: where it stood after the first pass and
+// at the end, and what became of its first lines.
+type RunReport struct {
+	Name           string       `json:"name"`
+	AfterFirstPass RunSummary   `json:"after_first_pass"`
+	Final          RunSummary   `json:"final"`
+	FirstLines     []LineReport `json:"first_lines"`
+}
+
+// RunSummary is a run's counts (tasks.RunStatus) with its dead letters by
+// HTTP status and class.
+type RunSummary struct {
+	Total        int64          `json:"total"`
+	Completed    int64          `json:"completed"`
+	Dead         int64          `json:"dead"`
+	Purged       int64          `json:"purged"`
+	Waiting      int64          `json:"waiting"`
+	Sealed       bool           `json:"sealed"`
+	Done         bool           `json:"done"`
+	DeadByStatus map[string]int `json:"dead_by_status"`
+	DeadByClass  map[string]int `json:"dead_by_class"`
+}
+
+// LineReport is one line of the run (tasks.RunResult) with an excerpt of
+// Truto's response, or of why the update died.
+type LineReport struct {
+	Line       int64  `json:"line"`
+	State      string `json:"state"`
+	StatusCode int    `json:"status_code,omitempty"`
+	Excerpt    string `json:"excerpt,omitempty"`
+}
+
+// The run the demo enqueues into, and how much of it the report shows.
+const (
+	demoRun = "demo"
+	// shownLines is how many of the run's first lines the report shows.
+	shownLines = 5
+	// excerptRunes bounds each line's excerpt of a response or error.
+	excerptRunes = 110
+)
 
 // PhaseReport is the state at the end of one pass. The counts are of
 // handler runs since the start (dead_lettered: in this pass); HandlerRuns is
@@ -197,11 +242,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	producer := tasks.NewProducer(store)
 	defer producer.Close()
 
-	say("\n1. Enqueueing %d updates (%d per organization, numbered) over %d accounts through the real producer (tasks.Producer)...",
+	say("\n1. Enqueueing %d updates (%d per organization, numbered) over %d accounts through the real producer (tasks.Producer),",
 		s.updates, s.perOrg, s.accounts)
+	say("   as run %q: one line per update, in enqueue order, then the run is sealed...", demoRun)
 	keys, err := enqueueAll(ctx, producer, s)
 	if err != nil {
 		return err
+	}
+	if err := store.SealRun(ctx, demoRun); err != nil {
+		return fmt.Errorf("seal run %q: %w", demoRun, err)
 	}
 	say("   enqueued %d in %.1fs", len(keys), time.Since(start).Seconds())
 
@@ -252,6 +301,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	for why, n := range rep.DeadReasons {
 		say("   dead-lettered %d x %s", n, why)
 	}
+	rep.Run.Name = demoRun
+	// A dead letter is counted (above) a moment before its run counts it.
+	if rep.Run.AfterFirstPass, err = runSettled(ctx, store, func(st tasks.RunStatus) bool { return st.Waiting == 0 }); err != nil {
+		return err
+	}
+	say("   run %q: %s", demoRun, runLine(rep.Run.AfterFirstPass))
 
 	say("\n3. The bad organizations are fixed upstream; replaying the dead letters (same idempotency keys, fresh budget)...")
 	fake.UpdateFaults(func(f *trutotest.Faults) { f.OrgStatus = nil })
@@ -279,13 +334,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	effects := fake.CountEffects(keys)
 	rep.Lost, rep.Duplicates = effects.Lost, effects.ExtraEffects+rep.Fake.DuplicateEffects
 	rep.OutOfOrder = fake.OutOfOrder("seq")
-	rep.Seconds = time.Since(start).Seconds()
 
 	say("\n4. What the fake Truto saw:")
 	say("   %d requests; by status %s", rep.Fake.Requests, statusLine(rep.Fake.ByStatus))
 	say("   %d effects for %d updates: lost %d, duplicate effects %d, out-of-order effects %d (of %d organizations with %d numbered updates each)",
 		rep.Fake.Effects, s.updates, rep.Lost, rep.Duplicates, rep.OutOfOrder, s.orgs(), s.perOrg)
 	say("   %d answers came from Truto's idempotency cache: retries of requests that had already applied", rep.Fake.Replays)
+	if rep.Run.Final, err = runSettled(ctx, store, func(st tasks.RunStatus) bool { return st.Done }); err != nil {
+		return err
+	}
+	if rep.Run.FirstLines, err = firstLines(ctx, store, shownLines); err != nil {
+		return err
+	}
+	say("\n5. The run %q, as a worker's admin endpoint answers GET /api/runs/%s and its /results:", demoRun, demoRun)
+	say("   after the first pass: %s", runLine(rep.Run.AfterFirstPass))
+	say("   now:                  %s", runLine(rep.Run.Final))
+	say("   its first %d lines:", len(rep.Run.FirstLines))
+	for _, l := range rep.Run.FirstLines {
+		code := "-"
+		if l.StatusCode != 0 {
+			code = fmt.Sprint(l.StatusCode)
+		}
+		say("     line %-3d %-9s %-3s  %s", l.Line, l.State, code, l.Excerpt)
+	}
+	rep.Seconds = time.Since(start).Seconds()
 	say("\nDone in %.1fs. Next: `go test ./...`, then README.md \"Running it for real\".", rep.Seconds)
 
 	enc := json.NewEncoder(stdout)
@@ -297,13 +369,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 		return fmt.Errorf("the run did not come out right: lost %d, duplicates %d, out of order %d, applied %d of %d",
 			rep.Lost, rep.Duplicates, rep.OutOfOrder, rep.Phase2.Applied, s.updates)
 	}
+	if f := rep.Run.Final; f.Total != int64(s.updates) || f.Completed != f.Total {
+		return fmt.Errorf("run %q did not come out right: %d lines, %d completed; want %d of %d", demoRun, f.Total, f.Completed, s.updates, s.updates)
+	}
 	return nil
 }
 
 func orgID(i int) string { return fmt.Sprintf("org-%06d", i) }
 
-// enqueueAll enqueues update r of every organization before update r+1
-// (tasks.Producer.EnqueueMany keeps each organization's updates in order). It
+// enqueueAll enqueues update r of every organization before update r+1, each
+// as the next line of run demoRun. As tasks.Producer.EnqueueMany does, one
+// goroutine per organization at a time keeps each organization's updates in
+// order (so they apply in it) while organizations go concurrently; EnqueueMany
+// itself gives every update the same options, not a line of its own. It
 // returns the Idempotency-Key each update is sent under, which is what the
 // fake counts its effects by.
 func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, error) {
@@ -319,13 +397,125 @@ func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, e
 			})
 		}
 	}
-	_, errs := p.EnqueueMany(ctx, updates)
-	for _, err := range errs {
+	byOrg := map[string][]int{}
+	var order []string
+	for i, u := range updates {
+		k := u.IntegratedAccountID + "\x00" + u.ID
+		if _, ok := byOrg[k]; !ok {
+			order = append(order, k)
+		}
+		byOrg[k] = append(byOrg[k], i)
+	}
+	errs := make([]error, len(updates))
+	work := make(chan []int)
+	var wg sync.WaitGroup
+	for range min(tasks.DefaultEnqueueConcurrency, len(order)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for idx := range work {
+				for _, i := range idx {
+					_, errs[i] = p.Enqueue(ctx, updates[i], tasks.InRun(demoRun), tasks.AtLine(int64(i+1)))
+				}
+			}
+		}()
+	}
+	for _, k := range order {
+		work <- byOrg[k]
+	}
+	close(work)
+	wg.Wait()
+	for i, err := range errs {
 		if err != nil {
-			return nil, fmt.Errorf("enqueue: %w", err)
+			return nil, fmt.Errorf("enqueue line %d: %w", i+1, err)
 		}
 	}
 	return keys, nil
+}
+
+// runSettled waits until the demo's run satisfies settled (its counts trail
+// the handler's events by a moment), then returns it with its dead letters.
+func runSettled(ctx context.Context, store *tasks.Store, settled func(tasks.RunStatus) bool) (RunSummary, error) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := store.Run(ctx, demoRun)
+		if err != nil {
+			return RunSummary{}, err
+		}
+		if settled(st) {
+			if err := store.RunDeadLetters(ctx, &st); err != nil {
+				return RunSummary{}, err
+			}
+			return RunSummary{Total: st.Total, Completed: st.Completed, Dead: st.Dead, Purged: st.Purged, Waiting: st.Waiting,
+				Sealed: st.Sealed, Done: st.Done, DeadByStatus: st.DeadByStatus, DeadByClass: st.DeadByClass}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return RunSummary{}, fmt.Errorf("run %q: gave up waiting for its counts (%+v): %w", demoRun, st, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// errShown stops reading the run's results once enough lines are shown.
+var errShown = errors.New("enough lines")
+
+// firstLines reads the first n lines of the demo's run.
+func firstLines(ctx context.Context, store *tasks.Store, n int) ([]LineReport, error) {
+	var out []LineReport
+	err := store.EachRunResult(ctx, demoRun, tasks.ResultFilter{}, func(r tasks.RunResult) error {
+		l := LineReport{Line: r.Line, State: r.State, StatusCode: r.StatusCode}
+		switch {
+		case r.Error != nil:
+			l.Excerpt = excerpt(strings.TrimSpace(r.Error.Class + ": " + r.Error.Reason + " " + compact(r.Error.Body)))
+		case len(r.Response) > 0:
+			l.Excerpt = excerpt(compact(r.Response))
+		default:
+			l.Excerpt = excerpt(r.ResponseText)
+		}
+		out = append(out, l)
+		if len(out) >= n {
+			return errShown
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errShown) {
+		return nil, fmt.Errorf("results of run %q: %w", demoRun, err)
+	}
+	return out, nil
+}
+
+// compact is JSON on one line.
+func compact(b []byte) string {
+	var buf bytes.Buffer
+	if json.Compact(&buf, b) != nil {
+		return string(b)
+	}
+	return buf.String()
+}
+
+// excerpt cuts s to excerptRunes runes.
+func excerpt(s string) string {
+	r := []rune(s)
+	if len(r) <= excerptRunes {
+		return s
+	}
+	return string(r[:excerptRunes-1]) + "…"
+}
+
+// runLine is a run's counts in one line.
+func runLine(r RunSummary) string {
+	state := "open"
+	if r.Done {
+		state = "done"
+	}
+	dead := "no dead letters"
+	if len(r.DeadByStatus) > 0 {
+		dead = "dead letters by status " + countLine(r.DeadByStatus) + ", by class " + countLine(r.DeadByClass)
+	}
+	return fmt.Sprintf("%d lines: %d completed, %d dead, %d purged, %d waiting; %s; %s", r.Total, r.Completed, r.Dead,
+		r.Purged, r.Waiting, state, dead)
 }
 
 // waitSettled waits until every update is applied or dead, redrawing a
@@ -374,6 +564,20 @@ func waitLine(m map[string]int) string {
 	parts := make([]string, 0, len(names))
 	for _, k := range names {
 		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// countLine is "k: n" for each key of m, sorted by key.
+func countLine(m map[string]int) string {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	parts := make([]string, 0, len(names))
+	for _, k := range names {
+		parts = append(parts, fmt.Sprintf("%s: %d", k, m[k]))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // TestDemoRunsClean runs a small demo with every fault on and checks its report.
@@ -43,6 +47,56 @@ func TestDemoRunsClean(t *testing.T) {
 	}
 	if rep.Fake.ByStatus[503] == 0 {
 		t.Errorf("no 503s seen: the outage did not fire")
+	}
+	// The updates went in as one run: its 10 dead letters after the first
+	// pass, all 400 lines completed at the end.
+	wantFirst := RunSummary{Total: 400, Completed: 390, Dead: 10, Sealed: true, Done: true,
+		DeadByStatus: map[string]int{"422": 10}, DeadByClass: map[string]int{"permanent": 10}}
+	if diff := cmp.Diff(wantFirst, rep.Run.AfterFirstPass); rep.Run.Name != "demo" || diff != "" {
+		t.Errorf("run %q after the first pass (-want +got):\n%s", rep.Run.Name, diff)
+	}
+	wantFinal := RunSummary{Total: 400, Completed: 400, Sealed: true, Done: true, DeadByStatus: map[string]int{}, DeadByClass: map[string]int{}}
+	if diff := cmp.Diff(wantFinal, rep.Run.Final); diff != "" {
+		t.Errorf("run at the end (-want +got):\n%s", diff)
+	}
+	if len(rep.Run.FirstLines) != 5 {
+		t.Fatalf("first lines: %+v; want 5", rep.Run.FirstLines)
+	}
+	for i, l := range rep.Run.FirstLines {
+		// Line i+1 is the first update of organization i.
+		if l.Line != int64(i+1) || l.State != "completed" || l.StatusCode != 200 || !strings.Contains(l.Excerpt, orgID(i)) ||
+			utf8.RuneCountInString(l.Excerpt) > excerptRunes {
+			t.Errorf("line %d: %+v; want completed, 200, an excerpt of at most %d characters naming %s", i+1, l, excerptRunes, orgID(i))
+		}
+	}
+}
+
+// TestDemoNarratesTheRun runs a tiny demo as on a terminal and reads the
+// end of its narrative: the run's counts and its first lines.
+func TestDemoNarratesTheRun(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	args := []string{"--updates", "12", "--per-org", "2", "--accounts", "2", "--bad-orgs", "1", "--outage", "0", "--timeout", "1m"}
+	if err := run(context.Background(), args, &stdout, &stderr, true); err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
+	}
+	out := stderr.String()
+	for _, want := range []string{
+		`as run "demo": one line per update, in enqueue order, then the run is sealed`,
+		`run "demo": 12 lines: 10 completed, 2 dead, 0 purged, 0 waiting; done; dead letters by status 422: 2, by class permanent: 2`,
+		`5. The run "demo"`,
+		`now:                  12 lines: 12 completed, 0 dead, 0 purged, 0 waiting; done; no dead letters`,
+		`its first 5 lines:`,
+		`line 1   completed 200  {`,
+		`line 5   completed 200  {`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the narrative lacks %q:\n%s", want, out)
+		}
+	}
+	var rep Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil || rep.Run.Final.Completed != 12 {
+		t.Errorf("stdout: %v, run %+v; want the JSON report with the run's 12 lines completed", err, rep.Run)
 	}
 }
 

@@ -28,6 +28,19 @@ const (
 	MaxListLimit     = 10_000
 )
 
+// Limits of GET /api/runs/{name}/results: lines streamed when the request
+// names no limit, and the most one request may ask for (each line can carry a
+// stored response of up to tasks.MaxResultBody).
+const (
+	DefaultResultsLimit = 100
+	MaxResultsLimit     = 10_000
+)
+
+// streamTimeout bounds the Redis reads of one NDJSON listing
+// (/api/deadletters, /api/runs/{name}/results); the server's WriteTimeout
+// cuts a slow reader off sooner.
+const streamTimeout = 5 * time.Minute
+
 // requestTimeout bounds the Redis reads of one JSON API request.
 const requestTimeout = 10 * time.Second
 
@@ -82,6 +95,11 @@ func NewHandler(o Options) http.Handler {
 		mux.HandleFunc("GET /api/deadletters", a.deadLetters)
 		mux.HandleFunc("GET /api/stats", a.stats)
 		mux.HandleFunc("GET /api/accounts", a.accounts)
+		mux.HandleFunc("GET /api/runs", a.runs)
+		mux.HandleFunc("GET /api/runs/{name}", a.run)
+		mux.HandleFunc("GET /api/runs/{name}/results", a.runResults)
+		// A run name with an unescaped slash lands here: say how to ask.
+		mux.HandleFunc("GET /api/runs/{rest...}", a.runPathHint)
 	}
 	if o.Circuit != nil {
 		mux.HandleFunc("GET /api/circuit", a.circuit)
@@ -178,7 +196,8 @@ func (a *api) index(rw http.ResponseWriter, _ *http.Request) {
 		eps = append(eps, "/ui/")
 	}
 	if a.o.Store != nil {
-		eps = append(eps, "/api/status/{task_id_or_key}", "/api/deadletters", "/api/stats", "/api/accounts")
+		eps = append(eps, "/api/status/{task_id_or_key}", "/api/deadletters", "/api/stats", "/api/accounts",
+			"/api/runs", "/api/runs/{name}", "/api/runs/{name}/results")
 	}
 	if a.o.Circuit != nil {
 		eps = append(eps, "/api/circuit")
@@ -229,7 +248,7 @@ func (a *api) deadLetters(rw http.ResponseWriter, r *http.Request) {
 		writeError(rw, http.StatusBadRequest, err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(r.Context(), streamTimeout)
 	defer cancel()
 	rw.Header().Set("Content-Type", "application/x-ndjson")
 	rw.Header().Set("X-Content-Type-Options", "nosniff")

@@ -281,6 +281,11 @@ var (
 	descAdmission = prometheus.NewDesc("orgsync_admission",
 		"Admission as a whole: accounts scheduled to send (scheduled_accounts), updates handed to the queue and not yet started (admitted), updates a worker runs (running), parked accounts (parked_accounts), and 1 while every account is parked (all_parked).",
 		[]string{"what"}, nil)
+	descRuns = prometheus.NewDesc("orgsync_runs",
+		"Runs kept (as long as results), by state: done (sealed, every update ended) or open (lines still coming, or updates not yet ended).",
+		[]string{"state"}, nil)
+	descOutcomeEvents = prometheus.NewDesc("orgsync_outcome_events",
+		"Entries in the outcome event stream (capped at about --events-max-len; 0 while events are off).", nil, nil)
 )
 
 // stateCollector reads the gauges from Redis at scrape time, each source
@@ -288,7 +293,8 @@ var (
 type stateCollector struct{ m *Metrics }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCircuitOpen, descQueueTasks, descQueueLatency, descQueuePaused, descDeadLetters, descHolds, descAdmission} {
+	for _, d := range []*prometheus.Desc{descCircuitOpen, descQueueTasks, descQueueLatency, descQueuePaused, descDeadLetters, descHolds, descAdmission,
+		descRuns, descOutcomeEvents} {
 		ch <- d
 	}
 }
@@ -359,6 +365,29 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				out = append(out, prometheus.MustNewConstMetric(descHolds, prometheus.GaugeValue, float64(n), kind))
 			}
 			return out, nil
+		})
+		run("runs", func(ctx context.Context) ([]prometheus.Metric, error) {
+			runs, err := m.cfg.Store.Runs(ctx)
+			if err != nil {
+				return nil, err
+			}
+			var done, open float64
+			for _, r := range runs {
+				if r.Done {
+					done++
+				} else {
+					open++
+				}
+			}
+			return []prometheus.Metric{prometheus.MustNewConstMetric(descRuns, prometheus.GaugeValue, open, "open"),
+				prometheus.MustNewConstMetric(descRuns, prometheus.GaugeValue, done, "done")}, nil
+		})
+		run("outcome_events", func(ctx context.Context) ([]prometheus.Metric, error) {
+			n, err := m.cfg.Store.Redis().XLen(ctx, m.cfg.Store.EventsKey()).Result()
+			if err != nil {
+				return nil, err
+			}
+			return []prometheus.Metric{prometheus.MustNewConstMetric(descOutcomeEvents, prometheus.GaugeValue, float64(n))}, nil
 		})
 	}
 	if m.cfg.Inspector != nil {

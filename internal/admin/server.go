@@ -10,9 +10,9 @@ import (
 )
 
 // Limits of the admin HTTP server. Every request it serves is small: the
-// longest are a /api/deadletters listing of up to 10,000 lines and the
-// queue UI's pages, each bounded by a 10 s Redis read, and a /metrics scrape,
-// bounded by its 5 s scrape timeout.
+// longest are a /api/deadletters or /api/runs/{name}/results listing of up
+// to 10,000 lines and the queue UI's pages, each bounded by a 10 s Redis
+// read, and a /metrics scrape, bounded by its 5 s scrape timeout.
 const (
 	// DefaultMaxConns is how many connections the endpoint holds at once.
 	// Prometheus, a probe and a browser or two need a few; each one held is a

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -139,10 +140,15 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 		"orgsync_queue_tasks{queue=orgsync,state=completed}":     good,
 		"orgsync_queue_tasks{queue=orgsync,state=aggregating}":   0,
 		"orgsync_queue_paused{queue=orgsync}":                    0,
+		// One outcome event per update ended; no runs.
+		"orgsync_outcome_events{}": good + bad,
+		"orgsync_runs{state=open}": 0,
+		"orgsync_runs{state=done}": 0,
 	}
 	checked := only(got, "orgsync_updates_total", "orgsync_attempts_total", "orgsync_waits_total",
 		"orgsync_upstream_latency_seconds", "orgsync_enqueue_to_completion_seconds", "orgsync_dead_letters",
-		"orgsync_circuit_open", "orgsync_account_holds", "orgsync_queue_tasks", "orgsync_queue_paused")
+		"orgsync_circuit_open", "orgsync_account_holds", "orgsync_queue_tasks", "orgsync_queue_paused",
+		"orgsync_outcome_events", "orgsync_runs")
 	if diff := cmp.Diff(want, checked); diff != "" {
 		t.Errorf("metrics after the run (-want +got):\n%s", diff)
 	}
@@ -235,6 +241,50 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 				t.Errorf("%s: the body shows a secret token", what)
 			}
 		}
+	}
+}
+
+// TestAdminRunWithOutcomeEventsOff: a worker started with events off
+// (--events-max-len 0) applies a run without writing an outcome event, and its
+// /metrics and /api/runs show the run done.
+func TestAdminRunWithOutcomeEventsOff(t *testing.T) {
+	t.Parallel()
+	const n = 5
+	p := startPipeline(t, trutotest.Faults{}, func(c *Config) {
+		c.AdminToken = NewToken(testAdminToken)
+		c.EventsMaxLen = -1 // what LoadConfig makes of --events-max-len 0
+	})
+	ctx := context.Background()
+	const run = "nightly/2026 11 28"
+	for i := 1; i <= n; i++ {
+		u := tasks.Update{ID: fmt.Sprintf("org-%06d", i), IntegratedAccountID: "acct-0", IdempotencyKey: fmt.Sprintf("it-%06d", i),
+			Body: json.RawMessage(`{"name":"x"}`)}
+		if _, err := p.producer.Enqueue(ctx, u, tasks.InRun(run), tasks.AtLine(int64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Sealing can make the run done, and then writes its event through the
+	// sealing store's own setting: here off too, as a producer's must be.
+	if err := tasks.NewStore(p.rdb, tasks.WithEventsMaxLen(0)).SealRun(ctx, run); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the run done", time.Minute, func() (bool, string) {
+		st, err := p.store.Run(ctx, run)
+		return err == nil && st.Done, fmt.Sprintf("%+v %v", st, err)
+	})
+	c := &adminClient{t: t, base: p.worker.AdminURL(), bodies: map[string]string{}}
+	got := only(c.metrics(), "orgsync_outcome_events", "orgsync_runs")
+	want := map[string]float64{"orgsync_outcome_events{}": 0, "orgsync_runs{state=open}": 0, "orgsync_runs{state=done}": 1}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("metrics (-want +got):\n%s", diff)
+	}
+	if n, err := p.rdb.XLen(ctx, p.store.EventsKey()).Result(); err != nil || n != 0 {
+		t.Errorf("outcome stream holds %d entries (%v), want none with events off", n, err)
+	}
+	code, body := c.get("/api/runs/"+url.PathEscape(run), testAdminToken)
+	var st tasks.RunStatus
+	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil || st.Completed != n || !st.Done {
+		t.Errorf("GET /api/runs/%s: %d %v %s; want done with %d completed", url.PathEscape(run), code, err, body, n)
 	}
 }
 

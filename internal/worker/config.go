@@ -91,6 +91,10 @@ type Config struct {
 	AccountFailures int
 	// The shared circuit breaker (internal/circuit).
 	Circuit circuit.Config
+	// EventsMaxLen caps the outcome event stream at about this many entries
+	// (tasks.WithEventsMaxLen): 0 means tasks.DefaultEventsMaxLen, negative
+	// writes no events (LoadConfig turns an explicit 0 into -1).
+	EventsMaxLen int64
 }
 
 // setting is one flag with its environment twin.
@@ -131,6 +135,7 @@ var settings = []setting{
 	{"circuit-window", "ORGSYNC_CIRCUIT_WINDOW", circuit.DefaultWindow.String(), "how far back the circuit breaker counts"},
 	{"circuit-probe-interval", "ORGSYNC_CIRCUIT_PROBE_INTERVAL", circuit.DefaultProbeInterval.String(), "while open, one probe request per interval"},
 	{"circuit-ramp", "ORGSYNC_CIRCUIT_RAMP", "0s", "after closing, time over which the admitted share grows from 10% to 100%; 0: the backlog goes at full limit at once"},
+	{"events-max-len", "ORGSYNC_EVENTS_MAX_LEN", strconv.Itoa(tasks.DefaultEventsMaxLen), "about how many outcome events (completed, dead, run done) the Redis Stream keeps; 0 writes none"},
 }
 
 // ErrHelp is returned by LoadConfig when -h or --help was asked for.
@@ -243,6 +248,14 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 	c.Circuit.Disabled = c.Circuit.MinFailures == 0
 	if c.Circuit.Ramp == 0 {
 		c.Circuit.Ramp = -1 // explicit 0: no ramp
+	}
+	switch n, err := strconv.ParseInt(get("events-max-len"), 10, 64); {
+	case err != nil || n < 0:
+		bad("events-max-len", "a whole number >= 0 (entries the outcome stream keeps; 0 turns outcome events off)")
+	case n == 0:
+		c.EventsMaxLen = -1 // explicit 0: no events (the zero Config means the default)
+	default:
+		c.EventsMaxLen = n
 	}
 	if c.Lease > 0 && c.Lease < time.Second {
 		bad("lease", "a duration of at least 1s (leases are renewed every third of it)")

@@ -24,7 +24,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if c.Concurrency != 50 || c.AdminAddr != DefaultAdminAddr || c.Policy.MaxRetry != tasks.DefaultMaxRetry ||
 		c.Policy.RetryBase != time.Second || c.Policy.RetryCap != 10*time.Minute || c.AttemptTimeout != 30*time.Second ||
 		c.Policy.MaxAge != 72*time.Hour || c.ResultTTL != 168*time.Hour || c.RedisURL != "redis://127.0.0.1:6379/0" ||
-		c.BaseURL != "https://api.truto.one" || c.Token.Value() != "tok" {
+		c.BaseURL != "https://api.truto.one" || c.Token.Value() != "tok" || c.EventsMaxLen != tasks.DefaultEventsMaxLen {
 		t.Errorf("defaults = %+v", c)
 	}
 }
@@ -100,5 +100,52 @@ func TestUsageNeverShowsEnvironmentValues(t *testing.T) {
 	}
 	if strings.Contains(usage.String()+err.Error(), "hunter2") {
 		t.Errorf("the Redis password appears in the usage text:\n%s", usage.String())
+	}
+}
+
+func TestLoadConfigEventsMaxLen(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    int64 // in Config
+		store   int64 // what the Store is given
+		wantErr string
+	}{
+		{"default", nil, nil, tasks.DefaultEventsMaxLen, tasks.DefaultEventsMaxLen, ""},
+		{"flag", []string{"--events-max-len", "5000"}, nil, 5000, 5000, ""},
+		{"env", nil, map[string]string{"ORGSYNC_EVENTS_MAX_LEN": "250000"}, 250000, 250000, ""},
+		{"flag wins", []string{"--events-max-len=7"}, map[string]string{"ORGSYNC_EVENTS_MAX_LEN": "9"}, 7, 7, ""},
+		{"zero turns events off", nil, map[string]string{"ORGSYNC_EVENTS_MAX_LEN": "0"}, -1, 0, ""},
+		{"negative", []string{"--events-max-len", "-1"}, nil, 0, 0,
+			`--events-max-len (ORGSYNC_EVENTS_MAX_LEN) = "-1": expected a whole number >= 0 (entries the outcome stream keeps; 0 turns outcome events off)`},
+		{"not a number", nil, map[string]string{"ORGSYNC_EVENTS_MAX_LEN": "100k"}, 0, 0, `--events-max-len (ORGSYNC_EVENTS_MAX_LEN) = "100k": expected a whole number >= 0`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"TRUTO_API_TOKEN": "tok"}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			c, err := LoadConfig(tt.args, lookupFrom(env), &bytes.Buffer{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.EventsMaxLen != tt.want || eventsMaxLen(c.EventsMaxLen) != tt.store {
+				t.Errorf("EventsMaxLen %d (store gets %d), want %d (store %d)", c.EventsMaxLen, eventsMaxLen(c.EventsMaxLen), tt.want, tt.store)
+			}
+		})
+	}
+	// A Config built in code (the demo, tests) without the field gets the default.
+	if got := eventsMaxLen(Config{}.EventsMaxLen); got != tasks.DefaultEventsMaxLen {
+		t.Errorf("zero Config: store gets %d, want the default %d", got, tasks.DefaultEventsMaxLen)
 	}
 }

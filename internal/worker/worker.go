@@ -88,7 +88,8 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.rdb.AddHook(redisWatch{w})
 	sched := admission.New(w.rdb, admission.Config{Account: cfg.AccountRate, Token: cfg.TokenRate,
 		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease, AccountFailures: cfg.AccountFailures})
-	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched))
+	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched),
+		tasks.WithEventsMaxLen(eventsMaxLen(cfg.EventsMaxLen)))
 	w.leases = admission.NewLeases(sched, processID())
 	if n, err := w.store.MigrateLegacyHolds(ctx); err != nil {
 		w.logger.Warn("could not move account holds of the version before admission", "error", err.Error())
@@ -158,6 +159,18 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 		w.admin = admin.NewServer(ln, w.adminHandler(o.rdb != nil), cfg.AdminMaxConns, w.logger)
 	}
 	return w, nil
+}
+
+// eventsMaxLen is the outcome stream's cap for Config.EventsMaxLen: its zero
+// is the default, a negative value no events.
+func eventsMaxLen(n int64) int64 {
+	switch {
+	case n == 0:
+		return tasks.DefaultEventsMaxLen
+	case n < 0:
+		return 0
+	}
+	return n
 }
 
 // Store returns the worker's record store.
