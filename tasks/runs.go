@@ -419,12 +419,12 @@ func (s *Store) sparseLines(ctx context.Context, lines string) (iter.Seq[[]strin
 	var nums []int64
 	var cursor uint64
 	for {
-		keys, next, err := s.rdb.HScanNoValues(ctx, lines, cursor, "", runPage).Result()
+		kv, next, err := s.rdb.HScan(ctx, lines, cursor, "", runPage).Result()
 		if err != nil {
 			return nil, err
 		}
-		for _, k := range keys {
-			if n, err := strconv.ParseInt(k, 10, 64); err == nil {
+		for i := 0; i < len(kv); i += 2 {
+			if n, err := strconv.ParseInt(kv[i], 10, 64); err == nil {
 				nums = append(nums, n)
 			}
 		}

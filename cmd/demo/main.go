@@ -378,53 +378,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 func orgID(i int) string { return fmt.Sprintf("org-%06d", i) }
 
 // enqueueAll enqueues update r of every organization before update r+1, each
-// as the next line of run demoRun. As tasks.Producer.EnqueueMany does, one
-// goroutine per organization at a time keeps each organization's updates in
-// order (so they apply in it) while organizations go concurrently; EnqueueMany
-// itself gives every update the same options, not a line of its own. It
+// as the next line of run demoRun, in batches (tasks.Producer.EnqueueLines
+// keeps each organization's updates in order, so they apply in it). It
 // returns the Idempotency-Key each update is sent under, which is what the
 // fake counts its effects by.
 func enqueueAll(ctx context.Context, p *tasks.Producer, s settings) ([]string, error) {
-	var updates []tasks.Update
+	var lines []tasks.Line
 	var keys []string
-	for r := 0; len(updates) < s.updates; r++ {
-		for o := 0; o < s.orgs() && len(updates) < s.updates; o++ {
+	for r := 0; len(lines) < s.updates; r++ {
+		for o := 0; o < s.orgs() && len(lines) < s.updates; o++ {
 			key, account := fmt.Sprintf("demo-%06d-%d", o, r), fmt.Sprintf("acct-%03d", o%s.accounts)
 			keys = append(keys, tasks.UpstreamKey(account, key))
-			updates = append(updates, tasks.Update{
+			lines = append(lines, tasks.Line{No: int64(len(lines) + 1), Update: tasks.Update{
 				ID: orgID(o), IntegratedAccountID: account, IdempotencyKey: key,
 				Body: json.RawMessage(fmt.Sprintf(`{"seq":%d,"remote_data":{"tier":"gold","round":%d}}`, r, r)),
-			})
+			}})
 		}
 	}
-	byOrg := map[string][]int{}
-	var order []string
-	for i, u := range updates {
-		k := u.IntegratedAccountID + "\x00" + u.ID
-		if _, ok := byOrg[k]; !ok {
-			order = append(order, k)
-		}
-		byOrg[k] = append(byOrg[k], i)
-	}
-	errs := make([]error, len(updates))
-	work := make(chan []int)
-	var wg sync.WaitGroup
-	for range min(tasks.DefaultEnqueueConcurrency, len(order)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for idx := range work {
-				for _, i := range idx {
-					_, errs[i] = p.Enqueue(ctx, updates[i], tasks.InRun(demoRun), tasks.AtLine(int64(i+1)))
-				}
-			}
-		}()
-	}
-	for _, k := range order {
-		work <- byOrg[k]
-	}
-	close(work)
-	wg.Wait()
+	_, errs := p.EnqueueLines(ctx, lines, tasks.InRun(demoRun))
 	for i, err := range errs {
 		if err != nil {
 			return nil, fmt.Errorf("enqueue line %d: %w", i+1, err)
