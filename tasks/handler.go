@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -279,7 +280,7 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		if res := r.rec.Result; res != nil {
 			e.StatusCode, e.Attempts = res.StatusCode, res.Attempts
 		}
-		if err := h.end(ctx, r, e, r.rec.Runs, nil); err != nil {
+		if err := h.end(ctx, r, e, withRun(r.rec.Runs, r.p.Run), nil); err != nil {
 			return true, err
 		}
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, "skipped", "already completed"
@@ -288,10 +289,11 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 	case r.rec.State == StateDead || (r.rec.DeadLettered && h.deadLetterIsCurrent(ctx, r.id, r.p)):
 		// A dead letter exists: finish marking it (a crash may have come in
 		// between) and send nothing, so a dead update can never also apply.
-		runs := r.rec.Runs
+		runs := withRun(r.rec.Runs, r.p.Run)
 		if r.rec.State != StateDead {
 			if err := h.durably(ctx, func(ctx context.Context) (err error) {
 				runs, err = h.store.markDead(ctx, r.id, "dead-lettered")
+				runs = withRun(runs, r.p.Run)
 				return err
 			}); err != nil {
 				return true, err
@@ -557,6 +559,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
 		runs, err = h.store.complete(ctx, r.id, result)
+		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
 		// The update is applied but the ledger could not say so: the next run
@@ -606,6 +609,15 @@ func statedLimit(v string) (ratelimit.Limit, bool) {
 		return ratelimit.Limit{Requests: reqs, Window: time.Duration(secs) * time.Second}, true
 	}
 	return ratelimit.Limit{}, false
+}
+
+// withRun adds the run named in the payload to the runs the ledger record
+// names: the record may have expired while the update waited.
+func withRun(runs []string, run string) []string {
+	if run == "" || slices.Contains(runs, run) {
+		return runs
+	}
+	return append(runs, run)
 }
 
 // end follows an update's end in the ledger (completed or dead): its
@@ -681,6 +693,7 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class string, status i
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
 		runs, err = h.store.markDead(ctx, d.TaskID, d.Reason)
+		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
 		return err
