@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -84,6 +85,9 @@ type app struct {
 	redisURL  string
 	queue     string
 	resultTTL time.Duration
+	// eventsMaxLen caps the outcome stream when this command writes to it
+	// (a run sealed, replayed or purged into being done); -1 until set.
+	eventsMaxLen int64
 
 	rdb      redis.UniversalClient
 	store    *tasks.Store
@@ -99,15 +103,16 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer, env func(string) string) 
 		env = func(string) string { return "" }
 	}
 	return &app{
-		stdin:     stdin,
-		stdout:    &countingWriter{w: stdout},
-		stderr:    stderr,
-		env:       env,
-		now:       time.Now,
-		stdoutTTY: isTerminal(stdout),
-		stderrTTY: isTerminal(stderr),
-		queue:     tasks.DefaultQueue,
-		resultTTL: tasks.DefaultResultTTL,
+		stdin:        stdin,
+		stdout:       &countingWriter{w: stdout},
+		stderr:       stderr,
+		env:          env,
+		now:          time.Now,
+		stdoutTTY:    isTerminal(stdout),
+		stderrTTY:    isTerminal(stderr),
+		queue:        tasks.DefaultQueue,
+		resultTTL:    tasks.DefaultResultTTL,
+		eventsMaxLen: -1,
 	}
 }
 
@@ -164,6 +169,7 @@ func (a *app) rootCmd() *cobra.Command {
 	pf.StringVar(&a.redisURL, "redis-url", "", "Redis to use (default $REDIS_URL, else "+redisconn.DefaultURL+"); forms: "+redisconn.Forms)
 	pf.StringVar(&a.queue, "queue", tasks.DefaultQueue, "asynq queue of the updates")
 	pf.DurationVar(&a.resultTTL, "result-ttl", tasks.DefaultResultTTL, "how long results and the idempotency ledger are kept")
+	pf.Int64Var(&a.eventsMaxLen, "events-max-len", -1, fmt.Sprintf("about how many outcome events the stream keeps when this command writes one (default $ORGSYNC_EVENTS_MAX_LEN, else %d; 0 writes none): give the workers' --events-max-len", tasks.DefaultEventsMaxLen))
 	// The completion command would write shell code to stdout, which is for JSON.
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
@@ -199,6 +205,20 @@ func (a *app) connect(ctx context.Context) error {
 	if a.resultTTL <= 0 {
 		return usageError("--result-ttl %s must be positive, e.g. 168h", a.resultTTL)
 	}
+	events := a.eventsMaxLen
+	if events < -1 {
+		return usageError("--events-max-len %d: expected a whole number >= 0 (0 writes no outcome events)", events)
+	}
+	if events < 0 {
+		events = tasks.DefaultEventsMaxLen
+		if v := a.env("ORGSYNC_EVENTS_MAX_LEN"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return usageError("ORGSYNC_EVENTS_MAX_LEN=%q: expected a whole number >= 0 (0 writes no outcome events)", v)
+			}
+			events = n
+		}
+	}
 	url, from := a.redisURL, "--redis-url"
 	if url == "" {
 		url, from = a.env("REDIS_URL"), "REDIS_URL"
@@ -211,7 +231,7 @@ func (a *app) connect(ctx context.Context) error {
 		return usageError("%w (the URL came from %s; pass --redis-url or set REDIS_URL to use another)", err, from)
 	}
 	a.rdb = rdb
-	a.store = tasks.NewStore(rdb, tasks.WithResultTTL(a.resultTTL), tasks.WithClock(a.now))
+	a.store = tasks.NewStore(rdb, tasks.WithResultTTL(a.resultTTL), tasks.WithClock(a.now), tasks.WithEventsMaxLen(events))
 	a.producer = tasks.NewProducer(a.store, tasks.WithDefaultQueue(a.queue), tasks.WithProducerClock(a.now))
 	return nil
 }
