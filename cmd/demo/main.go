@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -297,7 +298,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	t.mu.Unlock()
 	say("\n   first pass: %d handler runs: %d applied, %d retries after transient failures, %d put back to wait (no budget spent), %d dead-lettered, in %.1fs",
 		rep.Phase1.HandlerRuns, rep.Phase1.Applied, rep.Phase1.Retried, rep.Phase1.Waited, rep.Phase1.DeadLettered, rep.Phase1.Seconds)
-	say("   put back by reason: %s (waiting for an organization's turn, a rate-limit slot or the circuit costs no run)", waitLine(rep.WaitReasons))
+	say("   put back by reason: %s (waiting for an organization's turn, a rate-limit slot or the circuit costs no run)", countLine(rep.WaitReasons, " "))
 	for why, n := range rep.DeadReasons {
 		say("   dead-lettered %d x %s", n, why)
 	}
@@ -483,7 +484,7 @@ func runLine(r RunSummary) string {
 	}
 	dead := "no dead letters"
 	if len(r.DeadByStatus) > 0 {
-		dead = "dead letters by status " + countLine(r.DeadByStatus) + ", by class " + countLine(r.DeadByClass)
+		dead = "dead letters by status " + countLine(r.DeadByStatus, ": ") + ", by class " + countLine(r.DeadByClass, ": ")
 	}
 	return fmt.Sprintf("%d lines: %d completed, %d dead, %d purged, %d waiting; %s; %s", r.Total, r.Completed, r.Dead,
 		r.Purged, r.Waiting, state, dead)
@@ -523,7 +524,9 @@ func waitSettled(ctx context.Context, store *tasks.Store, breaker *circuit.Break
 	}
 }
 
-func waitLine(m map[string]int) string {
+// countLine is "k<sep>n" for each key of m, sorted by key and joined by
+// commas; "none" when m is empty.
+func countLine(m map[string]int, sep string) string {
 	if len(m) == 0 {
 		return "none"
 	}
@@ -534,21 +537,7 @@ func waitLine(m map[string]int) string {
 	sort.Strings(names)
 	parts := make([]string, 0, len(names))
 	for _, k := range names {
-		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
-	}
-	return strings.Join(parts, ", ")
-}
-
-// countLine is "k: n" for each key of m, sorted by key.
-func countLine(m map[string]int) string {
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	parts := make([]string, 0, len(names))
-	for _, k := range names {
-		parts = append(parts, fmt.Sprintf("%s: %d", k, m[k]))
+		parts = append(parts, k+sep+strconv.Itoa(m[k]))
 	}
 	return strings.Join(parts, ", ")
 }
