@@ -41,14 +41,8 @@ if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`)
 
-func (s *Store) noteApplied(ctx context.Context, u Update, origin int64) error {
-	if origin <= 0 {
-		return nil
-	}
-	return setLastApplied.Run(ctx, s.rdb, []string{s.lastKey(u.IntegratedAccountID, u.ID)}, origin, lastAppliedTTL.Milliseconds()).Err()
-}
-
-// noteAppliedIn queues noteApplied in pipe.
+// noteAppliedIn queues, in pipe, a note that the update of origin was
+// applied to its organization (kept if it is the newest).
 func (s *Store) noteAppliedIn(ctx context.Context, pipe redis.Pipeliner, u Update, origin int64) {
 	if origin > 0 {
 		setLastApplied.EvalSha(ctx, pipe, []string{s.lastKey(u.IntegratedAccountID, u.ID)}, origin, lastAppliedTTL.Milliseconds())
