@@ -56,9 +56,9 @@ func orgKey(u Update) string { return orderTag(u.IntegratedAccountID, u.ID) }
 func (s *Store) Scheduler() *admission.Scheduler { return s.adm }
 
 // Deliverer returns what the worker's admitter hands admitted updates to: it
-// enqueues each into asynq's pending list under its run's task id, keeping a
-// completed one for retention (the queue UI's view; the ledger holds the
-// result).
+// enqueues each into asynq's pending list under its run's task id. asynq
+// keeps a completed task for retention (0: none; the worker keeps none, since
+// the ledger holds the update and its result).
 func Deliverer(client *asynq.Client, retention time.Duration) admission.Deliver {
 	return func(ctx context.Context, ts []admission.Ticket) (int, error) {
 		for i, t := range ts {

@@ -80,7 +80,7 @@ func TestEnqueueLinesBatches(t *testing.T) {
 	}
 	// Line 10 completed and line 20 dead meanwhile; the same file again adds
 	// nothing and counts both at once.
-	if _, err := s.complete(ctx, res[9].TaskID, Result{TaskID: res[9].TaskID, StatusCode: 200}); err != nil {
+	if _, err := s.complete(ctx, res[9].TaskID, nil, Result{TaskID: res[9].TaskID, StatusCode: 200}, nil, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.PutDeadLetter(ctx, DeadLetter{TaskID: res[19].TaskID, Class: "permanent", StatusCode: 422}); err != nil {

@@ -462,6 +462,7 @@ type attempt struct {
 	tokenRejected bool            // a 401 that blames our API token, not the account
 	storeErr      error           // recording the attempt failed
 	scope         admission.Scope // whose limit a 429 was
+	applied       *Attempt        // the request that applied it, not yet recorded
 }
 
 // send makes the attempt, retrying connection-level failures a few times in
@@ -509,10 +510,12 @@ func (h *Handler) send(ctx context.Context, r *run) attempt {
 			rec.Message = truncate(apiErr.Message, maxMessageBytes)
 			a.tokenRejected = apiErr.StatusCode == 401 && !apiErr.IsRemoteError
 		}
-		lastErr := ""
-		if a.decision.Class != trutoclient.ClassSuccess {
-			lastErr = a.decision.Reason
+		if a.decision.Class == trutoclient.ClassSuccess {
+			// Recorded with the result, in the same transaction (complete).
+			a.applied = &rec
+			return nil
 		}
+		lastErr := a.decision.Reason
 		// Only the last try of the run spends, and only if the run was not cut short.
 		// A probe of an open circuit is the breaker's question, not the update's
 		// failure: it spends nothing either.
@@ -544,10 +547,11 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 		Attempts: r.rec.Attempts + a.sent, FirstAttemptAt: first, CompletedAt: h.now().UTC(),
 		Replayed: res.Header.Get("Idempotent-Replayed") == "true", Truncated: res.Truncated}
 	result.Queue, _ = asynq.GetQueueName(ctx)
-	result.QueueTaskID, _ = asynq.GetTaskID(ctx)
-	if len(res.Header) > 0 {
-		result.Header = make(map[string]string, len(res.Header))
-		for k := range res.Header {
+	for k := range res.Header {
+		if keptHeader(k) {
+			if result.Header == nil {
+				result.Header = map[string]string{}
+			}
 			result.Header[k] = res.Header.Get(k)
 		}
 	}
@@ -558,7 +562,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	}
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
-		runs, err = h.store.complete(ctx, r.id, result)
+		runs, err = h.store.complete(ctx, r.id, &p.Update, result, a.applied, r.rec.Attempts+a.sent > 1)
 		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
@@ -609,6 +613,16 @@ func statedLimit(v string) (ratelimit.Limit, bool) {
 		return ratelimit.Limit{Requests: reqs, Window: time.Duration(secs) * time.Second}, true
 	}
 	return ratelimit.Limit{}, false
+}
+
+// keptHeader says whether a response header is kept with the result: those
+// that say something about this update (its rate-limit state, the request's
+// id, an idempotent replay), not Date, Content-Type and the like, which
+// would be stored once per update for a week.
+func keptHeader(name string) bool {
+	n := strings.ToLower(name)
+	return strings.HasPrefix(n, "ratelimit") || strings.HasPrefix(n, "x-ratelimit") || n == "retry-after" ||
+		strings.Contains(n, "request-id") || strings.HasPrefix(n, "idempotent")
 }
 
 // withRun adds the run named in the payload to the runs the ledger record

@@ -45,9 +45,10 @@ type Result struct {
 	// Truncated says the answer was longer than MaxResultBody and only its
 	// start is kept (in BodyText).
 	Truncated bool `json:"truncated,omitempty"`
-	// Queue and QueueTaskID name asynq's completed copy of the run that
-	// applied it (kept for the result retention, with the update's payload).
-	Queue       string `json:"queue,omitempty"`
+	// Queue is the queue the update was applied from.
+	Queue string `json:"queue,omitempty"`
+	// QueueTaskID named asynq's completed copy of the run that applied it,
+	// when asynq kept one (results stored before the ledger kept the update).
 	QueueTaskID string `json:"queue_task_id,omitempty"`
 }
 
@@ -78,6 +79,8 @@ type Record struct {
 	DeadLettered bool `json:"dead_lettered,omitempty"`
 	// Runs names the runs the update is in.
 	Runs []string `json:"runs,omitempty"`
+	// Update is the update as it was applied (kept with its result).
+	Update *Update `json:"update,omitempty"`
 }
 
 // Store holds orgsync's own records in Redis: the per-update ledger and
@@ -170,6 +173,12 @@ func recordOf(taskID string, m map[string]string, dead bool) Record {
 		}
 	}
 	slices.Sort(r.Runs)
+	if raw := m["update"]; raw != "" {
+		var u Update
+		if json.Unmarshal([]byte(raw), &u) == nil {
+			r.Update = &u
+		}
+	}
 	if raw := m["result"]; raw != "" {
 		var res Result
 		if err := json.Unmarshal([]byte(raw), &res); err == nil {
@@ -233,14 +242,43 @@ func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
 // complete marks the update done and stores its result. It returns the runs
 // the update is in, read in the same transaction: a producer that adds the
 // update to a run either is seen here or sees the state (see addToRun).
-func (s *Store) complete(ctx context.Context, taskID string, res Result) ([]string, error) {
+//
+// applied is the request that applied it; it joins the attempt history only
+// when there is a history (history: earlier attempts): for an update applied
+// at its first try the result says all it would.
+//
+// The update itself is kept beside its result, the one copy of it: asynq
+// keeps no completed task (retention 0).
+func (s *Store) complete(ctx context.Context, taskID string, u *Update, res Result, applied *Attempt, history bool) ([]string, error) {
 	b, err := json.Marshal(res)
 	if err != nil {
 		return nil, err
 	}
 	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, rec, "state", StateCompleted, "result", b, "last_error", "")
+	pipe.HSet(ctx, rec, "state", StateCompleted, "result", b, "last_error", "", "attempts", res.Attempts)
+	if u != nil {
+		ub, err := json.Marshal(u)
+		if err != nil {
+			return nil, err
+		}
+		pipe.HSet(ctx, rec, "update", ub)
+	}
+	if applied != nil {
+		at := applied.At.UTC().Format(time.RFC3339Nano)
+		pipe.HSetNX(ctx, rec, "first_attempt", at)
+		pipe.HSet(ctx, rec, "last_attempt", at)
+		if history {
+			a, err := json.Marshal(applied)
+			if err != nil {
+				return nil, err
+			}
+			att := s.attKey(taskID)
+			pipe.RPush(ctx, att, a)
+			pipe.LTrim(ctx, att, int64(-s.maxAttempts), -1)
+			pipe.PExpire(ctx, att, s.ttl)
+		}
+	}
 	pipe.PExpire(ctx, rec, s.ttl)
 	fields := pipe.HKeys(ctx, rec)
 	if _, err := pipe.Exec(ctx); err != nil {

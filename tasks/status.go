@@ -243,9 +243,12 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 	if rec.State == StateCompleted {
 		st.State = StatusCompleted
 		if r := rec.Result; r != nil {
-			st.IdempotencyKey = r.IdempotencyKey
-			// asynq keeps the run's task, payload and all, for the retention.
-			if r.QueueTaskID != "" {
+			st.IdempotencyKey, st.Queue = r.IdempotencyKey, r.Queue
+			if rec.Update != nil {
+				st.Update = rec.Update
+			} else if r.QueueTaskID != "" {
+				// Completed by a version that left the payload in asynq's
+				// completed task, kept for the retention.
 				if info, err := ins.GetTaskInfo(r.Queue, r.QueueTaskID); err == nil {
 					if p, err := DecodePayload(info.Payload); err == nil {
 						u := p.Update

@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.handler = tasks.NewHandler(sender, w.store, cfg.Policy, hopts...)
 	policy := w.handler.Policy()
 	w.client = asynq.NewClientFromRedisClient(w.rdb)
-	w.admitter = admission.NewAdmitter(sched, w.leases, tasks.Deliverer(w.client, cfg.ResultTTL), w.logger)
+	w.admitter = admission.NewAdmitter(sched, w.leases, tasks.Deliverer(w.client, 0), w.logger)
 	w.admitter.SetGate(w.gate)
 
 	w.server = asynq.NewServerFromRedisClient(w.rdb, asynq.Config{
