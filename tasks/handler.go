@@ -59,6 +59,9 @@ type Event struct {
 	Latency     time.Duration
 	Reason      string
 	Sent        int // requests sent in this run
+	// EnqueuedAt is when the update was enqueued (when it was due, for a
+	// scheduled one); zero when its payload could not be read.
+	EnqueuedAt time.Time
 }
 
 // Outcomes of one run.
@@ -194,7 +197,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 	}
 	r := &run{task: t, id: p.TaskID(), p: p}
 	qid, _ := asynq.GetTaskID(ctx)
-	r.ev = Event{TaskID: r.id, QueueTaskID: qid, Account: p.IntegratedAccountID}
+	r.ev = Event{TaskID: r.id, QueueTaskID: qid, Account: p.IntegratedAccountID, EnqueuedAt: p.EnqueuedAt}
 	gen, probe, admitted := ticketOf(t)
 	if !admitted {
 		return nil, h.join(ctx, r)

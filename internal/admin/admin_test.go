@@ -40,7 +40,6 @@ func TestAdminTokenEnforced(t *testing.T) {
 	t.Parallel()
 	ui := http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(rw, "ui") })
 	m := NewMetrics(MetricsConfig{})
-	t.Cleanup(m.Close)
 	opts := Options{Metrics: m, UI: ui, Circuit: fixedCircuit{}, Token: adminToken}
 	h := NewHandler(opts)
 	open := NewHandler(Options{Metrics: m, UI: ui, Circuit: fixedCircuit{}})
@@ -216,7 +215,6 @@ func newEnv(t *testing.T) *env {
 	br := circuit.New(rdb, circuit.Config{})
 	ins := asynq.NewInspectorFromRedisClient(rdb)
 	m := NewMetrics(MetricsConfig{Store: store, Circuit: br, Inspector: ins, Queues: []string{tasks.DefaultQueue}})
-	t.Cleanup(m.Close)
 	h := NewHandler(Options{Store: store, Circuit: br, Queues: []string{tasks.DefaultQueue}, Metrics: m,
 		Token: adminToken, Now: func() time.Time { return now }})
 	return &env{store: store, handler: h, metrics: m, now: now}

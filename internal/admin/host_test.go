@@ -15,7 +15,6 @@ import (
 func TestAdminChecksHost(t *testing.T) {
 	t.Parallel()
 	m := NewMetrics(MetricsConfig{})
-	t.Cleanup(m.Close)
 	loopback := NewHandler(Options{Metrics: m, Circuit: fixedCircuit{}})
 	named := NewHandler(Options{Metrics: m, Circuit: fixedCircuit{}, AllowedHosts: []string{"orgsync.internal", "Worker:9464"}})
 	anyHost := NewHandler(Options{Metrics: m, Circuit: fixedCircuit{}, AllowedHosts: []string{"*"}})

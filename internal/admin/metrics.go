@@ -2,14 +2,12 @@ package admin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -26,11 +24,6 @@ import (
 // rather than a hung one.
 const DefaultScrapeTimeout = 5 * time.Second
 
-// completionBacklog bounds the completions waiting for their enqueue time to
-// be looked up; beyond it completions are left out of the histogram (and
-// counted) rather than slowing the handler down.
-const completionBacklog = 4096
-
 // CircuitReader is the part of the circuit breaker the metrics read.
 type CircuitReader interface {
 	State(ctx context.Context) (circuit.State, error)
@@ -41,8 +34,7 @@ type CircuitReader interface {
 type MetricsConfig struct {
 	Store   *tasks.Store
 	Circuit CircuitReader
-	// Inspector reads queue sizes and, for the enqueue-to-completion
-	// histogram, the payload of a completed task.
+	// Inspector reads queue sizes.
 	Inspector *asynq.Inspector
 	Queues    []string
 	// ScrapeTimeout bounds each scrape's Redis reads (DefaultScrapeTimeout when 0).
@@ -60,28 +52,15 @@ type Metrics struct {
 	cfg      MetricsConfig
 	registry *prometheus.Registry
 
-	updates       *prometheus.CounterVec
-	attempts      *prometheus.CounterVec
-	latency       prometheus.Histogram
-	completion    prometheus.Histogram
-	waits         *prometheus.CounterVec
-	scrapeErrors  *prometheus.CounterVec
-	completionLag *prometheus.CounterVec
-
-	done      chan completion
-	pending   atomic.Int64 // completions queued or being resolved
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	updates      *prometheus.CounterVec
+	attempts     *prometheus.CounterVec
+	latency      prometheus.Histogram
+	completion   prometheus.Histogram
+	waits        *prometheus.CounterVec
+	scrapeErrors *prometheus.CounterVec
 }
 
-type completion struct {
-	taskID string
-	at     time.Time
-}
-
-// NewMetrics builds the registry and starts the goroutine that resolves
-// completions' enqueue times; Close stops it.
+// NewMetrics builds the registry.
 func NewMetrics(cfg MetricsConfig) *Metrics {
 	if cfg.ScrapeTimeout <= 0 {
 		cfg.ScrapeTimeout = DefaultScrapeTimeout
@@ -124,19 +103,11 @@ func NewMetrics(cfg MetricsConfig) *Metrics {
 			Name: "orgsync_scrape_errors_total",
 			Help: "Scrape-time reads that failed or timed out, by source; their metrics are missing from that scrape.",
 		}, []string{"source"}),
-		completionLag: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "orgsync_completion_timing_skipped_total",
-			Help: "Completions left out of orgsync_enqueue_to_completion_seconds, by why (backlog full, task not found, lookup error).",
-		}, []string{"why"}),
-		done: make(chan completion, completionBacklog),
-		stop: make(chan struct{}),
 	}
-	m.registry.MustRegister(m.updates, m.attempts, m.latency, m.completion, m.waits, m.scrapeErrors, m.completionLag,
+	m.registry.MustRegister(m.updates, m.attempts, m.latency, m.completion, m.waits, m.scrapeErrors,
 		&stateCollector{m: m},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m.wg.Add(1)
-	go m.resolveCompletions()
 	return m
 }
 
@@ -181,80 +152,9 @@ func (m *Metrics) Observe(e tasks.Event) {
 			m.latency.Observe(e.Latency.Seconds())
 		}
 	}
-	if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" && e.TaskID != "" && m.cfg.Inspector != nil {
-		// asynq keeps the task under the id of its run (an update admitted
-		// again runs under a new one), not under the update's id.
-		id := e.QueueTaskID
-		if id == "" {
-			id = e.TaskID
-		}
-		m.pending.Add(1)
-		select {
-		case m.done <- completion{taskID: id, at: m.cfg.Now()}:
-		default:
-			m.pending.Add(-1)
-			m.completionLag.WithLabelValues("backlog_full").Inc()
-		}
+	if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" && !e.EnqueuedAt.IsZero() {
+		m.completion.Observe(max(m.cfg.Now().Sub(e.EnqueuedAt), 0).Seconds())
 	}
-}
-
-// Close stops the enqueue-time lookups; completions still queued are dropped.
-func (m *Metrics) Close() {
-	m.closeOnce.Do(func() { close(m.stop) })
-	m.wg.Wait()
-}
-
-// resolveCompletions reads each completed task's enqueue time from its asynq
-// payload, off the handler's path: tasks.Event does not carry it, and the
-// task (retained after completion) still holds it.
-func (m *Metrics) resolveCompletions() {
-	defer m.wg.Done()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case c := <-m.done:
-			if enq, why := m.enqueuedAt(c.taskID); why != "" {
-				m.completionLag.WithLabelValues(why).Inc()
-			} else {
-				m.completion.Observe(max(c.at.Sub(enq), 0).Seconds())
-			}
-			m.pending.Add(-1)
-		}
-	}
-}
-
-func (m *Metrics) enqueuedAt(taskID string) (time.Time, string) {
-	for _, q := range m.cfg.Queues {
-		info, err := m.cfg.Inspector.GetTaskInfo(q, taskID)
-		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-			continue
-		}
-		if err != nil {
-			return time.Time{}, "lookup_error"
-		}
-		p, err := tasks.DecodePayload(info.Payload)
-		if err != nil || p.EnqueuedAt.IsZero() {
-			return time.Time{}, "no_enqueue_time"
-		}
-		return p.EnqueuedAt, ""
-	}
-	return time.Time{}, "task_not_found"
-}
-
-// WaitIdle returns once every completion observed so far has been resolved
-// or ctx is done (tests, and a scrape that must see every completion).
-func (m *Metrics) WaitIdle(ctx context.Context) error {
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for m.pending.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-	return nil
 }
 
 func statusLabel(code int) string {

@@ -234,9 +234,6 @@ func (w *Worker) close() {
 	if w.adminLn != nil && w.admin == nil {
 		_ = w.adminLn.Close()
 	}
-	if w.metrics != nil {
-		w.metrics.Close()
-	}
 	if w.ui != nil {
 		_ = w.ui.Close()
 	}
