@@ -5,6 +5,7 @@
 // against Truto, and the records the handler keeps in Redis: per-update state and
 // results, account holds, and the dead-letter store with its replay.
 //
-// The failure policy the handler implements is the table in DESIGN.md; see
-// Handler.ProcessTask for the contract.
+// The failure policy the handler implements is the table in README.md
+// ("Failure policy"); docs/design.md ("Failure policy") gives the rules
+// behind it. See Handler for the contract of one run.
 package tasks

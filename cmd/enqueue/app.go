@@ -20,7 +20,7 @@ import (
 	"github.com/orgsync/orgsync/tasks"
 )
 
-// Exit codes, as DESIGN.md "Interfaces" fixes them.
+// Exit codes, as README.md "Exit codes" fixes them (docs/design.md "Interfaces").
 const (
 	exitOK      = 0
 	exitRefused = 1 // some input was refused

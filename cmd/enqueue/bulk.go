@@ -55,7 +55,7 @@ func (a *app) bulkCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "bulk [FILE | -] [--run NAME [--wait [--timeout D]]]",
 		Short: "Enqueue every update of an NDJSON file (or stdin)",
-		Long: "Stream an NDJSON file of updates (one JSON object per line, the format of DESIGN.md) and\n" +
+		Long: "Stream an NDJSON file of updates (one JSON object per line, the format of README.md \"The update\") and\n" +
 			"enqueue the valid lines; each invalid line is reported on stderr with its number and reason.\n" +
 			"Prints one summary object: {\"run\", \"read\", \"enqueued\", \"duplicates\", \"invalid\", \"failed\", ...}.\n" +
 			"Exit 1 when any line was invalid, 2 when Redis failed.\n" +
