@@ -146,6 +146,7 @@ func (s *Store) announceRun(ctx context.Context, name string) error {
 	if err := s.emit(ctx, e); err != nil {
 		return err
 	}
+	_ = s.rdb.PExpire(ctx, s.runIndex(), s.ttl).Err() // listed as long as it is kept
 	return s.runCall(ctx, name, "announced").Err()
 }
 

@@ -122,7 +122,9 @@ func (s *Store) addToRun(ctx context.Context, name string, entries []runEntry) (
 	}
 	pipe := s.rdb.Pipeline()
 	pipe.ZAddNX(ctx, s.runIndex(), redis.Z{Score: float64(s.now().UnixMilli()), Member: name})
-	pipe.PExpire(ctx, s.runIndex(), s.ttl) // the index outlives no run; Runs drops expired names
+	// Renewed here and when a run finishes (announceRun); Runs drops the
+	// names of runs that expired.
+	pipe.PExpire(ctx, s.runIndex(), s.ttl)
 	for _, e := range entries {
 		rec := s.recKey(e.taskID)
 		pipe.HSet(ctx, rec, runFieldPrefix+name, "1")

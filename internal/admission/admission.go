@@ -358,26 +358,6 @@ func genArg(gen int64) string {
 	return strconv.FormatInt(gen, 10)
 }
 
-// Held reports whether the account's lane is parked or held now (or every
-// account is parked): a started update checks it just before sending, so a
-// 429's hold set while it was starting still stops it. One round trip.
-func (s *Scheduler) Held(ctx context.Context, account string) (bool, error) {
-	pipe := s.rdb.Pipeline()
-	st := pipe.HMGet(ctx, s.base+"acct:"+account, "parked", "until")
-	all := pipe.Exists(ctx, s.base+"parked_all")
-	t := pipe.Time(ctx)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return false, fmt.Errorf("admission: hold of account %s: %w", account, err)
-	}
-	now := t.Val()
-	if s.now != nil {
-		now = s.now()
-	}
-	v := st.Val()
-	until, _ := strconv.ParseFloat(str(v[1]), 64)
-	return all.Val() > 0 || v[0] != nil || until > float64(now.UnixMilli()), nil
-}
-
 // AnyGeneration finishes an update whatever its generation.
 const AnyGeneration = -1
 

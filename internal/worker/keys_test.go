@@ -46,7 +46,8 @@ func (p *pipeline) persistentKeys() (n int, shapes map[string]int) {
 
 // TestKeysWithoutExpiryDoNotGrow: after updates to many organizations have
 // finished, the keys orgsync keeps without an expiry are a fixed handful
-// (queues, the dead-letter store, admission's own structures, runs index),
+// (asynq's own, the dead-letter store, admission's own structures, the
+// outcome stream),
 // not one or more per organization or per update.
 func TestKeysWithoutExpiryDoNotGrow(t *testing.T) {
 	t.Parallel()
