@@ -350,7 +350,7 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 		return h.putBack(ctx, r, d.Delay, whose+" rate limited: "+d.Reason)
 	case d.Class == trutoclient.ClassAccountAttention:
 		what := "account parked"
-		if a.tokenRejected {
+		if d.TokenRejected {
 			// Our token is bad: every account would get the same answer.
 			account, what = AllAccounts, "all accounts parked: the API token was rejected"
 		}
@@ -457,15 +457,14 @@ func (h *Handler) deadLetterIsCurrent(ctx context.Context, taskID string, p Payl
 
 // attempt is the outcome of one run's sending.
 type attempt struct {
-	res           *trutoclient.Response
-	decision      trutoclient.Decision
-	sent          int             // requests made
-	spent         int             // budget spent so far, after this run
-	first         time.Time       // when this run's first request went out
-	tokenRejected bool            // a 401 that blames our API token, not the account
-	storeErr      error           // recording the attempt failed
-	scope         admission.Scope // whose limit a 429 was
-	applied       *Attempt        // the request that applied it, not yet recorded
+	res      *trutoclient.Response
+	decision trutoclient.Decision
+	sent     int             // requests made
+	spent    int             // budget spent so far, after this run
+	first    time.Time       // when this run's first request went out
+	storeErr error           // recording the attempt failed
+	scope    admission.Scope // whose limit a 429 was
+	applied  *Attempt        // the request that applied it, not yet recorded
 }
 
 // send makes the attempt, retrying connection-level failures a few times in
@@ -511,7 +510,6 @@ func (h *Handler) send(ctx context.Context, r *run) attempt {
 		var apiErr *trutoclient.APIError
 		if errors.As(err, &apiErr) {
 			rec.Message = truncate(apiErr.Message, maxMessageBytes)
-			a.tokenRejected = apiErr.StatusCode == 401 && !apiErr.IsRemoteError
 		}
 		if a.decision.Class == trutoclient.ClassSuccess {
 			// Recorded with the result, in the same transaction (complete).

@@ -66,6 +66,9 @@ type Decision struct {
 	Delay time.Duration
 	// StatusCode is the HTTP status, 0 when no response arrived.
 	StatusCode int
+	// TokenRejected says a ClassAccountAttention answer blames the API token
+	// itself, not the account: every account would get the same answer.
+	TokenRejected bool
 }
 
 // Classify maps the result of one UpdateOrganization attempt to the failure policy. It is the
@@ -120,6 +123,7 @@ func Classify(resp *Response, err error) Decision {
 	case code == http.StatusUnauthorized && apiErr != nil && apiErr.IsRemoteError:
 		return d.with(ClassAccountAttention, "provider rejected the account's credentials: the account needs re-authorization")
 	case code == http.StatusUnauthorized:
+		d.TokenRejected = true
 		return d.with(ClassAccountAttention, "Truto rejected the API token: check TRUTO_API_TOKEN")
 	case code == http.StatusServiceUnavailable && apiErr != nil && apiErr.IsTrutoBody:
 		return d.with(ClassAccountAttention, "account blocked: "+apiReason(code, apiErr))

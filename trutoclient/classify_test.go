@@ -65,7 +65,7 @@ func TestClassify(t *testing.T) {
 		http.Header{"Ratelimit-Remaining": {"0"}}, truto(500, "boom", false))
 	add("401 remote", Decision{Class: ClassAccountAttention,
 		Reason: "provider rejected the account's credentials: the account needs re-authorization"}, 401, nil, truto(401, "expired", true))
-	add("401 truto", Decision{Class: ClassAccountAttention, Reason: "Truto rejected the API token: check TRUTO_API_TOKEN"},
+	add("401 truto", Decision{Class: ClassAccountAttention, Reason: "Truto rejected the API token: check TRUTO_API_TOKEN", TokenRejected: true},
 		401, nil, truto(401, "bad token", false))
 	add("503 truto body", Decision{Class: ClassAccountAttention, Reason: "account blocked: 503 from Truto: account is blocked"},
 		503, nil, truto(503, "account is blocked", false))
