@@ -164,7 +164,7 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 				continue
 			}
 		}
-		if t.state.Val() == StateCompleted {
+		if State(t.state.Val()) == StatusCompleted {
 			p.duplicate(results, errs, t, fmt.Errorf("enqueue %s: %w (it has completed)", t.id, ErrDuplicate))
 			ended[t.id] = runCompleted
 			continue

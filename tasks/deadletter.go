@@ -15,13 +15,6 @@ import (
 // MaxDeadLetterErrorBody bounds the upstream error body kept in a dead letter.
 const MaxDeadLetterErrorBody = 8 << 10
 
-// Classes of dead letter that are not a Truto answer.
-const (
-	ClassMalformed = "malformed" // the task payload could not be read
-	ClassExpired   = "expired"   // older than the wall-clock budget
-	ClassExhausted = "exhausted" // the retry budget is spent
-)
-
 // DeadLetter is the record of an update that ended dead. orgsync keeps it in
 // its own store, never trimmed: asynq's archive keeps only the newest 10,000
 // tasks per queue and is at most a mirror for the queue UI.
@@ -35,7 +28,7 @@ type DeadLetter struct {
 	Update         Update    `json:"update"`
 	RawPayload     string    `json:"raw_payload,omitempty"`
 	IdempotencyKey string    `json:"idempotency_key,omitempty"`
-	Class          string    `json:"class"`
+	Class          Class     `json:"class"`
 	Reason         string    `json:"reason"`
 	StatusCode     int       `json:"status_code,omitempty"`
 	ErrorBody      string    `json:"error_body,omitempty"`
@@ -124,7 +117,7 @@ type Filter struct {
 	Account    string
 	OrgID      string
 	StatusCode int
-	Class      string
+	Class      Class
 	Since      time.Time // dead at or after
 	Until      time.Time // dead before
 	Limit      int       // 0 = no limit

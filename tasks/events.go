@@ -46,7 +46,7 @@ type OutcomeEvent struct {
 	Organization   string    `json:"organization_id,omitempty"`
 	Runs           []string  `json:"runs,omitempty"`
 	StatusCode     int       `json:"status_code,omitempty"`
-	Class          string    `json:"class,omitempty"`
+	Class          Class     `json:"class,omitempty"`
 	Reason         string    `json:"reason,omitempty"`
 	Attempts       int       `json:"attempts,omitempty"`
 	EnqueuedAt     time.Time `json:"enqueued_at,omitzero"`
@@ -171,7 +171,7 @@ func (e OutcomeEvent) fields() map[string]any {
 		f["runs"] = string(b)
 	}
 	putInt("status", int64(e.StatusCode))
-	put("class", e.Class)
+	put("class", string(e.Class))
 	put("reason", e.Reason)
 	putInt("attempts", int64(e.Attempts))
 	if !e.EnqueuedAt.IsZero() {
@@ -191,7 +191,7 @@ func eventOf(m redis.XMessage) OutcomeEvent {
 	s := func(k string) string { v, _ := m.Values[k].(string); return v }
 	n := func(k string) int64 { v, _ := strconv.ParseInt(s(k), 10, 64); return v }
 	e := OutcomeEvent{ID: m.ID, Type: s("type"), At: msTime(s("at")), TaskID: s("task_id"), IdempotencyKey: s("key"),
-		Account: s("account"), Organization: s("org"), StatusCode: int(n("status")), Class: s("class"),
+		Account: s("account"), Organization: s("org"), StatusCode: int(n("status")), Class: Class(s("class")),
 		Reason: s("reason"), Attempts: int(n("attempts")), EnqueuedAt: msTime(s("enqueued")), Run: s("run"),
 		Total: n("total"), Completed: n("completed"), Dead: n("dead"), Purged: n("purged")}
 	if r := s("runs"); r != "" {

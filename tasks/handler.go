@@ -53,8 +53,8 @@ type Event struct {
 	// (RunTaskID), "" for an event with no asynq task.
 	QueueTaskID string
 	Account     string
-	Outcome     string // one of the Outcome constants
-	Class       string // trutoclient class, or ClassMalformed/ClassExpired/ClassExhausted, or "skipped" when the ledger already knew the answer
+	Outcome     Outcome
+	Class       Class
 	StatusCode  int
 	Latency     time.Duration
 	Reason      string
@@ -63,22 +63,6 @@ type Event struct {
 	// scheduled one); zero when its payload could not be read.
 	EnqueuedAt time.Time
 }
-
-// Outcomes of one run.
-const (
-	// OutcomeCompleted: applied (or known applied); the result is stored.
-	OutcomeCompleted = "completed"
-	// OutcomeRetry: a transient failure; budget spent, back to admission after the backoff.
-	OutcomeRetry = "retry"
-	// OutcomeWaiting: back to admission without spending budget (a 429, a
-	// parked account, a stopping worker).
-	OutcomeWaiting = "waiting"
-	// OutcomeDead: dead-lettered.
-	OutcomeDead = "dead"
-	// OutcomeStale: a ticket admission no longer honours (its update went
-	// back after a lease ran out, or finished); nothing was done.
-	OutcomeStale = "stale"
-)
 
 // Handler runs admitted organization updates. It implements asynq.Handler.
 //
@@ -217,7 +201,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 	case place.Held:
 		// Its account was held (a 429 of an update sent just before) or
 		// parked after it was admitted: sending would only meet the same answer.
-		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, "held", "its account was held after it was admitted: back in its lane"
+		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, WaitHeld, "its account was held after it was admitted: back in its lane"
 		h.observe(r.ev)
 		return nil, asynq.RevokeTask
 	case !ok:
@@ -229,7 +213,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 	r.p.OrderSeq, r.p.OriginSeq = place.Seq, place.Origin
 	if r.rec, err = read(); err != nil {
 		defer h.leases.Release(r.id, gen)
-		r.ev.Class = "ledger"
+		r.ev.Class = WaitLedger
 		return nil, h.putBack(ctx, r, time.Second, "the ledger could not be read: "+err.Error())
 	}
 	return r, nil
@@ -268,7 +252,7 @@ func (h *Handler) join(ctx context.Context, r *run) error {
 	if err != nil {
 		return err
 	}
-	r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, "joined", "queued before admission: joined its account's lane"
+	r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeWaiting, WaitJoined, "queued before admission: joined its account's lane"
 	h.observe(r.ev)
 	return asynq.RevokeTask
 }
@@ -276,7 +260,7 @@ func (h *Handler) join(ctx context.Context, r *run) error {
 // known ends the run when the ledger already knows the update's outcome.
 func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 	switch {
-	case r.rec.State == StateCompleted:
+	case r.rec.State == StatusCompleted:
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
 		// Its outcome event may not have been written before the crash: at least once.
 		e := OutcomeEvent{Type: EventCompleted}
@@ -286,14 +270,14 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		if err := h.end(ctx, r, e, withRun(r.rec.Runs, r.p.Run), nil); err != nil {
 			return true, err
 		}
-		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, "skipped", "already completed"
+		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, ClassSkipped, "already completed"
 		h.observe(r.ev)
 		return true, nil
-	case r.rec.State == StateDead || (r.rec.DeadLettered && h.deadLetterIsCurrent(ctx, r.id, r.p)):
+	case r.rec.State == StatusDead || (r.rec.DeadLettered && h.deadLetterIsCurrent(ctx, r.id, r.p)):
 		// A dead letter exists: finish marking it (a crash may have come in
 		// between) and send nothing, so a dead update can never also apply.
 		runs := withRun(r.rec.Runs, r.p.Run)
-		if r.rec.State != StateDead {
+		if r.rec.State != StatusDead {
 			if err := h.durably(ctx, func(ctx context.Context) (err error) {
 				runs, err = h.store.markDead(ctx, r.id, "dead-lettered")
 				runs = withRun(runs, r.p.Run)
@@ -309,7 +293,7 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		if err := h.end(ctx, r, e, runs, nil); err != nil {
 			return true, err
 		}
-		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, "skipped", "already dead-lettered"
+		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, ClassSkipped, "already dead-lettered"
 		h.observe(r.ev)
 		return true, fmt.Errorf("already dead-lettered: %w", asynq.SkipRetry)
 	}
@@ -320,7 +304,7 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 // class of trutoclient.Classify.
 func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 	d := a.decision
-	r.ev.Sent, r.ev.Class, r.ev.StatusCode, r.ev.Reason = a.sent, d.Class.String(), d.StatusCode, d.Reason
+	r.ev.Sent, r.ev.Class, r.ev.StatusCode, r.ev.Reason = a.sent, ClassOf(d.Class), d.StatusCode, d.Reason
 	if a.res != nil {
 		r.ev.Latency = a.res.Latency
 	}
@@ -331,16 +315,16 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 		// next run would send it again.
 		return h.complete(context.WithoutCancel(ctx), r, a)
 	case a.storeErr != nil:
-		r.ev.Class = "ledger"
+		r.ev.Class = WaitLedger
 		return h.putBack(ctx, r, time.Second, "the attempt could not be recorded: "+a.storeErr.Error())
 	case ctx.Err() != nil:
-		r.ev.Class = "stopping"
+		r.ev.Class = WaitStopping
 		// The worker is stopping (or the deadline ran out) mid-request: the
 		// answer is unknown, the key makes a re-send safe, and it is not the
 		// update's fault, so nothing was spent.
 		return h.putBack(ctx, r, 0, "worker stopped mid-request")
 	case d.Class == trutoclient.ClassPermanent:
-		return h.deadLetter(ctx, r, d.Class.String(), d.StatusCode, d.Reason, a.res)
+		return h.deadLetter(ctx, r, ClassOf(d.Class), d.StatusCode, d.Reason, a.res)
 	case d.Class == trutoclient.ClassRateLimited:
 		// The hold was set as soon as the answer came (send); now the update waits.
 		whose := "account"
@@ -686,7 +670,7 @@ func (h *Handler) durably(ctx context.Context, write func(context.Context) error
 
 // deadLetter writes the update's dead letter, marks the ledger, and lets its
 // organization's next update go.
-func (h *Handler) deadLetter(ctx context.Context, r *run, class string, status int, reason string, res *trutoclient.Response) error {
+func (h *Handler) deadLetter(ctx context.Context, r *run, class Class, status int, reason string, res *trutoclient.Response) error {
 	ctx = context.WithoutCancel(ctx) // a dead letter is written even while stopping
 	queue, _ := asynq.GetQueueName(ctx)
 	qid, _ := asynq.GetTaskID(ctx)
@@ -721,7 +705,7 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class string, status i
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,
 		"class", d.Class, "status", d.StatusCode, "reason", d.Reason)
 	r.ev.Outcome = OutcomeDead
-	if r.ev.Class == "" || r.ev.Class == trutoclient.ClassSuccess.String() {
+	if r.ev.Class == "" || r.ev.Class == ClassOf(trutoclient.ClassSuccess) {
 		r.ev.Class = class
 	}
 	if r.ev.Reason == "" {

@@ -225,7 +225,7 @@ func TestHandlerSuccessStoresResult(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.State != StateCompleted || rec.Result == nil || rec.Result.StatusCode != 200 || string(rec.Result.Body) != `{"id":"org-1","name":"Acme"}` {
+	if rec.State != StatusCompleted || rec.Result == nil || rec.Result.StatusCode != 200 || string(rec.Result.Body) != `{"id":"org-1","name":"Acme"}` {
 		t.Fatalf("record = %+v, result %+v; want completed with the body", rec, rec.Result)
 	}
 	if rec.Result.Attempts != 1 || rec.Spent != 0 {
@@ -257,7 +257,7 @@ func TestHandlerFailurePolicy(t *testing.T) {
 	tests := []struct {
 		name        string
 		answer      answer
-		wantOutcome string
+		wantOutcome Outcome
 		wantWait    time.Duration // for 429s: the account's hold
 		wantHold    string
 		wantSpent   int
@@ -406,7 +406,7 @@ func TestHandlerParkedUntilResumed(t *testing.T) {
 		t.Fatalf("after resume: %v", err)
 	}
 	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
-	if rec.Spent != 0 || rec.State != StateCompleted {
+	if rec.Spent != 0 || rec.State != StatusCompleted {
 		t.Errorf("record %+v: want completed with no budget spent", rec)
 	}
 }
@@ -561,7 +561,7 @@ func TestHandlerSuccessAsContextEndsIsKept(t *testing.T) {
 		t.Fatalf("ProcessTask: %v", err)
 	}
 	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
-	if rec.State != StateCompleted {
+	if rec.State != StatusCompleted {
 		t.Fatalf("a 2xx that arrived as the context ended was not recorded: %+v", rec)
 	}
 }
@@ -622,7 +622,7 @@ func TestHandlerDeadLetterWithoutMarkSendsNothing(t *testing.T) {
 	if e.up.count() != 0 {
 		t.Errorf("upstream saw %d requests for a dead-lettered update", e.up.count())
 	}
-	if rec, _ := e.store.Get(context.Background(), id); rec.State != StateDead {
+	if rec, _ := e.store.Get(context.Background(), id); rec.State != StatusDead {
 		t.Errorf("ledger state %q, want dead", rec.State)
 	}
 }

@@ -159,7 +159,7 @@ func TestLegacyPayloadKeepsItsIdentity(t *testing.T) {
 		t.Errorf("Idempotency-Keys of a version-1 update (-want +got):\n%s", diff)
 	}
 	rec, err := e.store.Get(ctx, LegacyTaskID("old-key"))
-	if err != nil || rec.State != StateCompleted || rec.Attempts != 2 {
+	if err != nil || rec.State != StatusCompleted || rec.Attempts != 2 {
 		t.Errorf("ledger under the legacy id: %+v, %v; want completed after 2 attempts", rec, err)
 	}
 	st, err := e.store.Find(ctx, Lookup{Ref: "old-key", Account: "acct-A"}, nil)

@@ -159,7 +159,7 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	if _, err := e.store.DeadLetter(ctx, TaskID("acct-1", "k1")); !errors.Is(err, ErrNotFound) {
 		t.Errorf("the leftover dead letter was not removed: %v", err)
 	}
-	if rec, _ := e.store.Get(ctx, TaskID("acct-1", "k1")); rec.State != StateCompleted || rec.Result == nil {
+	if rec, _ := e.store.Get(ctx, TaskID("acct-1", "k1")); rec.State != StatusCompleted || rec.Result == nil {
 		t.Errorf("the second replay reset the completed update's ledger: %+v", rec)
 	}
 	if e.up.count() != before {

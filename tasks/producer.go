@@ -96,10 +96,10 @@ func AtLine(n int64) EnqueueOption { return func(c *enqueueConfig) { c.line = n 
 
 // Enqueued describes an accepted (or duplicate) update.
 type Enqueued struct {
-	TaskID         string `json:"task_id"`
-	IdempotencyKey string `json:"idempotency_key"`
-	Queue          string `json:"queue"`
-	Status         string `json:"status"` // "enqueued" or "duplicate"
+	TaskID         string        `json:"task_id"`
+	IdempotencyKey string        `json:"idempotency_key"`
+	Queue          string        `json:"queue"`
+	Status         EnqueueStatus `json:"status"`
 }
 
 // Enqueue validates u and puts it on the queue. An update without a key gets
@@ -176,9 +176,9 @@ func (p *Producer) countEnded(ctx context.Context, id, run string) error {
 		return err
 	}
 	switch {
-	case rec.State == StateCompleted:
+	case rec.State == StatusCompleted:
 		return p.store.setInRuns(ctx, id, []string{run}, runCompleted)
-	case rec.State == StateDead || rec.DeadLettered:
+	case rec.State == StatusDead || rec.DeadLettered:
 		return p.store.setInRuns(ctx, id, []string{run}, runDead)
 	}
 	return nil // still waiting or running: the worker that ends it counts it
@@ -207,7 +207,7 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 		// Completed within the result retention: the ledger remembers it.
 		if rec, err := p.store.Get(ctx, id); err != nil {
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
-		} else if rec.State == StateCompleted {
+		} else if rec.State == StatusCompleted {
 			out.Status = "duplicate"
 			return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
 		}

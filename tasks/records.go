@@ -22,12 +22,6 @@ const DefaultResultTTL = 7 * 24 * time.Hour
 // DefaultMaxAttemptsKept bounds the attempt history of one update.
 const DefaultMaxAttemptsKept = 50
 
-// Update states kept in the ledger.
-const (
-	StateCompleted = "completed"
-	StateDead      = "dead"
-)
-
 // Result is the stored answer to a completed update.
 type Result struct {
 	TaskID         string            `json:"task_id"`
@@ -68,7 +62,7 @@ type Attempt struct {
 // Record is what the ledger knows of one update.
 type Record struct {
 	TaskID         string    `json:"task_id"`
-	State          string    `json:"state,omitempty"`
+	State          State     `json:"state,omitempty"`
 	Spent          int       `json:"spent"`
 	Attempts       int       `json:"attempts"`
 	FirstAttemptAt time.Time `json:"first_attempt_at,omitzero"`
@@ -162,7 +156,7 @@ func (s *Store) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) 
 }
 
 func recordOf(taskID string, m map[string]string, dead bool) Record {
-	r := Record{TaskID: taskID, State: m["state"], LastError: m["last_error"], DeadLettered: dead}
+	r := Record{TaskID: taskID, State: State(m["state"]), LastError: m["last_error"], DeadLettered: dead}
 	r.Spent, _ = strconv.Atoi(m["spent"])
 	r.Attempts, _ = strconv.Atoi(m["attempts"])
 	r.FirstAttemptAt = parseTime(m["first_attempt"])
@@ -256,7 +250,7 @@ func (s *Store) complete(ctx context.Context, taskID string, u *Update, res Resu
 	}
 	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, rec, "state", StateCompleted, "result", b, "last_error", "", "attempts", res.Attempts)
+	pipe.HSet(ctx, rec, "state", string(StatusCompleted), "result", b, "last_error", "", "attempts", res.Attempts)
 	if u != nil {
 		ub, err := json.Marshal(u)
 		if err != nil {
@@ -294,7 +288,7 @@ func (s *Store) complete(ctx context.Context, taskID string, u *Update, res Resu
 func (s *Store) markDead(ctx context.Context, taskID, reason string) ([]string, error) {
 	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, rec, "state", StateDead, "last_error", reason)
+	pipe.HSet(ctx, rec, "state", string(StatusDead), "last_error", reason)
 	pipe.PExpire(ctx, rec, s.ttl)
 	fields := pipe.HKeys(ctx, rec)
 	if _, err := pipe.Exec(ctx); err != nil {

@@ -12,11 +12,11 @@ import (
 
 // ReplayOutcome says what happened to one dead letter in a replay.
 type ReplayOutcome struct {
-	TaskID         string `json:"task_id"`
-	IdempotencyKey string `json:"idempotency_key,omitempty"`
-	Account        string `json:"account,omitempty"`
-	Status         string `json:"status"` // "replayed", "would_replay", "skipped"
-	Reason         string `json:"reason,omitempty"`
+	TaskID         string       `json:"task_id"`
+	IdempotencyKey string       `json:"idempotency_key,omitempty"`
+	Account        string       `json:"account,omitempty"`
+	Status         ReplayStatus `json:"status"`
+	Reason         string       `json:"reason,omitempty"`
 }
 
 // ReplayOptions adjusts a replay.
@@ -126,15 +126,15 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 	if err != nil {
 		return false, "", err
 	}
-	if rec.State == StateCompleted {
+	if rec.State == StatusCompleted {
 		return true, "already applied by an earlier replay", nil
 	}
 	switch st, ok, err := p.store.adm.Update(ctx, d.TaskID); {
 	case err != nil:
 		return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
-	case ok && rec.State == StateDead && st.State == "running":
+	case ok && rec.State == StatusDead && st.State == "running":
 		return false, "", fmt.Errorf("replay %s: the worker that dead-lettered it is still finishing; try again in a moment", d.TaskID)
-	case ok && rec.State == StateDead:
+	case ok && rec.State == StatusDead:
 		// Dead, but admission still holds it (the dead run could not take it
 		// out): take it out now, and replay.
 		if _, err := p.store.adm.Finish(ctx, d.TaskID, admission.AnyGeneration); err != nil {
@@ -155,7 +155,7 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 		return false, "", fmt.Errorf("replay %s: look it up in asynq: %w", d.TaskID, err)
 	case info.State == asynq.TaskStateArchived:
 		return false, "", nil
-	case rec.State == StateDead:
+	case rec.State == StatusDead:
 		// Live in asynq but dead in the ledger: the run that dead-lettered it
 		// has not finished handing it to asynq's archive yet.
 		return false, "", fmt.Errorf("replay %s: the worker that dead-lettered it is still finishing (%s); try again in a moment", d.TaskID, info.State)
@@ -184,7 +184,7 @@ func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
 		return existed, err
 	}
 	// Ended without applying: purged in its runs, which may now be done.
-	if rec.State != StateCompleted {
+	if rec.State != StatusCompleted {
 		if err := s.setInRuns(ctx, d.TaskID, rec.Runs, runPurged); err != nil {
 			return existed, fmt.Errorf("purge %s: %w", d.TaskID, err)
 		}

@@ -31,16 +31,6 @@ var runSource string
 
 var runScript = redis.NewScript(runSource)
 
-// StatusPurged is the state, in a run, of a dead update whose dead letter an
-// operator purged: it ended without being applied, and is not waiting.
-const StatusPurged = "purged"
-
-// StatusNotQueued is the state, in a run, of a line whose update the run
-// holds but admission does not, and which has not ended: its enqueue stopped
-// half-way (Redis failed, the producer was stopped). Enqueueing the same
-// line again (re-running the file with the same run name) queues it.
-const StatusNotQueued = "not_queued"
-
 // MaxRunNameBytes bounds a run's name.
 const MaxRunNameBytes = 256
 
@@ -262,7 +252,7 @@ func (s *Store) RunDeadLetters(ctx context.Context, st *RunStatus) error {
 			var d DeadLetter
 			if str, ok := raw.(string); ok && json.Unmarshal([]byte(str), &d) == nil {
 				st.DeadByStatus[strconv.Itoa(d.StatusCode)]++
-				st.DeadByClass[d.Class]++
+				st.DeadByClass[string(d.Class)]++
 			}
 		}
 		dead = dead[:0]
@@ -333,8 +323,8 @@ type RunResult struct {
 	TaskID         string `json:"task_id"`
 	// State is completed, dead, purged, or where the update waits: waiting
 	// (in admission), pending (admitted) or active (being sent).
-	State      string `json:"state"`
-	StatusCode int    `json:"status_code,omitempty"`
+	State      State `json:"state"`
+	StatusCode int   `json:"status_code,omitempty"`
 	// Response is Truto's unified response body of a completed update, as
 	// JSON; ResponseText holds one that is not JSON, or was cut short.
 	Response     json.RawMessage `json:"response,omitempty"`
@@ -344,7 +334,7 @@ type RunResult struct {
 
 // RunError is why a dead update died.
 type RunError struct {
-	Class  string `json:"class"`
+	Class  Class  `json:"class"`
 	Reason string `json:"reason"`
 	// Body is Truto's error body: JSON as it came, or a JSON string.
 	Body json.RawMessage `json:"body,omitempty"`
@@ -352,7 +342,7 @@ type RunError struct {
 
 // ResultFilter selects lines of a run. Zero fields match everything.
 type ResultFilter struct {
-	State      string
+	State      State
 	StatusCode int
 }
 

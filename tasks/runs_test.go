@@ -308,7 +308,7 @@ func TestPurgedUpdatesEndTheirRun(t *testing.T) {
 	if st.Purged != 1 || st.Dead != 0 || !st.Done {
 		t.Fatalf("after the purge: %+v; want 1 purged, done", st)
 	}
-	var states []string
+	var states []State
 	_ = e.store.EachRunResult(ctx, "r", ResultFilter{}, func(r RunResult) error { states = append(states, r.State); return nil })
 	if len(states) != 1 || states[0] != StatusPurged {
 		t.Errorf("results: %v, want [purged]", states)

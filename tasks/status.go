@@ -12,23 +12,12 @@ import (
 	"github.com/orgsync/orgsync/internal/admission"
 )
 
-// States an update can be in, as `enqueue status` reports them.
-const (
-	StatusWaiting   = "waiting"   // in admission: its turn, its account's slot, a hold, or a backoff
-	StatusPending   = "pending"   // admitted: in asynq's pending list for the next free worker
-	StatusActive    = "active"    // a worker is sending it
-	StatusScheduled = "scheduled" // queued before admission for a later time
-	StatusRetry     = "retry"     // queued before admission, in asynq's retry set
-	StatusCompleted = "completed"
-	StatusDead      = "dead"
-)
-
 // Status is everything known about one update.
 type Status struct {
 	TaskID         string      `json:"task_id"`
 	IdempotencyKey string      `json:"idempotency_key,omitempty"`
 	Queue          string      `json:"queue,omitempty"`
-	State          string      `json:"state"`
+	State          State       `json:"state"`
 	Why            string      `json:"why,omitempty"`
 	Update         *Update     `json:"update,omitempty"`
 	NextAttemptAt  time.Time   `json:"next_attempt_at,omitzero"`
@@ -236,11 +225,11 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 		case asynq.TaskStateArchived:
 			st.State, st.Why = StatusDead, info.LastErr
 		default:
-			st.State = info.State.String()
+			st.State = State(info.State.String())
 		}
 		return st, nil
 	}
-	if rec.State == StateCompleted {
+	if rec.State == StatusCompleted {
 		st.State = StatusCompleted
 		if r := rec.Result; r != nil {
 			st.IdempotencyKey, st.Queue = r.IdempotencyKey, r.Queue
@@ -262,7 +251,7 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 	if rec.Attempts == 0 && rec.State == "" {
 		return st, fmt.Errorf("update %s: %w", taskID, ErrNotFound)
 	}
-	st.State = "unknown"
+	st.State = StatusUnknown
 	return st, nil
 }
 
@@ -344,7 +333,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	err = s.EachDeadLetter(ctx, Filter{}, func(d DeadLetter) error {
 		out.DeadLetters++
 		out.DeadByStatus[fmt.Sprint(d.StatusCode)]++
-		out.DeadByClass[d.Class]++
+		out.DeadByClass[string(d.Class)]++
 		if out.OldestDeadLetter.IsZero() {
 			out.OldestDeadLetter = d.DeadAt
 		}

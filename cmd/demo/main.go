@@ -115,7 +115,7 @@ func (t *tally) observe(e tasks.Event) {
 	case tasks.OutcomeWaiting:
 		t.waited.Add(1)
 		t.mu.Lock()
-		t.waitWhy[e.Class]++
+		t.waitWhy[string(e.Class)]++
 		t.mu.Unlock()
 	case tasks.OutcomeDead:
 		t.dead.Add(1)
@@ -437,10 +437,10 @@ var errShown = errors.New("enough lines")
 func firstLines(ctx context.Context, store *tasks.Store, n int) ([]LineReport, error) {
 	var out []LineReport
 	err := store.EachRunResult(ctx, demoRun, tasks.ResultFilter{}, func(r tasks.RunResult) error {
-		l := LineReport{Line: r.Line, State: r.State, StatusCode: r.StatusCode}
+		l := LineReport{Line: r.Line, State: string(r.State), StatusCode: r.StatusCode}
 		switch {
 		case r.Error != nil:
-			l.Excerpt = excerpt(strings.TrimSpace(r.Error.Class + ": " + r.Error.Reason + " " + compact(r.Error.Body)))
+			l.Excerpt = excerpt(strings.TrimSpace(string(r.Error.Class) + ": " + r.Error.Reason + " " + compact(r.Error.Body)))
 		case len(r.Response) > 0:
 			l.Excerpt = excerpt(compact(r.Response))
 		default:

@@ -46,7 +46,7 @@ func (f *filterFlags) register(fs *pflag.FlagSet) {
 
 // filter builds the store's filter; now anchors durations like "2h".
 func (f *filterFlags) filter(now time.Time, ids []string) (tasks.Filter, error) {
-	out := tasks.Filter{TaskIDs: ids, Account: f.account, OrgID: f.org, StatusCode: f.status, Class: f.class, Limit: f.limit}
+	out := tasks.Filter{TaskIDs: ids, Account: f.account, OrgID: f.org, StatusCode: f.status, Class: tasks.Class(f.class), Limit: f.limit}
 	if f.status < 0 || f.limit < 0 {
 		return out, usageError("--status and --limit must not be negative")
 	}
@@ -115,7 +115,7 @@ func (a *app) deadLetterTable(ctx context.Context, f tasks.Filter) error {
 	fmt.Fprintln(tw, "TASK ID\tDEAD AT\tACCOUNT\tORG ID\tSTATUS\tCLASS\tREASON")
 	err := a.store.EachDeadLetter(ctx, f, func(d tasks.DeadLetter) error {
 		_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.TaskID, d.DeadAt.UTC().Format(time.RFC3339),
-			cell(d.Update.IntegratedAccountID, 40), cell(d.Update.ID, 30), statusCell(d.StatusCode), cell(d.Class, 12), cell(d.Reason, 60))
+			cell(d.Update.IntegratedAccountID, 40), cell(d.Update.ID, 30), statusCell(d.StatusCode), cell(string(d.Class), 12), cell(d.Reason, 60))
 		return err
 	})
 	if ferr := tw.Flush(); err == nil {

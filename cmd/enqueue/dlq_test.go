@@ -59,7 +59,7 @@ func TestDLQList(t *testing.T) {
 		{"account", []string{"--account", "acc2"}, ids("k3", "k4")},
 		{"org", []string{"--org", "org1"}, ids("k1", "k3")},
 		{"status", []string{"--status", "422"}, ids("k1", "k4")},
-		{"class", []string{"--class", tasks.ClassExpired}, ids("k5")},
+		{"class", []string{"--class", string(tasks.ClassExpired)}, ids("k5")},
 		{"since duration", []string{"--since", "2h"}, ids("k4", "k5")},
 		{"since days", []string{"--since", "1d"}, append([]string{malformed}, ids("k1", "k2", "k3", "k4", "k5")...)},
 		{"since and until RFC3339", []string{"--since", ds[2].DeadAt.Format(time.RFC3339), "--until", ds[4].DeadAt.Format(time.RFC3339)}, ids("k2", "k3")},

@@ -187,7 +187,7 @@ func (f *fixture) deliver(t *testing.T) []admission.Ticket {
 }
 
 // deadLetter builds a dead letter of a valid update with key key.
-func deadLetter(key, account, org string, status int, class string, deadAt time.Time) tasks.DeadLetter {
+func deadLetter(key, account, org string, status int, class tasks.Class, deadAt time.Time) tasks.DeadLetter {
 	return tasks.DeadLetter{
 		TaskID: tasks.TaskID(account, key),
 		Queue:  tasks.DefaultQueue,

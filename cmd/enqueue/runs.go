@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -29,11 +27,6 @@ const (
 	defaultResultState  = ""
 	defaultResultStatus = 0
 )
-
-// resultStates are the states `runs results --state` accepts, as
-// tasks.RunResult names them.
-var resultStates = []string{tasks.StatusCompleted, tasks.StatusDead, tasks.StatusPurged, tasks.StatusNotQueued,
-	tasks.StatusWaiting, tasks.StatusPending, tasks.StatusActive}
 
 // errWaitTimeout ends a wait that --timeout cut short.
 var errWaitTimeout = errors.New("timed out")
@@ -320,14 +313,14 @@ func (a *app) runsResultsCmd() *cobra.Command {
 		Use:   "results NAME [--state S] [--status N]",
 		Short: "Print what became of each line of a run, in line order (NDJSON)",
 		Long: "Print one object per line of the run, in line order: line, idempotency_key, task_id, state\n" +
-			"(" + strings.Join(resultStates, ", ") + "), status_code, and Truto's response\n" +
+			"(" + tasks.Join(tasks.RunResultStates) + "), status_code, and Truto's response\n" +
 			"(response, or response_text when it was not JSON) or, for a dead update, error {class, reason, body}.\n" +
 			"Lines that were blank or invalid in the file are not in the run. Streams: memory stays flat\n" +
 			"whatever the run's size. An unknown run exits 1.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
-			if state != "" && !slices.Contains(resultStates, state) {
-				return usageError("--state %q: expected one of %s", state, strings.Join(resultStates, ", "))
+			if _, ok := tasks.ParseRunResultState(state); state != "" && !ok {
+				return usageError("--state %q: expected one of %s", state, tasks.Join(tasks.RunResultStates))
 			}
 			if status < 0 {
 				return usageError("--status %d: expected an HTTP status code like 422 (0: any)", status)
@@ -335,10 +328,10 @@ func (a *app) runsResultsCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			return a.runResults(c.Context(), args[0], tasks.ResultFilter{State: state, StatusCode: status})
+			return a.runResults(c.Context(), args[0], tasks.ResultFilter{State: tasks.State(state), StatusCode: status})
 		},
 	}
-	c.Flags().StringVar(&state, "state", defaultResultState, "only lines in this state: "+strings.Join(resultStates, ", ")+" (empty: all)")
+	c.Flags().StringVar(&state, "state", defaultResultState, "only lines in this state: "+tasks.Join(tasks.RunResultStates)+" (empty: all)")
 	c.Flags().IntVar(&status, "status", defaultResultStatus, "only lines with this upstream HTTP status code (0: any)")
 	return c
 }

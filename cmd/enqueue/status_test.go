@@ -84,12 +84,12 @@ func TestStatusFollowsAdmission(t *testing.T) {
 		}
 		var got tasks.Status
 		decode(t, r, &got)
-		return view{got.State, got.Why}
+		return view{string(got.State), got.Why}
 	}
-	check := func(step, ref, wantState, whyHas string) {
+	check := func(step, ref string, wantState tasks.State, whyHas string) {
 		t.Helper()
 		got := status(ref)
-		if diff := cmp.Diff(wantState, got.State); diff != "" || !strings.Contains(got.Why, whyHas) {
+		if diff := cmp.Diff(string(wantState), got.State); diff != "" || !strings.Contains(got.Why, whyHas) {
 			t.Errorf("%s: state (-want +got):\n%s\nwhy %q, want it to contain %q", step, diff, got.Why, whyHas)
 		}
 	}

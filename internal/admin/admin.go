@@ -288,7 +288,7 @@ func parseFilter(q map[string][]string, now time.Time) (tasks.Filter, error) {
 			return tasks.Filter{}, fmt.Errorf("unknown parameter %q: expected account, org, status, class, since, until, limit", k)
 		}
 	}
-	f := tasks.Filter{Account: get("account"), OrgID: get("org"), Class: get("class"), Limit: DefaultListLimit}
+	f := tasks.Filter{Account: get("account"), OrgID: get("org"), Class: tasks.Class(get("class")), Limit: DefaultListLimit}
 	if s := get("status"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 100 || n > 599 {

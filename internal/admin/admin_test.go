@@ -247,7 +247,7 @@ func TestAdminJSONAPIAndGauges(t *testing.T) {
 	ctx := context.Background()
 	var want []tasks.DeadLetter
 	for i := range 12 {
-		status, class, account := 422, "permanent", "acct-a"
+		status, class, account := 422, tasks.Class("permanent"), "acct-a"
 		if i%3 == 0 {
 			status, class, account = 503, tasks.ClassExhausted, "acct-b"
 		}

@@ -137,9 +137,9 @@ func (m *Metrics) Observe(e tasks.Event) {
 	if outcome == "" {
 		outcome = "unknown"
 	}
-	m.updates.WithLabelValues(outcome, class).Inc()
+	m.updates.WithLabelValues(string(outcome), string(class)).Inc()
 	if e.Outcome == tasks.OutcomeWaiting {
-		m.waits.WithLabelValues(class).Inc()
+		m.waits.WithLabelValues(string(class)).Inc()
 	}
 	if e.Sent > 0 {
 		// Only connection-level failures (no HTTP answer) are retried within

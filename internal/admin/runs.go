@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -121,10 +120,6 @@ func (a *api) runResults(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// resultStates are the states a run's line can be in (tasks.RunResult.State).
-var resultStates = []string{tasks.StatusCompleted, tasks.StatusDead, tasks.StatusPurged, tasks.StatusWaiting,
-	tasks.StatusPending, tasks.StatusActive}
-
 // parseResultQuery reads the query of /api/runs/{name}/results: state, status
 // (HTTP code), limit (default DefaultResultsLimit, at most MaxResultsLimit).
 func parseResultQuery(q url.Values) (tasks.ResultFilter, int, error) {
@@ -135,9 +130,9 @@ func parseResultQuery(q url.Values) (tasks.ResultFilter, int, error) {
 			return tasks.ResultFilter{}, 0, fmt.Errorf("unknown parameter %q: expected state, status, limit", k)
 		}
 	}
-	f := tasks.ResultFilter{State: strings.TrimSpace(q.Get("state"))}
-	if f.State != "" && !slices.Contains(resultStates, f.State) {
-		return f, 0, fmt.Errorf("state=%q: expected one of %s", f.State, strings.Join(resultStates, ", "))
+	f := tasks.ResultFilter{State: tasks.State(strings.TrimSpace(q.Get("state")))}
+	if _, ok := tasks.ParseRunResultState(string(f.State)); f.State != "" && !ok {
+		return f, 0, fmt.Errorf("state=%q: expected one of %s", f.State, tasks.Join(tasks.RunResultStates))
 	}
 	if s := strings.TrimSpace(q.Get("status")); s != "" {
 		n, err := strconv.Atoi(s)

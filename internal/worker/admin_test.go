@@ -104,7 +104,7 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 	keys := p.enqueue(good+bad, func(i int) string { return fmt.Sprintf("acct-%d", i%5) })
 	waitFor(t, "50 completed and 5 dead", time.Minute, func() (bool, string) {
 		st := p.states(keys)
-		return st[tasks.StateCompleted] == good && st[tasks.StateDead] == bad, fmt.Sprint(st)
+		return st[tasks.StatusCompleted] == good && st[tasks.StatusDead] == bad, fmt.Sprint(st)
 	})
 	c := &adminClient{t: t, base: p.worker.AdminURL(), bodies: map[string]string{}}
 

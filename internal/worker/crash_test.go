@@ -95,7 +95,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	outcomes := map[string]int{}
 	survivor, err := New(context.Background(), cfg, WithLogger(NewLogger(io.Discard, "error")), WithObserver(func(e tasks.Event) {
 		mu.Lock()
-		outcomes[e.Outcome+"/"+e.Class]++
+		outcomes[string(e.Outcome)+"/"+string(e.Class)]++
 		mu.Unlock()
 	}))
 	if err != nil {
@@ -115,7 +115,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	waitFor(t, "every update completed by the survivor", 40*time.Second, func() (bool, string) {
 		c := 0
 		for _, id := range ids {
-			if rec, err := store.Get(context.Background(), id); err == nil && rec.State == tasks.StateCompleted {
+			if rec, err := store.Get(context.Background(), id); err == nil && rec.State == tasks.StatusCompleted {
 				c++
 			}
 		}

@@ -34,7 +34,7 @@ type pipeline struct {
 	stop     context.CancelFunc
 	done     chan error
 	mu       sync.Mutex
-	events   map[string]int // handler runs by outcome
+	events   map[tasks.Outcome]int // handler runs by outcome
 	// runs counts handler runs by account; idle counts the runs that sent
 	// no request (with admission, only a stale ticket or an update the
 	// ledger already knew: never a wait).
@@ -89,7 +89,7 @@ func testConfig(redisURL, baseURL string) Config {
 
 func startPipeline(t *testing.T, faults trutotest.Faults, mutate func(*Config)) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t, redis: redistest.Start(t), events: map[string]int{}, runs: map[string]int{}, held: map[string]int{}, accountOf: map[string]string{}}
+	p := &pipeline{t: t, redis: redistest.Start(t), events: map[tasks.Outcome]int{}, runs: map[string]int{}, held: map[string]int{}, accountOf: map[string]string{}}
 	p.rdb = p.redis.Client()
 	p.fake = trutotest.NewServer(testToken, trutotest.WithFaults(faults), trutotest.WithSeed(1))
 	t.Cleanup(p.fake.Close)
@@ -132,10 +132,10 @@ func (p *pipeline) observe(e tasks.Event) {
 
 // counts returns the handler runs of account, the runs by outcome and the
 // runs that sent nothing, so far.
-func (p *pipeline) counts(account string) (runs int, events map[string]int, idle int) {
+func (p *pipeline) counts(account string) (runs int, events map[tasks.Outcome]int, idle int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	events = make(map[string]int, len(p.events))
+	events = make(map[tasks.Outcome]int, len(p.events))
 	for k, v := range p.events {
 		events[k] = v
 	}
@@ -197,9 +197,9 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool
 	}
 }
 
-func (p *pipeline) states(keys []string) map[string]int {
+func (p *pipeline) states(keys []string) map[tasks.State]int {
 	p.t.Helper()
-	out := map[string]int{}
+	out := map[tasks.State]int{}
 	ctx := context.Background()
 	pipe := p.rdb.Pipeline()
 	cmds := make([]*redis.StringCmd, len(keys))
@@ -208,7 +208,7 @@ func (p *pipeline) states(keys []string) map[string]int {
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, c := range cmds {
-		out[c.Val()]++
+		out[tasks.State(c.Val())]++
 	}
 	return out
 }
@@ -227,7 +227,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%02d", i%15) })
 	waitFor(t, "every update completed", 2*time.Minute, func() (bool, string) {
 		st := p.states(keys)
-		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
+		return st[tasks.StatusCompleted] == n, fmt.Sprint(st)
 	})
 	stats := p.fake.Stats()
 	c := p.fake.CountEffects(p.sentKeys(keys))
@@ -245,7 +245,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 	// Every run sends: waiting happens in admission, never in a run. Each
 	// update has one completing run, plus one run per transient failure.
 	// (A run is observed just after its ledger write: wait for the last ones.)
-	var events map[string]int
+	var events map[tasks.Outcome]int
 	var idle, sent int
 	waitFor(t, "every run observed", time.Minute, func() (bool, string) {
 		_, events, idle = p.counts("")
@@ -254,7 +254,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 		p.mu.Unlock()
 		return events[tasks.OutcomeCompleted] >= n && sent >= stats.Requests, fmt.Sprint(events, sent)
 	})
-	wantEvents := map[string]int{tasks.OutcomeCompleted: n, tasks.OutcomeRetry: events[tasks.OutcomeRetry]}
+	wantEvents := map[tasks.Outcome]int{tasks.OutcomeCompleted: n, tasks.OutcomeRetry: events[tasks.OutcomeRetry]}
 	if diff := cmp.Diff(wantEvents, events); diff != "" || idle != 0 || sent != stats.Requests {
 		t.Errorf("handler runs by outcome (-want +got):\n%s\n%d runs sent nothing; runs sent %d requests, the fake saw %d", diff, idle, sent, stats.Requests)
 	}
@@ -360,7 +360,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 	}
 	waitFor(t, "every replayed update completed", 4*time.Minute, func() (bool, string) {
 		st := p.states(keys)
-		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
+		return st[tasks.StatusCompleted] == n, fmt.Sprint(st)
 	})
 	stats := p.fake.Stats()
 	if stats.Effects != n || stats.DuplicateEffects != 0 {

@@ -75,7 +75,7 @@ func TestKeysWithoutExpiryDoNotGrow(t *testing.T) {
 		waitFor(t, "every update completed and out of admission", 2*time.Minute, func() (bool, string) {
 			st := p.states(keys)
 			adm, err := p.store.Scheduler().Stats(ctx)
-			return err == nil && st[tasks.StateCompleted] == n && adm.Running+adm.Admitted+adm.Scheduled == 0,
+			return err == nil && st[tasks.StatusCompleted] == n && adm.Running+adm.Admitted+adm.Scheduled == 0,
 				fmt.Sprint(st, adm, err)
 		})
 	}

@@ -42,14 +42,14 @@ func (p *pipeline) waitAllCompleted(keys []string, timeout time.Duration) {
 	p.t.Helper()
 	waitFor(p.t, "every update completed", timeout, func() (bool, string) {
 		st := p.states(keys)
-		return st[tasks.StateCompleted] == len(keys), fmt.Sprint(st)
+		return st[tasks.StatusCompleted] == len(keys), fmt.Sprint(st)
 	})
 }
 
 // settledRuns waits until the handler runs of the completed updates keys
 // have all been observed (a run is observed just after its ledger write),
 // then returns the runs by outcome and how many sent no request.
-func (p *pipeline) settledRuns(keys []string) (events map[string]int, idle int) {
+func (p *pipeline) settledRuns(keys []string) (events map[tasks.Outcome]int, idle int) {
 	p.t.Helper()
 	waitFor(p.t, "every completing run observed", time.Minute, func() (bool, string) {
 		_, events, idle = p.counts("")
@@ -161,7 +161,7 @@ func TestRateLimitStorm(t *testing.T) {
 	held := p.heldAll
 	p.mu.Unlock()
 	t.Logf("%d runs put back unsent: admitted before their account's hold", held)
-	if diff := cmp.Diff(map[string]int{tasks.OutcomeCompleted: n, tasks.OutcomeWaiting: storms + held}, events); diff != "" || idle != held {
+	if diff := cmp.Diff(map[tasks.Outcome]int{tasks.OutcomeCompleted: n, tasks.OutcomeWaiting: storms + held}, events); diff != "" || idle != held {
 		t.Errorf("handler runs by outcome (-want +got):\n%s%d runs sent nothing, %d of them held", diff, idle, held)
 	}
 }
@@ -405,7 +405,7 @@ func TestBusyAccountDoesNotStarveOthers(t *testing.T) {
 	start := time.Now()
 	p.waitAllCompleted(smallKeys, time.Minute)
 	took := time.Since(start)
-	bigDone := p.states(bigKeys)[tasks.StateCompleted]
+	bigDone := p.states(bigKeys)[tasks.StatusCompleted]
 	t.Logf("3 small accounts x %d updates done in %.1fs (their limit less headroom allows %.1fs) behind a %d-update backlog of one account, of which %d were done by then; fake 429s: %d",
 		small, took.Seconds(), float64(small)/(10*0.7), big, bigDone, p.fake.Stats().RateLimited)
 	if bigDone > big/2 {
