@@ -182,7 +182,7 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 			p.duplicate(results, errs, t, fmt.Errorf("enqueue %s: %w", t.id, ErrDuplicate))
 			continue
 		}
-		results[t.i].Status = "enqueued"
+		results[t.i].Status = EnqueueAccepted
 	}
 	if cfg.run != "" {
 		return p.store.setRunStates(ctx, cfg.run, ended)
@@ -191,7 +191,7 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 }
 
 func (p *Producer) duplicate(results []Enqueued, errs []error, t *pending, err error) {
-	results[t.i].Status, errs[t.i] = "duplicate", err
+	results[t.i].Status, errs[t.i] = EnqueueDuplicate, err
 }
 
 // addLinesToRun records the batch's lines in run, in one script call, and

@@ -139,7 +139,7 @@ func (p *Producer) Enqueue(ctx context.Context, u Update, opts ...EnqueueOption)
 
 func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (Enqueued, error) {
 	id := pl.TaskID()
-	out := Enqueued{TaskID: id, IdempotencyKey: pl.IdempotencyKey, Queue: cfg.queue, Status: "enqueued"}
+	out := Enqueued{TaskID: id, IdempotencyKey: pl.IdempotencyKey, Queue: cfg.queue, Status: EnqueueAccepted}
 	// Remembered so that `enqueue status KEY` finds the update by key alone.
 	if err := p.store.noteKey(ctx, pl.IntegratedAccountID, pl.IdempotencyKey); err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
@@ -196,7 +196,7 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 		}
 		if dup {
-			out.TaskID, out.Status = dupID, "duplicate"
+			out.TaskID, out.Status = dupID, EnqueueDuplicate
 			if dead {
 				return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", dupID, ErrDuplicate, dupID)
 			}
@@ -208,7 +208,7 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 		if rec, err := p.store.Get(ctx, id); err != nil {
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 		} else if rec.State == StatusCompleted {
-			out.Status = "duplicate"
+			out.Status = EnqueueDuplicate
 			return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
 		}
 	}
@@ -223,7 +223,7 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
 	if seq == 0 { // waiting, admitted or running already
-		out.Status = "duplicate"
+		out.Status = EnqueueDuplicate
 		return out, fmt.Errorf("enqueue %s: %w", id, ErrDuplicate)
 	}
 	return out, nil

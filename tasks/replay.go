@@ -36,7 +36,7 @@ type ReplayOptions struct {
 func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (ReplayOutcome, error) {
 	out := ReplayOutcome{TaskID: d.TaskID, IdempotencyKey: d.IdempotencyKey, Account: d.Update.IntegratedAccountID}
 	if d.Class == ClassMalformed || d.IdempotencyKey == "" {
-		out.Status, out.Reason = "skipped", "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
+		out.Status, out.Reason = ReplaySkipped, "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
 		return out, nil
 	}
 	origin := d.OriginSeq
@@ -49,7 +49,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 			return out, err
 		}
 		if newer != "" {
-			out.Status = "skipped"
+			out.Status = ReplaySkipped
 			out.Reason = fmt.Sprintf("stale: a later update of organization %s %s; "+
 				"replaying this one would overwrite newer data (use --force to replay anyway)", d.Update.ID, newer)
 			return out, nil
@@ -62,17 +62,17 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 		return out, err
 	} else if again {
 		if o.DryRun {
-			out.Status, out.Reason = "skipped", why
+			out.Status, out.Reason = ReplaySkipped, why
 			return out, nil
 		}
 		if _, err := p.store.DeleteDeadLetter(ctx, d.TaskID); err != nil {
 			return out, err
 		}
-		out.Status, out.Reason = "skipped", why+"; its dead letter is removed"
+		out.Status, out.Reason = ReplaySkipped, why+"; its dead letter is removed"
 		return out, nil
 	}
 	if o.DryRun {
-		out.Status = "would_replay"
+		out.Status = WouldReplay
 		return out, nil
 	}
 	queue := o.Queue
@@ -114,7 +114,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	if _, err := p.store.DeleteDeadLetter(context.WithoutCancel(ctx), d.TaskID); err != nil {
 		return out, fmt.Errorf("replay %s: re-enqueued, but removing its dead letter failed (replay it again to finish): %w", d.TaskID, err)
 	}
-	out.Status = "replayed"
+	out.Status = Replayed
 	return out, nil
 }
 

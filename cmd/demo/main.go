@@ -314,7 +314,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	replayed := 0
 	err = store.EachDeadLetter(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
 		out, err := producer.Replay(ctx, d, tasks.ReplayOptions{})
-		if err == nil && out.Status == "replayed" {
+		if err == nil && out.Status == tasks.Replayed {
 			replayed++
 		}
 		return err
