@@ -259,9 +259,9 @@ func (a *app) replay(ctx context.Context, f tasks.Filter, opts tasks.ReplayOptio
 			return nil // one record's trouble does not stop the others
 		}
 		switch out.Status {
-		case "replayed":
+		case tasks.Replayed:
 			sum.Replayed++
-		case "would_replay":
+		case tasks.WouldReplay:
 			sum.WouldReplay++
 		default:
 			sum.Skipped++

@@ -152,7 +152,7 @@ func (m *Metrics) Observe(e tasks.Event) {
 			m.latency.Observe(e.Latency.Seconds())
 		}
 	}
-	if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" && !e.EnqueuedAt.IsZero() {
+	if e.Outcome == tasks.OutcomeCompleted && e.Class != tasks.ClassSkipped && !e.EnqueuedAt.IsZero() {
 		m.completion.Observe(max(m.cfg.Now().Sub(e.EnqueuedAt), 0).Seconds())
 	}
 }
