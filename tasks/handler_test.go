@@ -243,7 +243,7 @@ func TestHandlerSuccessStoresResult(t *testing.T) {
 	if got := e.up.count(); got != 1 {
 		t.Errorf("upstream saw %d requests, want 1", got)
 	}
-	if ev := e.lastEvent(); ev.Outcome != OutcomeCompleted || ev.Class != "skipped" {
+	if ev := e.lastEvent(); ev.Outcome != OutcomeCompleted || ev.Class != ClassSkipped {
 		t.Errorf("second run event = %+v, want completed/skipped", ev)
 	}
 }

@@ -139,7 +139,7 @@ func runOrgsync(ctx context.Context, r *bench.Redis, fakeURL string, s settings,
 	}
 	var done atomic.Int64
 	w, err := worker.New(ctx, cfg, worker.WithLogger(worker.NewLogger(io.Discard, "error")), worker.WithObserver(func(e tasks.Event) {
-		if e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped" {
+		if e.Outcome == tasks.OutcomeCompleted && e.Class != tasks.ClassSkipped {
 			done.Add(1)
 		}
 	}))

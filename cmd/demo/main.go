@@ -107,7 +107,7 @@ func (t *tally) observe(e tasks.Event) {
 	t.runs.Add(1) // every run, whatever its outcome (a stale ticket, a ledger-answered re-run included)
 	switch e.Outcome {
 	case tasks.OutcomeCompleted:
-		if e.Class != "skipped" { // "skipped": a re-run the ledger answered; not a new application
+		if e.Class != tasks.ClassSkipped { // skipped: a re-run the ledger answered; not a new application
 			t.completed.Add(1)
 		}
 	case tasks.OutcomeRetry:

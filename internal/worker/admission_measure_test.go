@@ -653,7 +653,7 @@ func orgsyncCommands(b *testing.B, n int) (float64, time.Duration) {
 	var done, failed atomic.Int64
 	runWorker(b, cfg, func(e tasks.Event) {
 		switch {
-		case e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped":
+		case e.Outcome == tasks.OutcomeCompleted && e.Class != tasks.ClassSkipped:
 			done.Add(1)
 		case e.Outcome != tasks.OutcomeCompleted:
 			failed.Add(1)

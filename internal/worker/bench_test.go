@@ -180,7 +180,7 @@ func BenchmarkOrgsync(b *testing.B) {
 	w, err := New(context.Background(), cfg, WithLogger(NewLogger(io.Discard, "error")), WithObserver(func(e tasks.Event) {
 		// A "skipped" completion is a re-run of an update already counted.
 		switch {
-		case e.Outcome == tasks.OutcomeCompleted && e.Class != "skipped":
+		case e.Outcome == tasks.OutcomeCompleted && e.Class != tasks.ClassSkipped:
 			done.Add(1)
 		case e.Outcome != tasks.OutcomeCompleted:
 			failed.Add(1)

@@ -121,7 +121,7 @@ func (p *pipeline) observe(e tasks.Event) {
 	if e.Sent == 0 {
 		p.idle++
 	}
-	if e.Outcome == tasks.OutcomeWaiting && e.Class == "held" {
+	if e.Outcome == tasks.OutcomeWaiting && e.Class == tasks.WaitHeld {
 		// Admitted before its account's 429 hold and started after it: back to
 		// its lane unsent (sending would only meet the 429).
 		p.held[e.Account]++
