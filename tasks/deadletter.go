@@ -3,10 +3,8 @@ package tasks
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -195,31 +193,4 @@ func (s *Store) EachDeadLetter(ctx context.Context, f Filter, fn func(DeadLetter
 		}
 	}
 	return nil
-}
-
-// ParseWhen reads a filter time: an RFC3339 time, or a duration meaning that
-// long before now (90m, 2h, 7d). Empty means none (the zero time).
-func ParseWhen(s string, now time.Time) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
-	}
-	var d time.Duration
-	var err error
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		var n int
-		n, err = strconv.Atoi(days)
-		if n > 100_000 {
-			err = errors.New("too far back")
-		}
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(s)
-	}
-	if err != nil || d < 0 {
-		return time.Time{}, fmt.Errorf("%q: expected an RFC3339 time (2025-01-02T15:04:05Z) or a duration ago (90m, 2h, 7d)", s)
-	}
-	return now.Add(-d), nil
 }

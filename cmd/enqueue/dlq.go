@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/orgsync/orgsync/internal/when"
 	"github.com/orgsync/orgsync/tasks"
 )
 
@@ -60,9 +61,9 @@ func (f *filterFlags) filter(now time.Time, ids []string) (tasks.Filter, error) 
 	return out, nil
 }
 
-// parseWhen reads a --since/--until value (tasks.ParseWhen), naming the flag in the error.
+// parseWhen reads a --since/--until value (when.Parse), naming the flag in the error.
 func parseWhen(flag, s string, now time.Time) (time.Time, error) {
-	t, err := tasks.ParseWhen(s, now)
+	t, err := when.Parse(s, now)
 	if err != nil {
 		return time.Time{}, usageError("%s %v", flag, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orgsync/orgsync/internal/when"
 	"github.com/orgsync/orgsync/tasks"
 )
 
@@ -313,9 +314,9 @@ func parseFilter(q map[string][]string, now time.Time) (tasks.Filter, error) {
 	return f, nil
 }
 
-// parseWhen reads a since/until parameter (tasks.ParseWhen), naming it in the error.
+// parseWhen reads a since/until parameter (when.Parse), naming it in the error.
 func parseWhen(name, s string, now time.Time) (time.Time, error) {
-	t, err := tasks.ParseWhen(s, now)
+	t, err := when.Parse(s, now)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%s=%w", name, err)
 	}
