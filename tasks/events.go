@@ -236,6 +236,15 @@ func (s *Store) ReadEvents(ctx context.Context, after string, count int64, block
 	return out, nil
 }
 
+// CountEvents is how many outcome events the stream holds.
+func (s *Store) CountEvents(ctx context.Context) (int64, error) {
+	n, err := s.rdb.XLen(ctx, s.EventsKey()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("count outcome events: %w", err)
+	}
+	return n, nil
+}
+
 // LastEventID is the id of the newest outcome event ("0-0" when there is none).
 func (s *Store) LastEventID(ctx context.Context) (string, error) {
 	msgs, err := s.rdb.XRevRangeN(ctx, s.EventsKey(), "+", "-", 1).Result()

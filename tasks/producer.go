@@ -261,7 +261,7 @@ func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup 
 		}
 	}
 	if queuedOld.Val() > 0 {
-		info, err := asynq.NewInspectorFromRedisClient(p.store.rdb).GetTaskInfo(queue, legacy)
+		info, err := p.store.ins.GetTaskInfo(queue, legacy)
 		switch {
 		case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
 		case err != nil:

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/internal/admission"
@@ -91,6 +92,9 @@ type Store struct {
 	adm         *admission.Scheduler
 	// eventsMaxLen caps the outcome stream (0: no events).
 	eventsMaxLen int64
+	// ins reads asynq's queues (built once; the operator's paths and the
+	// rare legacy checks use it).
+	ins *asynq.Inspector
 }
 
 // StoreOption configures a Store.
@@ -123,11 +127,9 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
 	if s.adm == nil {
 		s.adm = admission.New(rdb, admission.Config{KeyPrefix: s.prefix})
 	}
+	s.ins = asynq.NewInspectorFromRedisClient(rdb)
 	return s
 }
-
-// Redis returns the client the store uses.
-func (s *Store) Redis() redis.UniversalClient { return s.rdb }
 
 func (s *Store) recKey(taskID string) string { return s.prefix + ":{" + taskID + "}:rec" }
 func (s *Store) attKey(taskID string) string { return s.prefix + ":{" + taskID + "}:att" }

@@ -57,7 +57,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	}
 	// An earlier replay may have re-enqueued it already and failed only to
 	// remove the dead letter: then finish that, and do not run it again.
-	ins := asynq.NewInspectorFromRedisClient(p.store.rdb)
+	ins := p.store.ins
 	if again, why, err := p.alreadyBack(ctx, ins, d); err != nil {
 		return out, err
 	} else if again {
@@ -169,7 +169,7 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 // under the same id (a replay in progress) is left alone. It reports whether
 // the record existed.
 func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
-	if err := s.deleteArchived(asynq.NewInspectorFromRedisClient(s.rdb), d); err != nil {
+	if err := s.deleteArchived(s.ins, d); err != nil {
 		return false, fmt.Errorf("purge %s: %w", d.TaskID, err)
 	}
 	rec, err := s.Get(ctx, d.TaskID)

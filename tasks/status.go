@@ -192,7 +192,7 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 		queues = []string{DefaultQueue}
 	}
 	// Tasks queued straight into asynq before admission existed.
-	ins := asynq.NewInspectorFromRedisClient(s.rdb)
+	ins := s.ins
 	for _, q := range queues {
 		info, err := ins.GetTaskInfo(q, taskID)
 		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
@@ -317,7 +317,7 @@ type QueueStats struct {
 // Stats gathers per-queue counts, dead letters by status and class, and account holds.
 func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	out := Stats{DeadByStatus: map[string]int{}, DeadByClass: map[string]int{}}
-	ins := asynq.NewInspectorFromRedisClient(s.rdb)
+	ins := s.ins
 	queues, err := ins.Queues()
 	if err != nil {
 		return out, fmt.Errorf("list queues: %w", err)

@@ -283,7 +283,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				prometheus.MustNewConstMetric(descRuns, prometheus.GaugeValue, done, "done")}, nil
 		})
 		run("outcome_events", func(ctx context.Context) ([]prometheus.Metric, error) {
-			n, err := m.cfg.Store.Redis().XLen(ctx, m.cfg.Store.EventsKey()).Result()
+			n, err := m.cfg.Store.CountEvents(ctx)
 			if err != nil {
 				return nil, err
 			}
