@@ -451,11 +451,14 @@ type attempt struct {
 	applied  *Attempt        // the request that applied it, not yet recorded
 }
 
+// failed says the last answer was a failure that spends budget: transient,
+// or possibly applied.
+func (a *attempt) failed() bool {
+	return a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
+}
+
 // send makes the attempt, retrying connection-level failures a few times in
-// the same run. Every request is recorded in the attempt history; the run as a
-// whole spends at most one unit of budget, and none when the run's context
-// ended (a stopping worker is not the update's fault) or the run was the open
-// circuit's probe.
+// the same run: each try is one request (try), then its record (record).
 func (h *Handler) send(ctx context.Context, r *run) attempt {
 	p := r.p
 	req := &trutoclient.UpdateOrganizationRequest{
@@ -466,57 +469,70 @@ func (h *Handler) send(ctx context.Context, r *run) attempt {
 	backoff := retry.WithJitterPercent(20, retry.NewExponential(h.policy.InCallBase))
 	backoff = retry.WithMaxRetries(uint64(max(h.policy.InCallRetries, 0)), backoff)
 	_ = retry.Do(ctx, backoff, func(ctx context.Context) error {
-		at := h.now().UTC()
-		if a.first.IsZero() {
-			a.first = at
-		}
-		_, res, err := h.sender.UpdateOrganization(ctx, req)
-		a.sent++
-		a.res, a.decision = res, trutoclient.Classify(res, err)
-		a.decision.Reason = truncate(a.decision.Reason, MaxReasonBytes)
-		if a.decision.Class == trutoclient.ClassRateLimited {
-			// Hold first: every moment before the hold is set, admission keeps
-			// admitting into the exhausted window.
-			a.scope = h.rateLimited(ctx, p.IntegratedAccountID, res, a.decision)
-		}
-		failed := a.decision.Class == trutoclient.ClassTransient || a.decision.Class == trutoclient.ClassPossiblyApplied
-		if h.breaker != nil && ctx.Err() == nil {
-			// Health is shared knowledge; a failure to record it changes nothing here.
-			_ = h.breaker.Record(context.WithoutCancel(ctx), p.IntegratedAccountID, failed, r.probe && a.sent == 1)
-		}
-		retryable := failed && res == nil && ctx.Err() == nil // no HTTP answer at all: a connection-level blip
-		rec := Attempt{At: at, Sent: true, StatusCode: a.decision.StatusCode, Class: a.decision.Class.String(), Reason: a.decision.Reason}
-		if res != nil {
-			rec.LatencyMS = res.Latency.Milliseconds()
-			rec.RateLimit = res.Header.Get("Ratelimit-Remaining")
-			rec.RetryAfter = res.Header.Get("Retry-After")
-		}
-		var apiErr *trutoclient.APIError
-		if errors.As(err, &apiErr) {
-			rec.Message = truncate(apiErr.Message, maxMessageBytes)
-		}
+		rec := h.try(ctx, r, req, &a)
 		if a.decision.Class == trutoclient.ClassSuccess {
-			// Recorded with the result, in the same transaction (complete).
-			a.applied = &rec
+			a.applied = &rec // recorded with the result, in the same transaction (complete)
 			return nil
 		}
-		lastErr := a.decision.Reason
-		// Only the last try of the run spends, and only if the run was not cut short.
-		// A probe of an open circuit is the breaker's question, not the update's
-		// failure: it spends nothing either.
-		spend := failed && !r.probe && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
-		spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), r.id, rec, spend, lastErr)
-		if err != nil {
-			a.storeErr = err
-			return nil
-		}
-		a.spent = spent
-		if retryable {
+		// No HTTP answer at all: a connection-level blip, worth another try now.
+		retryable := a.failed() && a.res == nil && ctx.Err() == nil
+		h.record(ctx, r, &a, rec, retryable)
+		if retryable && a.storeErr == nil {
 			return retry.RetryableError(errors.New(a.decision.Reason))
 		}
 		return nil
 	})
 	return a
+}
+
+// try sends one request and classifies the answer; a 429 holds the account at
+// once, and every answer is reported to the shared circuit breaker. It
+// returns the try's record.
+func (h *Handler) try(ctx context.Context, r *run, req *trutoclient.UpdateOrganizationRequest, a *attempt) Attempt {
+	at := h.now().UTC()
+	if a.first.IsZero() {
+		a.first = at
+	}
+	_, res, err := h.sender.UpdateOrganization(ctx, req)
+	a.sent++
+	a.res, a.decision = res, trutoclient.Classify(res, err)
+	a.decision.Reason = truncate(a.decision.Reason, MaxReasonBytes)
+	account := r.p.IntegratedAccountID
+	if a.decision.Class == trutoclient.ClassRateLimited {
+		// Hold first: every moment before the hold is set, admission keeps
+		// admitting into the exhausted window.
+		a.scope = h.rateLimited(ctx, account, res, a.decision)
+	}
+	if h.breaker != nil && ctx.Err() == nil {
+		// Health is shared knowledge; a failure to record it changes nothing here.
+		_ = h.breaker.Record(context.WithoutCancel(ctx), account, a.failed(), r.probe && a.sent == 1)
+	}
+	rec := Attempt{At: at, Sent: true, StatusCode: a.decision.StatusCode, Class: a.decision.Class.String(), Reason: a.decision.Reason}
+	if res != nil {
+		rec.LatencyMS = res.Latency.Milliseconds()
+		rec.RateLimit = res.Header.Get("Ratelimit-Remaining")
+		rec.RetryAfter = res.Header.Get("Retry-After")
+	}
+	var apiErr *trutoclient.APIError
+	if errors.As(err, &apiErr) {
+		rec.Message = truncate(apiErr.Message, maxMessageBytes)
+	}
+	return rec
+}
+
+// record appends a failed try to the attempt history and spends budget: the
+// run as a whole spends at most one unit (its last try, unless another try
+// follows now), and none when the run's context ended (a stopping worker is
+// not the update's fault) or the run was the open circuit's probe (the
+// breaker's question, not the update's failure).
+func (h *Handler) record(ctx context.Context, r *run, a *attempt, rec Attempt, retryable bool) {
+	spend := a.failed() && !r.probe && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
+	spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), r.id, rec, spend, a.decision.Reason)
+	if err != nil {
+		a.storeErr = err
+		return
+	}
+	a.spent = spent
 }
 
 // complete stores the result of an applied update, lets its organization's
