@@ -19,7 +19,6 @@ import (
 	"net/http/httptest"
 	"path"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,6 +29,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/bench"
 	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
@@ -227,25 +227,12 @@ func redisCalls(b *testing.B, rdb *redis.Client) int64 {
 	return total
 }
 
-// redisCallsBy is Redis's count of calls per command, INFO left out.
+// redisCallsBy is Redis's count of calls per command (bench.Calls).
 func redisCallsBy(b *testing.B, rdb *redis.Client) map[string]int64 {
 	b.Helper()
-	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	out, err := bench.Calls(context.Background(), rdb)
 	if err != nil {
-		b.Fatalf("INFO commandstats: %v", err)
-	}
-	out := map[string]int64{}
-	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(line, ":calls=")
-		if !ok || strings.HasPrefix(line, "cmdstat_info:") {
-			continue
-		}
-		n, _, _ := strings.Cut(rest, ",")
-		v, err := strconv.ParseInt(n, 10, 64)
-		if err != nil {
-			b.Fatalf("INFO commandstats line %q: %v", line, err)
-		}
-		out[strings.TrimPrefix(name, "cmdstat_")] = v
+		b.Fatal(err)
 	}
 	return out
 }

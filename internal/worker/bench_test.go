@@ -18,14 +18,10 @@ package worker
 //   - enqueues/s: b.N over the wall time of enqueuing them (before the worker starts).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -33,6 +29,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/orgsync/orgsync/internal/bench"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
@@ -48,8 +45,6 @@ const (
 	// benchPoll is how often the completion count is looked at; it bounds how
 	// much the measured wall time can overshoot the last completion.
 	benchPoll = 2 * time.Millisecond
-	// benchTaskType is the bare baseline's task type, distinct from orgsync's.
-	benchTaskType = "bench:update_organization"
 )
 
 // benchSetup is what both benchmarks run against, fresh for every run.
@@ -210,61 +205,6 @@ func BenchmarkOrgsync(b *testing.B) {
 	reportRates(b, n, enqueueTime, processTime)
 }
 
-// barePayload is the baseline's task payload: the update and nothing else.
-type barePayload struct {
-	ID             string          `json:"id"`
-	Account        string          `json:"integrated_account_id"`
-	Body           json.RawMessage `json:"body"`
-	IdempotencyKey string          `json:"idempotency_key"`
-}
-
-// bareHandler is what a minimal asynq handler for the same job does: one PATCH,
-// no ledger, no attempt history, no stored result, no holds.
-type bareHandler struct {
-	client  *http.Client
-	baseURL string
-	done    *atomic.Int64
-	failed  *atomic.Int64
-}
-
-func (h bareHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
-	if err := h.patch(ctx, t); err != nil {
-		h.failed.Add(1)
-		return err
-	}
-	h.done.Add(1)
-	return nil
-}
-
-func (h bareHandler) patch(ctx context.Context, t *asynq.Task) error {
-	var p barePayload
-	if err := json.Unmarshal(t.Payload(), &p); err != nil {
-		return fmt.Errorf("decode payload: %v: %w", err, asynq.SkipRetry)
-	}
-	target := h.baseURL + "/unified/user-directory/organizations/" + url.PathEscape(p.ID) +
-		"?integrated_account_id=" + url.QueryEscape(p.Account)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, target, bytes.NewReader(p.Body))
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Authorization", "Bearer "+testToken)
-	req.Header.Set("Idempotency-Key", p.IdempotencyKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := h.client.Do(req)
-	if err != nil {
-		return fmt.Errorf("PATCH organization %s: %w", p.ID, err)
-	}
-	_, copyErr := io.Copy(io.Discard, resp.Body)
-	closeErr := resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("PATCH organization %s: status %d", p.ID, resp.StatusCode)
-	}
-	if err := errors.Join(copyErr, closeErr); err != nil {
-		return fmt.Errorf("PATCH organization %s: read response: %w", p.ID, err)
-	}
-	return nil
-}
-
 // BenchmarkBareAsynq is the baseline: the same b.N updates through a plain
 // asynq.Client and asynq.Server whose handler only sends the PATCH.
 //
@@ -299,35 +239,20 @@ func enqueueBare(b *testing.B, client *asynq.Client, n int) time.Duration {
 	b.Helper()
 	return enqueueAll(b, n, func(ctx context.Context, i int) error {
 		u := benchUpdate(i)
-		payload, err := json.Marshal(barePayload{ID: u.ID, Account: u.IntegratedAccountID, Body: u.Body, IdempotencyKey: u.IdempotencyKey})
+		t, err := bench.BareTask(bench.BarePayload{ID: u.ID, Account: u.IntegratedAccountID, Body: u.Body, IdempotencyKey: u.IdempotencyKey})
 		if err != nil {
-			return fmt.Errorf("encode payload: %w", err)
+			return err
 		}
-		_, err = client.EnqueueContext(ctx, asynq.NewTask(benchTaskType, payload))
+		_, err = client.EnqueueContext(ctx, t)
 		return err
 	})
 }
 
-// bareServer is the baseline's plain asynq server (not started) and its
-// counts of completed and failed PATCHes.
+// bareServer is the baseline's plain asynq server (internal/bench; not
+// started) and its counts of completed and failed PATCHes.
 func bareServer(b *testing.B, s benchSetup) (*asynq.Server, *asynq.ServeMux, *atomic.Int64, *atomic.Int64) {
 	b.Helper()
-	// The default transport keeps 2 idle connections per host; with 50 handlers
-	// the baseline would then measure TCP setup, not the queue. orgsync's client
-	// keeps as many as its concurrency, so the baseline gets the same.
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConnsPerHost = benchConcurrency
-	b.Cleanup(tr.CloseIdleConnections)
-	var done, failed atomic.Int64
-	h := bareHandler{client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, baseURL: s.fake.URL, done: &done, failed: &failed}
-	// The same connection construction as the worker's (asynq's RedisClientOpt);
-	// LogLevel only keeps asynq's start and stop lines out of the benchmark output.
-	srv := asynq.NewServer(asynq.RedisClientOpt{Addr: s.redis.Addr}, asynq.Config{
-		Concurrency:       benchConcurrency,
-		TaskCheckInterval: 50 * time.Millisecond,
-		LogLevel:          asynq.WarnLevel,
-	})
-	mux := asynq.NewServeMux()
-	mux.Handle(benchTaskType, h)
-	return srv, mux, &done, &failed
+	srv, mux, h := bench.NewBareServer(s.redis.Addr, s.fake.URL, testToken, benchConcurrency)
+	b.Cleanup(h.Client.CloseIdleConnections)
+	return srv, mux, &h.Done, &h.Failed
 }
