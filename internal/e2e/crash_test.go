@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -48,24 +48,11 @@ type crashRig struct {
 // limits and the given latency, and writes n updates to an input file.
 func newCrashRig(t *testing.T, n int, latency, jitter string) *crashRig {
 	t.Helper()
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokenFile := testrig.TokenFile(t, token)
 	rds := redistest.Start(t, redistest.WithAOF())
-	_, out := start(t, nil, "fake-truto", "--addr", "127.0.0.1:0", "--token-file", tokenFile,
-		"--account-limit", "0", "--token-limit", "0", "--latency", latency, "--jitter", jitter)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("fake-truto did not print its address: %v", err)
-	}
-	var addr struct{ Addr string }
-	if err := json.Unmarshal([]byte(line), &addr); err != nil || addr.Addr == "" {
-		t.Fatalf("fake-truto address line %q: %v", line, err)
-	}
-	r := &crashRig{rds: rds, fake: addr.Addr, run: "crash",
-		env: []string{"REDIS_URL=" + rds.URL(), "TRUTO_API_TOKEN_FILE=" + tokenFile, "TRUTO_BASE_URL=" + addr.Addr, "TRUTO_API_TOKEN="}}
+	fake := startFake(t, tokenFile, "--account-limit", "0", "--token-limit", "0", "--latency", latency, "--jitter", jitter)
+	r := &crashRig{rds: rds, fake: fake, run: "crash",
+		env: []string{"REDIS_URL=" + rds.URL(), "TRUTO_API_TOKEN_FILE=" + tokenFile, "TRUTO_BASE_URL=" + fake, "TRUTO_API_TOKEN="}}
 	const accounts = 10
 	for i := 0; i < n; i++ {
 		l := fmt.Appendf(nil, `{"id":"org-%06d","integrated_account_id":"acct-%02d","body":{"seq":%d,"remote_data":{"tier":"gold"}}}`, i, i%accounts, i)

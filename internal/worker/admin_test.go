@@ -22,6 +22,7 @@ import (
 
 	"github.com/orgsync/orgsync/internal/admin/admintest"
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -102,7 +103,7 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 	}
 	p := startPipeline(t, trutotest.Faults{OrgStatus: badOrgs}, func(c *Config) { c.AdminToken = NewToken(testAdminToken) })
 	keys := p.enqueue(good+bad, func(i int) string { return fmt.Sprintf("acct-%d", i%5) })
-	waitFor(t, "50 completed and 5 dead", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "50 completed and 5 dead", time.Minute, func() (bool, string) {
 		st := p.states(keys)
 		return st[tasks.StateCompleted] == good && st[tasks.StateDead] == bad, fmt.Sprint(st)
 	})
@@ -110,7 +111,7 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 
 	// asynq marks a task done after the handler returns: wait for its books too.
 	var got map[string]float64
-	waitFor(t, "asynq's queue counts settle", 30*time.Second, func() (bool, string) {
+	testrig.WaitFor(t, "asynq's queue counts settle", 30*time.Second, func() (bool, string) {
 		got = c.metrics()
 		return got["orgsync_queue_tasks{queue=orgsync,state=completed}"] == good &&
 			got["orgsync_queue_tasks{queue=orgsync,state=archived}"] == bad, fmt.Sprint(only(got, "orgsync_queue_tasks"))
@@ -268,7 +269,7 @@ func TestAdminRunWithOutcomeEventsOff(t *testing.T) {
 	if err := tasks.NewStore(p.rdb, tasks.WithEventsMaxLen(0)).SealRun(ctx, run); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the run done", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "the run done", time.Minute, func() (bool, string) {
 		st, err := p.store.Run(ctx, run)
 		return err == nil && st.Done, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -299,7 +300,7 @@ func TestAdminWithoutRedisURL(t *testing.T) {
 	cfg := testConfig("", fake.URL)
 	cfg.AdminToken = NewToken(testAdminToken)
 	cfg.AdminAllowedHosts = []string{"orgsync.internal"}
-	var logs syncBuffer
+	var logs testrig.SyncBuffer
 	w, err := New(context.Background(), cfg, WithRedis(srv.Client()), WithLogger(NewLogger(&logs, "debug")))
 	if err != nil {
 		t.Fatal(err)
@@ -403,24 +404,6 @@ func TestAdminConfig(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestAdminWarnsWhenOpenBeyondLoopback reads the startup log of a worker
 // whose admin endpoint listens on every interface without a token.
 func TestAdminWarnsWhenOpenBeyondLoopback(t *testing.T) {
@@ -452,7 +435,7 @@ func TestAdminWarnsWhenOpenBeyondLoopback(t *testing.T) {
 			t.Parallel()
 			cfg := testConfig(srv.URL(), fake.URL)
 			cfg.AdminAddr, cfg.AdminToken, cfg.AdminUIWritable = tt.addr, NewToken(tt.token), tt.writable
-			var logs syncBuffer
+			var logs testrig.SyncBuffer
 			w, err := New(context.Background(), cfg, WithLogger(NewLogger(&logs, "debug")))
 			if err != nil {
 				t.Fatal(err)

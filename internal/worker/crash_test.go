@@ -13,6 +13,7 @@ import (
 
 	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
@@ -83,7 +84,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 		}
 		ids[i] = tasks.TaskID(u.IntegratedAccountID, u.IdempotencyKey)
 	}
-	waitFor(t, "Truto applied every update", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "Truto applied every update", time.Minute, func() (bool, string) {
 		st := fake.Stats()
 		return st.Effects == n, fmt.Sprint(st.Effects)
 	})
@@ -112,7 +113,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	})
 	// asynq alone would hand the dead worker's tasks back only after its own
 	// lease recovery (about 90 s); admission's lease and reaper take ~12 s.
-	waitFor(t, "every update completed by the survivor", 40*time.Second, func() (bool, string) {
+	testrig.WaitFor(t, "every update completed by the survivor", 40*time.Second, func() (bool, string) {
 		c := 0
 		for _, id := range ids {
 			if rec, err := store.Get(context.Background(), id); err == nil && rec.State == tasks.StateCompleted {

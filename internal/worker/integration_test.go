@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -181,22 +181,6 @@ func (p *pipeline) enqueue(n int, account func(i int) string) []string {
 	return keys
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, status := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last: %s", timeout, what, status)
-		}
-		time.Sleep(50 * time.Millisecond) // polling a condition
-	}
-}
-
 func (p *pipeline) states(keys []string) map[string]int {
 	p.t.Helper()
 	out := map[string]int{}
@@ -225,7 +209,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 	p := startPipeline(t, faults, nil)
 	const n = 1500
 	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%02d", i%15) })
-	waitFor(t, "every update completed", 2*time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "every update completed", 2*time.Minute, func() (bool, string) {
 		st := p.states(keys)
 		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
 	})
@@ -247,7 +231,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 	// (A run is observed just after its ledger write: wait for the last ones.)
 	var events map[string]int
 	var idle, sent int
-	waitFor(t, "every run observed", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "every run observed", time.Minute, func() (bool, string) {
 		_, events, idle = p.counts("")
 		p.mu.Lock()
 		sent = p.sent
@@ -280,26 +264,7 @@ func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 // assertNoToken searches every key and value in Redis for the API token.
 func (p *pipeline) assertNoToken() {
 	p.t.Helper()
-	ctx := context.Background()
-	iter := p.rdb.Scan(ctx, 0, "*", 1000).Iterator()
-	n := 0
-	for iter.Next(ctx) {
-		key := iter.Val()
-		n++
-		if strings.Contains(key, testToken) {
-			p.t.Fatalf("the API token appears in Redis key %q", key)
-		}
-		dump, err := p.rdb.Dump(ctx, key).Result()
-		if err != nil {
-			continue // expired between SCAN and DUMP
-		}
-		if strings.Contains(dump, testToken) {
-			p.t.Fatalf("the API token appears in the value of Redis key %q", key)
-		}
-	}
-	if n == 0 {
-		p.t.Fatal("no keys scanned: the token search proved nothing")
-	}
+	testrig.AssertNoSecretInRedis(p.t, p.rdb, testToken)
 }
 
 // TestDeadLettersBeyondAsynqArchiveCap dead-letters more updates than asynq's
@@ -312,7 +277,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 	const n = 10_050
 	keys := p.enqueue(n, func(int) string { return "acct-bad" })
 	ctx := context.Background()
-	waitFor(t, "every update dead-lettered", 4*time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "every update dead-lettered", 4*time.Minute, func() (bool, string) {
 		c, err := p.store.CountDeadLetters(ctx)
 		return err == nil && c == n, fmt.Sprintf("%d dead letters, err %v", c, err)
 	})
@@ -358,7 +323,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 	if err != nil || replayed != n {
 		t.Fatalf("replayed %d of %d: %v", replayed, n, err)
 	}
-	waitFor(t, "every replayed update completed", 4*time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "every replayed update completed", 4*time.Minute, func() (bool, string) {
 		st := p.states(keys)
 		return st[tasks.StateCompleted] == n, fmt.Sprint(st)
 	})

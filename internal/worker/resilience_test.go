@@ -3,12 +3,14 @@ package worker
 import (
 	"context"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/orgsync/orgsync/internal/ratelimit"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -40,7 +42,7 @@ func (p *pipeline) verdict(keys []string) (maxSpent int) {
 
 func (p *pipeline) waitAllCompleted(keys []string, timeout time.Duration) {
 	p.t.Helper()
-	waitFor(p.t, "every update completed", timeout, func() (bool, string) {
+	testrig.WaitFor(p.t, "every update completed", timeout, func() (bool, string) {
 		st := p.states(keys)
 		return st[tasks.StateCompleted] == len(keys), fmt.Sprint(st)
 	})
@@ -51,7 +53,7 @@ func (p *pipeline) waitAllCompleted(keys []string, timeout time.Duration) {
 // then returns the runs by outcome and how many sent no request.
 func (p *pipeline) settledRuns(keys []string) (events map[string]int, idle int) {
 	p.t.Helper()
-	waitFor(p.t, "every completing run observed", time.Minute, func() (bool, string) {
+	testrig.WaitFor(p.t, "every completing run observed", time.Minute, func() (bool, string) {
 		_, events, idle = p.counts("")
 		return events[tasks.OutcomeCompleted] >= len(keys), fmt.Sprint(events)
 	})
@@ -68,7 +70,7 @@ func TestOutageMidRun(t *testing.T) {
 	})
 	const n = 3000
 	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%02d", i%30) })
-	waitFor(t, "a third applied", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "a third applied", time.Minute, func() (bool, string) {
 		e := p.fake.Stats().Effects
 		return e >= n/3, fmt.Sprint(e)
 	})
@@ -209,7 +211,7 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 	// The runs that met the 401 before the park took effect end by putting
 	// their update back: then every update of the account waits in admission.
 	adm := p.store.Scheduler()
-	waitFor(t, "acct-bad's updates all back in admission", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "acct-bad's updates all back in admission", time.Minute, func() (bool, string) {
 		st, err := adm.Account(ctx, "acct-bad")
 		all, _ := adm.Stats(ctx)
 		runs, _, _ := p.counts("acct-bad")
@@ -239,7 +241,7 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 		later = append(later, k)
 	}
 	p.waitAllCompleted(later, time.Minute)
-	waitFor(t, "the admitter's passes", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "the admitter's passes", time.Minute, func() (bool, string) {
 		now, _ := p.worker.admitter.Passes()
 		return now >= passes+5, fmt.Sprint(now - passes)
 	})
@@ -262,7 +264,7 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 	}
 	// After the resume: one run per update, each applying it. (A run is
 	// observed just after its ledger write: wait for the last ones.)
-	waitFor(t, "the runs after the resume observed", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "the runs after the resume observed", time.Minute, func() (bool, string) {
 		runs, _, _ := p.counts("acct-bad")
 		return runs-runsParked >= len(bad), fmt.Sprint(runs - runsParked)
 	})
@@ -294,7 +296,7 @@ func TestSharedLimitAcrossWorkers(t *testing.T) {
 		cfg := testConfig(p.redis.URL(), p.fake.URL)
 		cfg.AdminAddr = ""
 		cfg.AccountRate = ratelimit.Limit{Requests: 20, Window: 4 * time.Second}
-		w, err := New(context.Background(), cfg, WithLogger(NewLogger(discard{}, "error")))
+		w, err := New(context.Background(), cfg, WithLogger(NewLogger(io.Discard, "error")))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -323,10 +325,6 @@ func TestSharedLimitAcrossWorkers(t *testing.T) {
 	}
 	t.Logf("3 workers, %d updates at 20 per 4s per account: %.1fs (the limit allows %.1fs)", len(keys), took.Seconds(), float64(perAccount)/20*4)
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // TestInterleavedUpdatesKeepOrder: several updates to each organization,
 // enqueued in order and interleaved across organizations, through transient
