@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 )
 
@@ -136,7 +137,7 @@ func TestEventsFollow(t *testing.T) {
 		}
 		f.mustWork(t, h)
 	}
-	printed := func(stdout *syncBuffer, n int) {
+	printed := func(stdout *testrig.SyncBuffer, n int) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		for strings.Count(stdout.String(), "\n") < n && time.Now().Before(deadline) {
@@ -146,7 +147,7 @@ func TestEventsFollow(t *testing.T) {
 	bulk("a", validLine("o1"))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var all, onlyB syncBuffer
+	var all, onlyB testrig.SyncBuffer
 	doneAll := background(ctx, f, &all, "events", "--follow")
 	doneB := background(ctx, f, &onlyB, "events", "--follow", "--run", "b")
 	// Run a's two events are kept: once printed, the follower has caught up

@@ -9,12 +9,12 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
 )
@@ -268,28 +268,9 @@ func TestRunsUsage(t *testing.T) {
 	}
 }
 
-// syncBuffer is a strings.Builder safe for a writer and a reader on two
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // background runs the CLI on another goroutine with ctx; the result comes on
 // the channel, and stdout can be read meanwhile.
-func background(ctx context.Context, f *fixture, stdout *syncBuffer, args ...string) <-chan result {
+func background(ctx context.Context, f *fixture, stdout *testrig.SyncBuffer, args ...string) <-chan result {
 	done := make(chan result, 1)
 	go func() {
 		var errb strings.Builder
@@ -343,7 +324,7 @@ func TestBulkWait(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t)
 			h := f.worker(t)
-			var stdout syncBuffer
+			var stdout testrig.SyncBuffer
 			done := background(context.Background(), f, &stdout, "bulk", writeFile(t, tt.content), "--run", "w", "--wait", "--poll", "10ms")
 			r := f.workUntil(t, h, done)
 			if r.code != tt.code {

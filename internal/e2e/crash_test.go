@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"cmp"
 	"context"
@@ -16,12 +15,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -48,24 +47,11 @@ type crashRig struct {
 // limits and the given latency, and writes n updates to an input file.
 func newCrashRig(t *testing.T, n int, latency, jitter string) *crashRig {
 	t.Helper()
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokenFile := testrig.TokenFile(t, token)
 	rds := redistest.Start(t, redistest.WithAOF())
-	_, out := start(t, nil, "fake-truto", "--addr", "127.0.0.1:0", "--token-file", tokenFile,
-		"--account-limit", "0", "--token-limit", "0", "--latency", latency, "--jitter", jitter)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("fake-truto did not print its address: %v", err)
-	}
-	var addr struct{ Addr string }
-	if err := json.Unmarshal([]byte(line), &addr); err != nil || addr.Addr == "" {
-		t.Fatalf("fake-truto address line %q: %v", line, err)
-	}
-	r := &crashRig{rds: rds, fake: addr.Addr, run: "crash",
-		env: []string{"REDIS_URL=" + rds.URL(), "TRUTO_API_TOKEN_FILE=" + tokenFile, "TRUTO_BASE_URL=" + addr.Addr, "TRUTO_API_TOKEN="}}
+	fake := startFake(t, tokenFile, "--account-limit", "0", "--token-limit", "0", "--latency", latency, "--jitter", jitter)
+	r := &crashRig{rds: rds, fake: fake, run: "crash",
+		env: []string{"REDIS_URL=" + rds.URL(), "TRUTO_API_TOKEN_FILE=" + tokenFile, "TRUTO_BASE_URL=" + fake, "TRUTO_API_TOKEN="}}
 	const accounts = 10
 	for i := 0; i < n; i++ {
 		l := fmt.Appendf(nil, `{"id":"org-%06d","integrated_account_id":"acct-%02d","body":{"seq":%d,"remote_data":{"tier":"gold"}}}`, i, i%accounts, i)
@@ -161,49 +147,45 @@ func (r *crashRig) verdict(t *testing.T) (lost, dup int, st fakeStats) {
 	return lost, dup, st
 }
 
-// budgetSpent reads `enqueue status KEY` for every key and returns how many
+// budgetSpent reads every key's status from the ledger and returns how many
 // updates are not completed and how many spent retry budget, each with an
-// example, for a test to judge.
+// example, for a test to judge. It reads the way `enqueue status KEY` does
+// (tasks.Store.Find, the default queue), in this process: one command per key
+// would be thousands of process starts. The command itself is run for the
+// first, middle and last keys, and must say the same of them.
 func (r *crashRig) budgetSpent(t *testing.T) (notCompleted, spent int, example string) {
 	t.Helper()
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		next = make(chan string)
-	)
-	for range 4 { // a few at a time: the machine has two cores
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := range next {
-				s, desc, err := r.status(k)
-				mu.Lock()
-				switch {
-				case err != nil || s.State != tasks.StatusCompleted:
-					notCompleted++
-					if example == "" {
-						example = fmt.Sprintf("%s: %s (%v)", k, desc, err)
-					}
-				case s.Spent != 0:
-					spent++
-					if example == "" {
-						example = fmt.Sprintf("%s: %s", k, desc)
-					}
-				}
-				mu.Unlock()
-			}
-		}()
-	}
+	ctx := context.Background()
+	store := tasks.NewStore(r.rds.Client())
+	ledger := make(map[string]tasks.Status, len(r.keys))
 	for _, k := range r.keys {
-		next <- k
+		s, err := store.Find(ctx, tasks.Lookup{Ref: k}, []string{tasks.DefaultQueue})
+		ledger[k] = s
+		desc, _ := json.Marshal(s)
+		switch {
+		case err != nil || s.State != tasks.StatusCompleted:
+			notCompleted++
+			if example == "" {
+				example = fmt.Sprintf("%s: %s (%v)", k, desc, err)
+			}
+		case s.Spent != 0:
+			spent++
+			if example == "" {
+				example = fmt.Sprintf("%s: %s", k, desc)
+			}
+		}
 	}
-	close(next)
-	wg.Wait()
+	for _, k := range []string{r.keys[0], r.keys[len(r.keys)/2], r.keys[len(r.keys)-1]} {
+		s, desc, err := r.status(k)
+		if want := ledger[k]; err != nil || s.TaskID != want.TaskID || s.State != want.State || s.Spent != want.Spent {
+			t.Errorf("enqueue status %s: %s (%v); the ledger read in the test says %s, retry_budget_spent %d", k, tail(desc, 1500), err, want.State, want.Spent)
+		}
+	}
 	return notCompleted, spent, example
 }
 
-// status runs `enqueue status KEY`; unlike runCmd it never stops the test,
-// so goroutines may call it. desc is the command's output, for messages.
+// status runs `enqueue status KEY`; unlike runCmd it never stops the test.
+// desc is the command's output, for messages.
 func (r *crashRig) status(key string) (s tasks.Status, desc string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -283,20 +265,27 @@ func exited(p *proc, within time.Duration) (bool, error) {
 }
 
 // TestWorkerKilled SIGKILLs one of two workers mid-batch: the killed
-// worker's updates go again once their admission leases run out (10 s) and
-// the survivor's reaper (every 2 s) puts them back, the idempotency key makes
+// worker's updates go again once their admission leases run out and the
+// survivor's reaper (every 2 s) puts them back, the idempotency key makes
 // the re-sends safe, and the crash spends no update's retry budget.
+//
+// The workers run with --lease 3s, not the default 10 s: the lease's length
+// is a setting, and what is proven (held updates go again once it runs out,
+// only by the reaper, each applied once) does not depend on it; renewing
+// every second under a shorter lease asks more of the survivor, not less.
+// TestLoadConfigDefaults checks the default itself.
 func TestWorkerKilled(t *testing.T) {
 	t.Parallel()
 	const n, concurrency = 1500, 20
+	const lease = 3 * time.Second
 	r := newCrashRig(t, n, "20ms", "20ms")
 	r.enqueue(t)
 	began := time.Now()
 	// No rate limits in the workers either: each keeps its 20 slots busy, so
 	// the killed one holds updates in flight and admitted.
-	unlimited := []string{"--account-rate", "0", "--token-rate", "0"}
-	victim, _ := r.startWorker(t, unlimited...)
-	survivor, _ := r.startWorker(t, unlimited...)
+	flags := []string{"--account-rate", "0", "--token-rate", "0", "--lease", lease.String()}
+	victim, _ := r.startWorker(t, flags...)
+	survivor, _ := r.startWorker(t, flags...)
 
 	waitFor(t, "300 effects before the kill", 2*time.Minute, func() (bool, string) {
 		st := r.stats(t)
@@ -311,7 +300,7 @@ func TestWorkerKilled(t *testing.T) {
 	}
 	atKill := r.stats(t)
 
-	// Lease (10 s) plus reap (every 2 s): about 12 s before the last of the
+	// Lease (3 s) plus reap (every 2 s): about 5 s before the last of the
 	// killed worker's updates goes again. The deadline leaves room for a
 	// loaded machine; the time taken is logged, not judged.
 	st := r.waitDone(t, time.Minute)
@@ -364,7 +353,10 @@ func TestRedisRestart(t *testing.T) {
 	r := newCrashRig(t, n, "20ms", "20ms")
 	r.enqueue(t)
 	began := time.Now()
-	w, admin := r.startWorker(t)
+	// No rate limits: the worker keeps its 20 slots busy, so Redis dies
+	// under updates in flight and admitted, and the 1,500 take seconds,
+	// not the minute the default limits would spread them over.
+	w, admin := r.startWorker(t, "--account-rate", "0", "--token-rate", "0")
 	pid := w.cmd.Process.Pid
 
 	waitFor(t, "300 effects before the Redis kill", 2*time.Minute, func() (bool, string) {
@@ -453,7 +445,9 @@ func TestSIGTERMHandsBack(t *testing.T) {
 	atExit := r.stats(t)
 	handedBack := strings.Count(w.stderr.String(), "Quitting worker")
 
-	r.startWorker(t, "--shutdown-timeout", shutdownTimeout.String())
+	// The next worker takes all that is left at once: the first one's drain
+	// is what is judged, not how fast 3-second requests go 20 at a time.
+	r.startWorker(t, "--shutdown-timeout", shutdownTimeout.String(), "--concurrency", "200", "--max-admitted", "200")
 	st := r.waitDone(t, 3*time.Minute)
 	done := time.Now()
 	lost, dup, st := r.verdict(t)

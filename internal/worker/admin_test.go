@@ -22,6 +22,7 @@ import (
 
 	"github.com/orgsync/orgsync/internal/admin/admintest"
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -102,7 +103,7 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 	}
 	p := startPipeline(t, trutotest.Faults{OrgStatus: badOrgs}, func(c *Config) { c.AdminToken = NewToken(testAdminToken) })
 	keys := p.enqueue(good+bad, func(i int) string { return fmt.Sprintf("acct-%d", i%5) })
-	waitFor(t, "50 completed and 5 dead", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "50 completed and 5 dead", time.Minute, func() (bool, string) {
 		st := p.states(keys)
 		return st[tasks.StatusCompleted] == good && st[tasks.StatusDead] == bad, fmt.Sprint(st)
 	})
@@ -112,7 +113,7 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 	// too. It keeps no completed task (the ledger holds the update and its
 	// result); the dead ones stay in its archive for the queue UI.
 	var got map[string]float64
-	waitFor(t, "asynq's queue counts settle", 30*time.Second, func() (bool, string) {
+	testrig.WaitFor(t, "asynq's queue counts settle", 30*time.Second, func() (bool, string) {
 		got = c.metrics()
 		return got["orgsync_queue_tasks{queue=orgsync,state=active}"] == 0 &&
 			got["orgsync_queue_tasks{queue=orgsync,state=archived}"] == bad, fmt.Sprint(only(got, "orgsync_queue_tasks"))
@@ -266,7 +267,7 @@ func TestAdminRunWithOutcomeEventsOff(t *testing.T) {
 	if err := tasks.NewStore(p.rdb, tasks.WithEventsMaxLen(0)).SealRun(ctx, run); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the run done", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "the run done", time.Minute, func() (bool, string) {
 		st, err := p.store.Run(ctx, run)
 		return err == nil && st.Done, fmt.Sprintf("%+v %v", st, err)
 	})
@@ -297,7 +298,7 @@ func TestAdminWithoutRedisURL(t *testing.T) {
 	cfg := testConfig("", fake.URL)
 	cfg.AdminToken = NewToken(testAdminToken)
 	cfg.AdminAllowedHosts = []string{"orgsync.internal"}
-	var logs syncBuffer
+	var logs testrig.SyncBuffer
 	w, err := New(context.Background(), cfg, WithRedis(srv.Client()), WithLogger(NewLogger(&logs, "debug")))
 	if err != nil {
 		t.Fatal(err)
@@ -401,24 +402,6 @@ func TestAdminConfig(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestAdminWarnsWhenOpenBeyondLoopback reads the startup log of a worker
 // whose admin endpoint listens on every interface without a token.
 func TestAdminWarnsWhenOpenBeyondLoopback(t *testing.T) {
@@ -450,7 +433,7 @@ func TestAdminWarnsWhenOpenBeyondLoopback(t *testing.T) {
 			t.Parallel()
 			cfg := testConfig(srv.URL(), fake.URL)
 			cfg.AdminAddr, cfg.AdminToken, cfg.AdminUIWritable = tt.addr, NewToken(tt.token), tt.writable
-			var logs syncBuffer
+			var logs testrig.SyncBuffer
 			w, err := New(context.Background(), cfg, WithLogger(NewLogger(&logs, "debug")))
 			if err != nil {
 				t.Fatal(err)

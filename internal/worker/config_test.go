@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/tasks"
 )
 
@@ -24,7 +25,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if c.Concurrency != 50 || c.AdminAddr != DefaultAdminAddr || c.Policy.MaxRetry != tasks.DefaultMaxRetry ||
 		c.Policy.RetryBase != time.Second || c.Policy.RetryCap != 10*time.Minute || c.AttemptTimeout != 30*time.Second ||
 		c.Policy.MaxAge != 72*time.Hour || c.ResultTTL != 168*time.Hour || c.RedisURL != "redis://127.0.0.1:6379/0" ||
-		c.BaseURL != "https://api.truto.one" || c.Token.Value() != "tok" || c.EventsMaxLen != tasks.DefaultEventsMaxLen {
+		c.BaseURL != "https://api.truto.one" || c.Token.Value() != "tok" || c.EventsMaxLen != tasks.DefaultEventsMaxLen ||
+		c.Lease != admission.DefaultLease {
 		t.Errorf("defaults = %+v", c)
 	}
 }

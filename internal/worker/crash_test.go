@@ -13,6 +13,7 @@ import (
 
 	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
@@ -33,9 +34,13 @@ func (s dyingSender) UpdateOrganization(ctx context.Context, req *trutoclient.Up
 
 // TestKilledWorkerUpdatesGoAgain: a worker dies (its Redis connections go
 // away, nothing is settled) after Truto applied its updates. Once its
-// leases run out (10 s) and an admitter reaps them (every 2 s), another
-// worker runs them under a new generation; the idempotency key makes Truto
-// replay its answer, so each is applied exactly once.
+// leases run out and an admitter reaps them (every 2 s), another worker runs
+// them under a new generation; the idempotency key makes Truto replay its
+// answer, so each is applied exactly once.
+//
+// Both workers hold 3-second leases instead of the default 10 s (Config.Lease,
+// --lease): the lease's length is a setting, not what is proven, and the
+// survivor renewing its own every second is the harder case.
 func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
@@ -43,6 +48,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	t.Cleanup(fake.Close)
 	cfg := testConfig(srv.URL(), fake.URL)
 	cfg.AdminAddr = ""
+	cfg.Lease = 3 * time.Second
 	client, err := trutoclient.New(testToken, trutoclient.WithBaseURL(fake.URL))
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +89,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 		}
 		ids[i] = tasks.TaskID(u.IntegratedAccountID, u.IdempotencyKey)
 	}
-	waitFor(t, "Truto applied every update", time.Minute, func() (bool, string) {
+	testrig.WaitFor(t, "Truto applied every update", time.Minute, func() (bool, string) {
 		st := fake.Stats()
 		return st.Effects == n, fmt.Sprint(st.Effects)
 	})
@@ -111,8 +117,8 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 		}
 	})
 	// asynq alone would hand the dead worker's tasks back only after its own
-	// lease recovery (about 90 s); admission's lease and reaper take ~12 s.
-	waitFor(t, "every update completed by the survivor", 40*time.Second, func() (bool, string) {
+	// lease recovery (about 90 s); admission's lease and reaper take ~5 s.
+	testrig.WaitFor(t, "every update completed by the survivor", 40*time.Second, func() (bool, string) {
 		c := 0
 		for _, id := range ids {
 			if rec, err := store.Get(context.Background(), id); err == nil && rec.State == tasks.StatusCompleted {
@@ -137,7 +143,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	}
 	mu.Lock()
 	t.Logf("a worker killed after applying %d updates: the survivor completed them %.1fs later (lease %s + reap %s); outcomes %v",
-		n, took.Seconds(), admission.DefaultLease, admission.DefaultReapInterval, outcomes)
+		n, took.Seconds(), cfg.Lease, admission.DefaultReapInterval, outcomes)
 	mu.Unlock()
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -72,7 +73,7 @@ func TestKeysWithoutExpiryDoNotGrow(t *testing.T) {
 				}
 			}
 		}
-		waitFor(t, "every update completed and out of admission", 2*time.Minute, func() (bool, string) {
+		testrig.WaitFor(t, "every update completed and out of admission", 2*time.Minute, func() (bool, string) {
 			st := p.states(keys)
 			adm, err := p.store.Scheduler().Stats(ctx)
 			return err == nil && st[tasks.StatusCompleted] == n && adm.Running+adm.Admitted+adm.Scheduled == 0,

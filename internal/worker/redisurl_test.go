@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
 
@@ -39,7 +40,7 @@ func TestLogsNeverShowRedisPassword(t *testing.T) {
 			}
 			fake := trutotest.NewServer(testToken)
 			t.Cleanup(fake.Close)
-			var logs syncBuffer
+			var logs testrig.SyncBuffer
 			opts := []Option{WithLogger(NewLogger(&logs, "debug"))}
 			if tt.shared {
 				rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, Password: password})
@@ -53,7 +54,7 @@ func TestLogsNeverShowRedisPassword(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
-			waitFor(t, tt.want+" in the log", 10*time.Second, func() (bool, string) {
+			testrig.WaitFor(t, tt.want+" in the log", 10*time.Second, func() (bool, string) {
 				return strings.Contains(logs.String(), tt.want), logs.String()
 			})
 			cancel()
