@@ -20,8 +20,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/orgsync/orgsync/internal/bench"
@@ -165,20 +165,51 @@ func cpuModel() string {
 	return "unknown CPU"
 }
 
-// childRSS runs cmd and returns its wall time and peak RSS in MiB.
+// childRSS runs cmd and returns its wall time and peak RSS in MiB: the
+// high-water mark the kernel keeps for it (VmHWM), read every 50 ms while it
+// runs. (wait4's ru_maxrss would do, but Linux starts a child's at its
+// parent's size, and this parent is large.)
 func childRSS(cmd *exec.Cmd) (time.Duration, float64, error) {
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return 0, 0, fmt.Errorf("%s: %w\n%s", filepath.Base(cmd.Path), err, tail(errb.String(), 2000))
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
 	}
-	took := time.Since(start)
-	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return took, 0, nil
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+	var hwm float64
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				return 0, 0, fmt.Errorf("%s: %w\n%s", filepath.Base(cmd.Path), err, tail(errb.String(), 2000))
+			}
+			return time.Since(start), hwm, nil
+		case <-tick.C:
+			if kb, ok := vmHWM(status); ok {
+				hwm = max(hwm, kb/1024)
+			}
+		}
 	}
-	return took, float64(ru.Maxrss) / 1024, nil // Linux reports KiB
+}
+
+// vmHWM reads the VmHWM line (KiB) of a /proc status file.
+func vmHWM(path string) (float64, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 func tail(s string, n int) string {
