@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"io"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,7 +157,12 @@ type bulkJob struct {
 // number of lanes.
 const (
 	maxBatchBytes = 4 << 20
-	maxBulkBytes  = 32 << 20
+	maxBulkBytes  = 16 << 20
+	// bulkMemoryLimit is the Go runtime's soft memory limit while bulk runs
+	// (unless GOMEMLIMIT says otherwise): the garbage collector works harder
+	// near it instead of letting the heap double, so a file of any length
+	// stays under about 64 MiB of resident memory.
+	bulkMemoryLimit = 40 << 20
 )
 
 // byteBudget bounds the bytes held between reading and enqueueing.
@@ -201,6 +207,9 @@ func (a *app) bulk(ctx context.Context, src io.Reader, f bulkFlags) (bulkSummary
 	start := time.Now()
 	var sum bulkSummary
 	var enqueued, duplicates, failed atomic.Int64
+	if a.env("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(bulkMemoryLimit))
+	}
 
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
