@@ -9,12 +9,14 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,6 +31,7 @@ type Server struct {
 	aof  bool
 	port int
 	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
 }
 
 // Option configures a Server.
@@ -37,6 +40,11 @@ type Option func(*Server)
 // WithAOF turns on append-only persistence (fsync every write), for tests that
 // restart Redis and expect acknowledged writes to survive.
 func WithAOF() Option { return func(s *Server) { s.aof = true } }
+
+// portAttempts is how many free ports Start tries: another process (a test
+// binary of another package, run at the same time) may take the port between
+// freePort closing it and redis-server binding it.
+const portAttempts = 5
 
 // Start starts a redis-server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
@@ -52,11 +60,18 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
-	s.port = freePort(t)
-	s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
-	s.start()
 	t.Cleanup(s.Kill)
-	return s
+	for attempt := 1; ; attempt++ {
+		s.port = pickPort(t)
+		s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
+		err := s.start()
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, errPortTaken) || attempt == portAttempts {
+			t.Fatalf("%v\n%s", err, s.log())
+		}
+	}
 }
 
 // URL is the REDIS_URL of the server.
@@ -69,8 +84,13 @@ func (s *Server) Client() *redis.Client {
 	return c
 }
 
-func (s *Server) start() {
-	s.t.Helper()
+// errPortTaken: something else listens on the port redis-server was to bind.
+var errPortTaken = errors.New("the port is taken")
+
+// start runs redis-server on s.port and waits until it answers. It answers
+// only for its own process: a redis-server of another test binary that took
+// the port first would answer PING too, and the test would share it.
+func (s *Server) start() error {
 	args := []string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log"),
@@ -81,22 +101,45 @@ func (s *Server) start() {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	logged := len(s.log()) // a restart's server appends to the log
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server: %v", err)
+		return fmt.Errorf("start redis-server: %w", err)
 	}
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	done := make(chan struct{})
+	s.done = done
+	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(done) }(s.cmd)
+	pid := strconv.Itoa(s.cmd.Process.Pid)
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return
+		info, err := c.Info(ctx, "server").Result()
+		ours := err == nil && strings.Contains(info, "\nprocess_id:"+pid+"\r")
+		if ours {
+			err = c.Ping(ctx).Err() // not loading its AOF any more
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s did not answer within 10s: %v\n%s", s.Addr, err, s.log())
+		cancel()
+		select {
+		case <-done:
+			s.cmd = nil
+			if strings.Contains(s.log()[logged:], "ddress already in use") {
+				return fmt.Errorf("redis-server on %s: %w", s.Addr, errPortTaken)
+			}
+			return fmt.Errorf("redis-server on %s exited at start", s.Addr)
+		default:
+		}
+		switch {
+		case ours && err == nil:
+			return nil
+		case err == nil:
+			// Another process's server: ours cannot bind and will exit.
+			s.Kill()
+			return fmt.Errorf("redis-server on %s: another process's server answers there: %w", s.Addr, errPortTaken)
+		case time.Now().After(deadline):
+			s.Kill()
+			return fmt.Errorf("redis-server on %s did not answer within 10s: %v", s.Addr, err)
 		}
 		time.Sleep(20 * time.Millisecond) // polling a condition: the server coming up
 	}
@@ -108,15 +151,18 @@ func (s *Server) Kill() {
 		return
 	}
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.done
 	s.cmd = nil
 }
 
-// Restart kills the server and starts it again on the same port and directory.
+// Restart kills the server and starts it again on the same port and
+// directory. It fails the test if the port was taken meanwhile.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.Kill()
-	s.start()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("%v\n%s", err, s.log())
+	}
 }
 
 func (s *Server) log() string {
@@ -132,6 +178,9 @@ func (s *Server) log() string {
 	}
 	return out
 }
+
+// pickPort chooses the port of the next server (a test replaces it).
+var pickPort = freePort
 
 func freePort(t testing.TB) int {
 	t.Helper()

@@ -27,7 +27,10 @@ func (p *pipeline) persistentKeys() (n int, shapes map[string]int) {
 			p.rdb.ZScore(ctx, k[:strings.Index(k, "}:t:")+1]+":completed", k[strings.Index(k, "}:t:")+4:]).Err() == nil {
 			continue // a completed task: asynq's janitor deletes it when its retention ends
 		}
-		if ttl := p.rdb.PTTL(ctx, k).Val(); ttl >= 0 {
+		// PTTL is -1 for a key without expiry and -2 for one gone since the
+		// SCAN (an account's record expiring a second after its last slot):
+		// only -1 counts.
+		if ttl := p.rdb.PTTL(ctx, k).Val(); ttl != -1 {
 			continue
 		}
 		n++
