@@ -384,18 +384,9 @@ func TestAdminConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := loadWithToken(tt.args, tt.env)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
-				}
-				if strings.Contains(err.Error(), testAdminToken) {
-					t.Errorf("the error shows the token: %v", err)
-				}
+			c, ok := loadCase(t, tt.args, tt.env, tt.wantErr, testAdminToken)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if c.AdminToken.Value() != tt.wantToken || c.AdminUIWritable != tt.wantUI {
 				t.Errorf("token %q ui writable %v, want %q %v", c.AdminToken.Value(), c.AdminUIWritable, tt.wantToken, tt.wantUI)
@@ -488,15 +479,9 @@ func TestAdminHostAndConnectionSettings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := loadWithToken(tt.args, tt.env)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
-				}
+			c, ok := loadCase(t, tt.args, tt.env, tt.wantErr)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if diff := cmp.Diff(tt.wantHosts, c.AdminAllowedHosts); diff != "" {
 				t.Errorf("allowed hosts (-want +got):\n%s", diff)
@@ -508,11 +493,30 @@ func TestAdminHostAndConnectionSettings(t *testing.T) {
 	}
 }
 
-// loadWithToken loads a config from args and env, with an API token set.
-func loadWithToken(args []string, env map[string]string) (Config, error) {
+// loadCase loads a config from args and env, with an API token set, for one
+// case of a table: with wantErr it checks the error names it (and shows none
+// of secrets) and says the case is over; without, it fails on any error and
+// returns the config for the case to check.
+func loadCase(t *testing.T, args []string, env map[string]string, wantErr string, secrets ...string) (Config, bool) {
+	t.Helper()
 	all := map[string]string{"TRUTO_API_TOKEN": "tok"}
 	for k, v := range env {
 		all[k] = v
 	}
-	return LoadConfig(args, lookupFrom(all), &bytes.Buffer{})
+	c, err := LoadConfig(args, lookupFrom(all), &bytes.Buffer{})
+	if wantErr == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, true
+	}
+	if err == nil || !strings.Contains(err.Error(), wantErr) {
+		t.Fatalf("error %v, want one containing %q", err, wantErr)
+	}
+	for _, s := range secrets {
+		if strings.Contains(err.Error(), s) {
+			t.Errorf("the error shows a secret: %v", err)
+		}
+	}
+	return c, false
 }

@@ -127,19 +127,9 @@ func TestLoadConfigEventsMaxLen(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			env := map[string]string{"TRUTO_API_TOKEN": "tok"}
-			for k, v := range tt.env {
-				env[k] = v
-			}
-			c, err := LoadConfig(tt.args, lookupFrom(env), &bytes.Buffer{})
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
-				}
+			c, ok := loadCase(t, tt.args, tt.env, tt.wantErr)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if c.EventsMaxLen != tt.want || eventsMaxLen(c.EventsMaxLen) != tt.store {
 				t.Errorf("EventsMaxLen %d (store gets %d), want %d (store %d)", c.EventsMaxLen, eventsMaxLen(c.EventsMaxLen), tt.want, tt.store)
