@@ -24,10 +24,17 @@ import (
 // with "bad" and 200 (echoing the id) for the others.
 func (f *fixture) worker(t *testing.T) *tasks.Handler {
 	t.Helper()
+	return f.workerRejecting(t, func(org string, _ []byte) bool { return strings.HasPrefix(org, "bad") })
+}
+
+// workerRejecting is worker with its own rule for which updates get a 422.
+func (f *fixture) workerRejecting(t *testing.T, reject func(org string, body []byte) bool) *tasks.Handler {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		org := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+		body, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "application/json")
-		if strings.HasPrefix(org, "bad") {
+		if reject(org, body) {
 			w.WriteHeader(http.StatusUnprocessableEntity)
 			_, _ = fmt.Fprintf(w, `{"error":"%s is not valid"}`, org)
 			return
@@ -489,5 +496,55 @@ func TestRunResultsAcrossPages(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("%d lines, want %d in line order", len(got), len(want))
+	}
+}
+
+// TestExportEditBulkCountsOnce: a dead line exported, fixed, purged and
+// enqueued again under the same run name (same key) counts once, at its first
+// line: the run goes from dead to purged to completed, never to four lines.
+func TestExportEditBulkCountsOnce(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	file := strings.Join([]string{
+		`{"id":"o1","integrated_account_id":"acc1","body":{"name":"one"}}`,
+		`{"id":"o2","integrated_account_id":"acc1","body":{"name":"broken"}}`,
+		`{"id":"o3","integrated_account_id":"acc1","body":{"name":"three"}}`,
+	}, "\n") + "\n"
+	if r := cli(t, f.srv, "", "bulk", writeFile(t, file), "--run", "fix"); r.code != 0 {
+		t.Fatalf("bulk: exit %d, stderr %q", r.code, r.stderr)
+	}
+	h := f.workerRejecting(t, func(_ string, body []byte) bool { return strings.Contains(string(body), "broken") })
+	f.mustWork(t, h)
+	st, _ := runStatusOf(t, f, 0, "fix")
+	if diff := cmp.Diff(counts{Total: 3, Completed: 2, Dead: 1, Sealed: true, Done: true}, countsOf(st.runRow)); diff != "" {
+		t.Fatalf("after the first pass (-want +got):\n%s", diff)
+	}
+
+	exported := cli(t, f.srv, "", "dlq", "export")
+	if exported.code != 0 || strings.Count(exported.stdout, "\n") != 1 {
+		t.Fatalf("dlq export: exit %d, %q", exported.code, exported.stdout)
+	}
+	if r := cli(t, f.srv, "", "dlq", "purge", "--all", "--yes"); r.code != 0 {
+		t.Fatalf("dlq purge: exit %d, stderr %q", r.code, r.stderr)
+	}
+	st, _ = runStatusOf(t, f, 0, "fix")
+	if diff := cmp.Diff(counts{Total: 3, Completed: 2, Purged: 1, Sealed: true, Done: true}, countsOf(st.runRow)); diff != "" {
+		t.Errorf("after the purge (-want +got):\n%s", diff)
+	}
+
+	fixed := strings.ReplaceAll(exported.stdout, "broken", "fixed")
+	if r := cli(t, f.srv, "", "bulk", writeFile(t, fixed), "--run", "fix"); r.code != 0 {
+		t.Fatalf("bulk of the fixed line: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if n := f.mustWork(t, h); n != 1 {
+		t.Errorf("the worker ran %d updates, want the fixed one", n)
+	}
+	st, _ = runStatusOf(t, f, 0, "fix")
+	if diff := cmp.Diff(counts{Total: 3, Completed: 3, Sealed: true, Done: true}, countsOf(st.runRow)); diff != "" {
+		t.Errorf("after the fixed line (-want +got):\n%s", diff)
+	}
+	res := decodeLines[tasks.RunResult](t, cli(t, f.srv, "", "runs", "results", "fix"))
+	if len(res) != 3 || res[1].Line != 2 || res[1].State != tasks.StatusCompleted || !strings.Contains(string(res[1].Response), "o2") {
+		t.Errorf("results %+v; want line 2 completed with its response, three lines in all", res)
 	}
 }
