@@ -173,7 +173,6 @@ func TestLegacyPayloadKeepsItsIdentity(t *testing.T) {
 func TestReplayKeepsLegacyIdentity(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Policy{})
-	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	ctx := context.Background()
 	tests := []struct {
 		name, taskID, wantKey string
@@ -189,7 +188,7 @@ func TestReplayKeepsLegacyIdentity(t *testing.T) {
 		if err := e.store.PutDeadLetter(ctx, d); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+		if out, err := e.store.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 			t.Fatalf("%s: replay = %+v, %v", tt.name, out, err)
 		}
 		st, ok, err := e.adm.Update(ctx, tt.taskID)

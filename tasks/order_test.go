@@ -90,11 +90,11 @@ func TestOrderingDeadDoesNotBlockAndStaleReplayRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := p.Replay(ctx, d, ReplayOptions{})
+	out, err := e.store.Replay(ctx, d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" {
 		t.Fatalf("replay of a stale dead letter = %+v, %v; want skipped", out, err)
 	}
-	out, err = p.Replay(ctx, d, ReplayOptions{Force: true})
+	out, err = e.store.Replay(ctx, d, ReplayOptions{Force: true})
 	if err != nil || out.Status != "replayed" {
 		t.Fatalf("forced replay = %+v, %v", out, err)
 	}
@@ -121,7 +121,7 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 	}
 	// Replay both, oldest first, before either runs (as `dlq replay --all` does).
 	for _, d := range ds {
-		out, err := p.Replay(ctx, d, ReplayOptions{})
+		out, err := e.store.Replay(ctx, d, ReplayOptions{})
 		if err != nil || out.Status != "replayed" {
 			t.Fatalf("replay %s = %+v, %v; the replay of an older update must not make a newer one stale", d.IdempotencyKey, out, err)
 		}
@@ -143,7 +143,7 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	ctx := context.Background()
 	d, _ := e.store.DeadLetter(ctx, TaskID("acct-1", "k1"))
 	d.Queue = DefaultQueue
-	if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+	if out, err := e.store.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 		t.Fatalf("first replay = %+v, %v", out, err)
 	}
 	// The first replay "failed" to remove the dead letter; the update then completed.
@@ -152,7 +152,7 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 		t.Fatalf("replayed run: %v", err)
 	}
 	before := e.up.count()
-	out, err := p.Replay(ctx, d, ReplayOptions{})
+	out, err := e.store.Replay(ctx, d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" {
 		t.Fatalf("second replay = %+v, %v; want skipped", out, err)
 	}
@@ -176,7 +176,7 @@ func TestReplayRefusedBehindQueuedLaterUpdate(t *testing.T) {
 	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
 	e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`)) // queued, not yet run
 	d, _ := e.store.DeadLetter(context.Background(), TaskID("acct-1", "k1"))
-	out, err := p.Replay(context.Background(), d, ReplayOptions{})
+	out, err := e.store.Replay(context.Background(), d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" || !strings.Contains(out.Reason, "queued") {
 		t.Errorf("replay = %+v, %v; want skipped because k2 is queued", out, err)
 	}

@@ -70,7 +70,6 @@ type enqueueConfig struct {
 	processAt time.Time
 	run       string
 	line      int64 // the update's line in its run (0: the next free one)
-	replay    bool  // the dead letter is being replayed: its record does not block
 }
 
 // InQueue sends the update to queue q.
@@ -147,7 +146,7 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 	// The run is named in the ledger record before the update's state is
 	// read below: either the worker that ends it sees the run, or this
 	// enqueue sees it ended (and counts it in the run itself).
-	if cfg.run != "" && !cfg.replay {
+	if cfg.run != "" {
 		places, err := p.store.addToRun(ctx, cfg.run, []runEntry{{line: cfg.line, taskID: id, key: pl.IdempotencyKey}})
 		if err != nil {
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
@@ -161,7 +160,7 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 		}
 	}
 	out, err := p.admit(ctx, pl, cfg, out)
-	if cfg.run != "" && !cfg.replay && errors.Is(err, ErrDuplicate) {
+	if cfg.run != "" && errors.Is(err, ErrDuplicate) {
 		if rerr := p.countEnded(ctx, out.TaskID, cfg.run); rerr != nil {
 			return out, fmt.Errorf("enqueue %s: %w", id, rerr)
 		}
@@ -187,7 +186,7 @@ func (p *Producer) countEnded(ctx context.Context, id, run string) error {
 // admit puts the update in admission unless it exists already.
 func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out Enqueued) (Enqueued, error) {
 	id := out.TaskID
-	if !cfg.replay {
+	{
 		// A dead update keeps its identity until an operator replays or purges
 		// it, even after asynq's capped archive has forgotten it; and an update
 		// enqueued before keys belonged to accounts keeps its old identity.
@@ -203,7 +202,7 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 			return out, fmt.Errorf("enqueue %s: %w", dupID, ErrDuplicate)
 		}
 	}
-	if !cfg.replay {
+	{
 		// Completed within the result retention: the ledger remembers it.
 		if rec, err := p.store.Get(ctx, id); err != nil {
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
@@ -212,21 +211,29 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 			return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
 		}
 	}
-	pl.OrderSeq = 0 // admission gives the update its place in line
-	b, err := EncodePayload(pl)
-	if err != nil {
-		return Enqueued{}, fmt.Errorf("encode payload: %w", err)
-	}
-	seq, err := p.store.adm.Add(ctx, admission.Item{ID: id, Account: pl.IntegratedAccountID, Org: orgKey(pl.Update),
-		Queue: cfg.queue, NotBefore: cfg.processAt, Payload: b, Origin: pl.OriginSeq})
+	added, err := p.store.add(ctx, pl, cfg.queue, cfg.processAt)
 	if err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
-	if seq == 0 { // waiting, admitted or running already
+	if !added { // waiting, admitted or running already
 		out.Status = EnqueueDuplicate
 		return out, fmt.Errorf("enqueue %s: %w", id, ErrDuplicate)
 	}
 	return out, nil
+}
+
+// add puts the update of payload pl in admission, in its account's lane
+// behind its organization's earlier updates; false when admission holds it
+// already (waiting, admitted or running).
+func (s *Store) add(ctx context.Context, pl Payload, queue string, notBefore time.Time) (bool, error) {
+	pl.OrderSeq = 0 // admission gives the update its place in line
+	b, err := EncodePayload(pl)
+	if err != nil {
+		return false, fmt.Errorf("encode payload: %w", err)
+	}
+	seq, err := s.adm.Add(ctx, admission.Item{ID: pl.TaskID(), Account: pl.IntegratedAccountID, Org: orgKey(pl.Update),
+		Queue: queue, NotBefore: notBefore, Payload: b, Origin: pl.OriginSeq})
+	return seq != 0, err
 }
 
 // existing reports whether the update already exists outside asynq's task id

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -21,9 +22,9 @@ type ReplayOutcome struct {
 
 // ReplayOptions adjusts a replay.
 type ReplayOptions struct {
-	DryRun   bool // report what would go, change nothing
-	MaxRetry int  // the fresh budget; 0 keeps the update's own (or the worker default)
-	Queue    string
+	DryRun   bool   // report what would go, change nothing
+	MaxRetry int    // the fresh budget; 0 keeps the update's own (or the worker default)
+	Queue    string // default: the dead letter's own queue, else DefaultQueue
 	// Force replays an update even though a newer update has been applied to
 	// the same organization since it died (its body would overwrite newer data).
 	Force bool
@@ -33,7 +34,7 @@ type ReplayOptions struct {
 // wall-clock budget and the same idempotency key, then removes the dead letter.
 // Each step can be repeated: a crash half-way leaves either the dead letter
 // (replay it again) or the re-enqueued task (the dead letter is then removed).
-func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (ReplayOutcome, error) {
+func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (ReplayOutcome, error) {
 	out := ReplayOutcome{TaskID: d.TaskID, IdempotencyKey: d.IdempotencyKey, Account: d.Update.IntegratedAccountID}
 	if d.Class == ClassMalformed || d.IdempotencyKey == "" {
 		out.Status, out.Reason = ReplaySkipped, "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
@@ -44,7 +45,7 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 		origin = d.OrderSeq
 	}
 	if !o.Force && origin > 0 {
-		newer, err := p.store.newerThan(ctx, d.Update, d.TaskID, origin)
+		newer, err := s.newerThan(ctx, d.Update, d.TaskID, origin)
 		if err != nil {
 			return out, err
 		}
@@ -57,15 +58,15 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	}
 	// An earlier replay may have re-enqueued it already and failed only to
 	// remove the dead letter: then finish that, and do not run it again.
-	ins := p.store.ins
-	if again, why, err := p.alreadyBack(ctx, ins, d); err != nil {
+	ins := s.ins
+	if again, why, err := s.alreadyBack(ctx, ins, d); err != nil {
 		return out, err
 	} else if again {
 		if o.DryRun {
 			out.Status, out.Reason = ReplaySkipped, why
 			return out, nil
 		}
-		if _, err := p.store.DeleteDeadLetter(ctx, d.TaskID); err != nil {
+		if _, err := s.DeleteDeadLetter(ctx, d.TaskID); err != nil {
 			return out, err
 		}
 		out.Status, out.Reason = ReplaySkipped, why+"; its dead letter is removed"
@@ -80,19 +81,19 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 		queue = d.Queue
 	}
 	if queue == "" {
-		queue = p.queue
+		queue = DefaultQueue
 	}
 	// asynq's archive mirrors the dead letter for the queue UI: the replay ends that.
-	if err := p.store.deleteArchived(ins, d); err != nil {
+	if err := s.deleteArchived(ins, d); err != nil {
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
-	if err := p.store.resetForReplay(ctx, d.TaskID); err != nil {
+	if err := s.resetForReplay(ctx, d.TaskID); err != nil {
 		return out, err
 	}
 	// Waiting again in its runs, before a worker can end it once more.
-	if rec, err := p.store.Get(ctx, d.TaskID); err != nil {
+	if rec, err := s.Get(ctx, d.TaskID); err != nil {
 		return out, err
-	} else if err := p.store.setInRuns(ctx, d.TaskID, rec.Runs, runWaiting); err != nil {
+	} else if err := s.setInRuns(ctx, d.TaskID, rec.Runs, runWaiting); err != nil {
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
 	maxRetry := d.MaxRetry
@@ -101,17 +102,19 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 	}
 	u := d.Update
 	u.IdempotencyKey = d.IdempotencyKey
-	pl := Payload{Version: d.payloadVersion(), Update: u, EnqueuedAt: p.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
+	pl := Payload{Version: d.payloadVersion(), Update: u, EnqueuedAt: s.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
 	// Enqueue first, then remove the dead letter: a crash in between leaves
 	// both, and the next replay finds the task and only removes the record.
-	_, err := p.enqueue(ctx, pl, enqueueConfig{queue: queue, replay: true})
-	switch {
-	case errors.Is(err, ErrDuplicate):
-		out.Reason = "was already re-enqueued"
-	case err != nil:
+	if err := s.noteKey(ctx, u.IntegratedAccountID, u.IdempotencyKey); err != nil {
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
-	if _, err := p.store.DeleteDeadLetter(context.WithoutCancel(ctx), d.TaskID); err != nil {
+	switch added, err := s.add(ctx, pl, queue, time.Time{}); {
+	case err != nil:
+		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
+	case !added:
+		out.Reason = "was already re-enqueued"
+	}
+	if _, err := s.DeleteDeadLetter(context.WithoutCancel(ctx), d.TaskID); err != nil {
 		return out, fmt.Errorf("replay %s: re-enqueued, but removing its dead letter failed (replay it again to finish): %w", d.TaskID, err)
 	}
 	out.Status = Replayed
@@ -121,15 +124,15 @@ func (p *Producer) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (R
 // alreadyBack reports whether the dead letter's update is back in admission
 // (or, for a task queued before admission, live in asynq), or completed per
 // the ledger: a replay that was interrupted after re-enqueueing it.
-func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLetter) (bool, string, error) {
-	rec, err := p.store.Get(ctx, d.TaskID)
+func (s *Store) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLetter) (bool, string, error) {
+	rec, err := s.Get(ctx, d.TaskID)
 	if err != nil {
 		return false, "", err
 	}
 	if rec.State == StatusCompleted {
 		return true, "already applied by an earlier replay", nil
 	}
-	switch st, ok, err := p.store.adm.Update(ctx, d.TaskID); {
+	switch st, ok, err := s.adm.Update(ctx, d.TaskID); {
 	case err != nil:
 		return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
 	case ok && rec.State == StatusDead && st.State == "running":
@@ -137,7 +140,7 @@ func (p *Producer) alreadyBack(ctx context.Context, ins *asynq.Inspector, d Dead
 	case ok && rec.State == StatusDead:
 		// Dead, but admission still holds it (the dead run could not take it
 		// out): take it out now, and replay.
-		if _, err := p.store.adm.Finish(ctx, d.TaskID, admission.AnyGeneration); err != nil {
+		if _, err := s.adm.Finish(ctx, d.TaskID, admission.AnyGeneration); err != nil {
 			return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
 		}
 		return false, "", nil

@@ -265,7 +265,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := p.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+	if out, err := e.store.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 		t.Fatalf("replay: %+v, %v", out, err)
 	}
 	if st := mustRun(t, e.store, "nightly"); st.Dead != 0 || st.Waiting != 1 || st.Done {

@@ -313,7 +313,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	fake.UpdateFaults(func(f *trutotest.Faults) { f.OrgStatus = nil })
 	replayed := 0
 	err = store.EachDeadLetter(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
-		out, err := producer.Replay(ctx, d, tasks.ReplayOptions{})
+		out, err := store.Replay(ctx, d, tasks.ReplayOptions{})
 		if err == nil && out.Status == tasks.Replayed {
 			replayed++
 		}

@@ -252,7 +252,7 @@ func (a *app) replay(ctx context.Context, f tasks.Filter, opts tasks.ReplayOptio
 		if interval > 0 {
 			next = time.Now().Add(interval)
 		}
-		out, err := a.producer.Replay(ctx, d, opts)
+		out, err := a.store.Replay(ctx, d, opts)
 		bar.add(1)
 		if err != nil {
 			sum.Failed++

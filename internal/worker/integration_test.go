@@ -321,7 +321,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for d := range letters {
-				switch out, err := p.producer.Replay(ctx, d, tasks.ReplayOptions{}); {
+				switch out, err := p.store.Replay(ctx, d, tasks.ReplayOptions{}); {
 				case err != nil:
 					select {
 					case replayErr <- fmt.Errorf("replay %s: %w", d.TaskID, err):
