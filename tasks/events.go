@@ -134,8 +134,20 @@ func (s *Store) setInRuns(ctx context.Context, taskID string, runs []string, sta
 	return errors.Join(errs...)
 }
 
-// announceRun writes a run's run_done event, then marks it written.
+// announceClaim is how long a claim to write a run's run_done event holds
+// before another reader takes it as its writer's crash.
+const announceClaim = time.Minute
+
+// announceRun writes a run's run_done event, then marks it written, unless
+// another writer has claimed it (or it is out already).
 func (s *Store) announceRun(ctx context.Context, name string) error {
+	claimed, err := s.runCall(ctx, name, "claim", announceClaim.Milliseconds()).Int64()
+	if err != nil {
+		return fmt.Errorf("run %q: claim its run_done event: %w", name, err)
+	}
+	if claimed == 0 {
+		return nil
+	}
 	m, err := s.rdb.HGetAll(ctx, s.runKeys(name)[0]).Result()
 	if err != nil {
 		return fmt.Errorf("read run %q: %w", name, err)

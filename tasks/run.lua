@@ -6,7 +6,8 @@
 --   meta   HASH name, started (ms), total (updates in the run), completed,
 --          dead, purged (counts by end state), next_line (the highest line
 --          number used), sealed (1: every line is in), finished (ms, when
---          the run became done), announced (1: its "run done" event is out)
+--          the run became done), announcing (ms: a writer claimed its
+--          run_done event), announced (1: its run_done event is out)
 --   lines  HASH line number -> task id .. "\t" .. idempotency key
 --   ids    HASH task id -> line number .. "|" .. state, where state is ""
 --          (not ended), "c" (completed), "d" (dead) or "p" (purged)
@@ -50,7 +51,7 @@ local function keep()
 end
 
 local function reopen()
-  redis.call('HDEL', META, 'finished', 'announced')
+  redis.call('HDEL', META, 'finished', 'announced', 'announcing')
 end
 
 if op == 'add' then
@@ -143,8 +144,20 @@ if op == 'seal' then
   return {1, done()}
 end
 
+if op == 'claim' then
+  -- Whoever finds the run done claims writing its run_done event: one writer
+  -- at a time (two would write it twice). A claim older than ARGV[4] ms is
+  -- taken as its writer's crash, so the event still goes out (at least once).
+  if redis.call('HEXISTS', META, 'finished') == 0 or redis.call('HEXISTS', META, 'announced') == 1 then return 0 end
+  local c = tonumber(redis.call('HGET', META, 'announcing') or '0')
+  if c > 0 and tonumber(now) - c < tonumber(ARGV[4]) then return 0 end
+  redis.call('HSET', META, 'announcing', now)
+  return 1
+end
+
 if op == 'announced' then
   redis.call('HSET', META, 'announced', 1)
+  redis.call('HDEL', META, 'announcing')
   return 1
 end
 

@@ -461,3 +461,42 @@ func TestRunResultsSparseAndNotQueued(t *testing.T) {
 		}
 	}
 }
+
+// TestRunDoneAnnouncedOnce: the worker that ends a run's last update and a
+// reader of the run's status, finding it done at the same moment, write one
+// run_done event between them.
+func TestRunDoneAnnouncedOnce(t *testing.T) {
+	t.Parallel()
+	s, _ := realStore(t)
+	ctx := context.Background()
+	if _, err := s.addToRun(ctx, "once", []runEntry{{1, "u_a", "ka"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SealRun(ctx, "once"); err != nil {
+		t.Fatal(err)
+	}
+	done, err := s.setRunState(ctx, "once", "u_a", runCompleted)
+	if err != nil || !done {
+		t.Fatalf("done %v, %v; want the run done", done, err)
+	}
+	// The worker and several readers all find it done and not yet announced.
+	errs := make(chan error, 5)
+	for range 5 {
+		go func() { errs <- s.announceRun(ctx, "once") }()
+	}
+	for range 5 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Run(ctx, "once"); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := s.ReadEvents(ctx, "", 100, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 || evs[0].Type != EventRunDone {
+		t.Errorf("events %+v; want one run_done", evs)
+	}
+}
