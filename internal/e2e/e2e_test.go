@@ -27,12 +27,7 @@ const token = "tok_e2e_7d1f0a9b2c"
 
 var bin string // directory holding the built binaries
 
-// TestMain builds the binaries once for every test, and runs the four
-// end-to-end tests at once (unless -parallel says otherwise, or -race is on):
-// they wait on latencies, a lease and an outage more than on the CPU (26 s
-// two at a time, 20 s four at a time, on 2 cores under load).
 func TestMain(m *testing.M) {
-	testrig.ParallelAtLeast(4)
 	dir, err := os.MkdirTemp("", "orgsync-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
