@@ -116,15 +116,21 @@ func (r *crashRig) waitDone(t *testing.T, timeout time.Duration) fakeStats {
 		return st.Effects >= n, fmt.Sprintf("%+v", st)
 	})
 	waitFor(t, "admission to hold no update", max(time.Until(deadline), 10*time.Second), func() (bool, string) {
-		res := runCmd(t, r.env, "", "enqueue", "stats")
-		var s tasks.Stats
-		if res.code != 0 || json.Unmarshal([]byte(res.stdout), &s) != nil {
-			return false, fmt.Sprintf("exit %d: %s %s", res.code, res.stdout, res.stderr)
-		}
+		s, ok, desc := r.enqueueStats(t)
 		a := s.Admission
-		return a.Scheduled+a.Admitted+a.Running+a.Parked == 0 && a.AllParked == "", res.stdout
+		return ok && a.Scheduled+a.Admitted+a.Running+a.Parked == 0 && a.AllParked == "", desc
 	})
 	return r.stats(t)
+}
+
+// enqueueStats runs `enqueue stats`; ok says it answered, desc is its output.
+func (r *crashRig) enqueueStats(t *testing.T) (s tasks.Stats, ok bool, desc string) {
+	t.Helper()
+	res := runCmd(t, r.env, "", "enqueue", "stats")
+	if res.code != 0 || json.Unmarshal([]byte(res.stdout), &s) != nil {
+		return s, false, fmt.Sprintf("exit %d: %s %s", res.code, res.stdout, res.stderr)
+	}
+	return s, true, res.stdout
 }
 
 // verdict checks the fake's per-key counts and the dead letters: every key
@@ -426,9 +432,13 @@ func TestSIGTERMHandsBack(t *testing.T) {
 	began := time.Now()
 	w, _ := r.startWorker(t, "--shutdown-timeout", shutdownTimeout.String())
 
-	waitFor(t, "20 requests before SIGTERM", time.Minute, func() (bool, string) {
-		st := r.stats(t)
-		return st.Requests >= 20, fmt.Sprintf("%+v", st)
+	// SIGTERM while 20 updates run, each waiting 3 s for its answer. (Waiting
+	// for 20 answered requests, as this did, could signal between the first
+	// batch and the second with nothing in flight: on a loaded machine it did,
+	// and the worker had nothing to hand back.)
+	waitFor(t, "20 updates running before SIGTERM", time.Minute, func() (bool, string) {
+		s, ok, desc := r.enqueueStats(t)
+		return ok && s.Admission.Running >= 20, desc
 	})
 	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -451,7 +461,7 @@ func TestSIGTERMHandsBack(t *testing.T) {
 	st := r.waitDone(t, 3*time.Minute)
 	done := time.Now()
 	lost, dup, st := r.verdict(t)
-	t.Logf("SIGTERM after %d requests (%d effects); exited in %s; %d tasks handed back; fake: %d requests, %d effects, %d replays, by status %v; lost %d, duplicate effects %d (stats %d); finished %s after start",
+	t.Logf("SIGTERM with 20 updates running; at its exit the fake had answered %d requests (%d effects); exited in %s; %d tasks handed back; fake: %d requests, %d effects, %d replays, by status %v; lost %d, duplicate effects %d (stats %d); finished %s after start",
 		atExit.Requests, atExit.Effects, exitAfter.Round(10*time.Millisecond), handedBack, st.Requests, st.Effects, st.Replays, st.ByStatus,
 		lost, dup, st.DuplicateEffects, done.Sub(began).Round(100*time.Millisecond))
 	if handedBack == 0 {
