@@ -85,11 +85,16 @@ func (s *Store) emit(ctx context.Context, e OutcomeEvent) error {
 	if s.eventsMaxLen <= 0 {
 		return nil
 	}
-	err := s.rdb.XAdd(ctx, &redis.XAddArgs{Stream: s.EventsKey(), MaxLen: s.eventsMaxLen, Approx: true, Values: e.fields()}).Err()
+	err := s.rdb.XAdd(ctx, s.eventArgs(e)).Err()
 	if err != nil {
 		return fmt.Errorf("write outcome event: %w", err)
 	}
 	return nil
+}
+
+// eventArgs appends e to the capped outcome stream.
+func (s *Store) eventArgs(e OutcomeEvent) *redis.XAddArgs {
+	return &redis.XAddArgs{Stream: s.EventsKey(), MaxLen: s.eventsMaxLen, Approx: true, Values: e.fields()}
 }
 
 // endIn queues in pipe what an update's end writes besides the ledger: its
@@ -99,7 +104,7 @@ func (s *Store) emit(ctx context.Context, e OutcomeEvent) error {
 func (s *Store) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent, runs []string) func() []string {
 	e.Runs = runs
 	if s.eventsMaxLen > 0 {
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: s.EventsKey(), MaxLen: s.eventsMaxLen, Approx: true, Values: e.fields()})
+		pipe.XAdd(ctx, s.eventArgs(e))
 	}
 	state := runCompleted
 	if e.Type == EventDead {
@@ -107,7 +112,7 @@ func (s *Store) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent,
 	}
 	cmds := make([]*redis.Cmd, len(runs))
 	for i, name := range runs {
-		cmds[i] = runScript.EvalSha(ctx, pipe, s.runKeys(name), "set", s.now().UnixMilli(), s.ttl.Milliseconds(), e.TaskID, state)
+		cmds[i] = s.runCallIn(ctx, pipe, name, "set", e.TaskID, state)
 	}
 	return func() []string {
 		var done []string

@@ -76,7 +76,16 @@ func (s *Store) runKeys(name string) []string {
 func (s *Store) runIndex() string { return s.prefix + ":{runs}:index" }
 
 func (s *Store) runCall(ctx context.Context, name, op string, args ...any) *redis.Cmd {
-	return runScript.Run(ctx, s.rdb, s.runKeys(name), append([]any{op, s.now().UnixMilli(), s.ttl.Milliseconds()}, args...)...)
+	return runScript.Run(ctx, s.rdb, s.runKeys(name), s.runArgs(op, args)...)
+}
+
+// runCallIn queues a run.lua call in pipe, by its SHA (see pipelined).
+func (s *Store) runCallIn(ctx context.Context, pipe redis.Pipeliner, name, op string, args ...any) *redis.Cmd {
+	return runScript.EvalSha(ctx, pipe, s.runKeys(name), s.runArgs(op, args)...)
+}
+
+func (s *Store) runArgs(op string, args []any) []any {
+	return append([]any{op, s.now().UnixMilli(), s.ttl.Milliseconds()}, args...)
 }
 
 // runEntry is one line of a run on its way in.
