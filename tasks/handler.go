@@ -190,7 +190,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 	var start func() (admission.Started, bool, error)
 	var read func() (Record, error)
 	_ = h.store.pipelined(ctx, func(pipe redis.Pipeliner) { // each command's error is read below
-		start = h.store.adm.StartIn(ctx, pipe, r.id, gen, h.leases.Owner())
+		start = h.store.adm.StartIn(ctx, pipe, p.IntegratedAccountID, r.id, gen, h.leases.Owner())
 		read = h.store.getIn(ctx, pipe, r.id)
 	})
 	place, ok, serr := start()
@@ -209,7 +209,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 		h.observe(r.ev)
 		return nil, asynq.RevokeTask
 	}
-	h.leases.Hold(r.id, gen)
+	h.leases.Hold(p.IntegratedAccountID, r.id, gen)
 	r.p.OrderSeq, r.p.OriginSeq = place.Seq, place.Origin
 	if r.rec, err = read(); err != nil {
 		defer h.leases.Release(r.id, gen)
@@ -234,7 +234,7 @@ func (h *Handler) malformed(ctx context.Context, t *asynq.Task, cause error) err
 	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
 		return err
 	}
-	_, _ = h.store.adm.Finish(context.WithoutCancel(ctx), taskID, admission.AnyGeneration)
+	_, _ = h.store.adm.Finish(context.WithoutCancel(ctx), "", taskID, admission.AnyGeneration)
 	h.logger.Info("update dead-lettered", "task_id", taskID, "class", ClassMalformed, "reason", d.Reason)
 	h.observe(Event{TaskID: taskID, Outcome: OutcomeDead, Class: ClassMalformed, Reason: d.Reason})
 	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
@@ -406,7 +406,7 @@ func (h *Handler) requeue(ctx context.Context, r *run, d time.Duration, reason s
 	}
 	// Shown by `enqueue status`; failure to write it changes nothing.
 	_ = h.store.noteWaiting(ctx, r.id, reason)
-	if _, err := h.store.adm.Retry(ctx, r.id, r.gen, h.now().Add(d)); err != nil {
+	if _, err := h.store.adm.Retry(ctx, r.p.IntegratedAccountID, r.id, r.gen, h.now().Add(d)); err != nil {
 		// Its lease runs out and admission puts it back; asynq need not keep it.
 		h.logger.Warn("could not put an update back in its lane; it goes again when its lease runs out",
 			"task_id", r.id, "error", err.Error())
@@ -419,7 +419,7 @@ func (h *Handler) requeue(ctx context.Context, r *run, d time.Duration, reason s
 // becomes ready.
 func (h *Handler) finish(ctx context.Context, r *run) {
 	if err := h.durably(ctx, func(ctx context.Context) error {
-		_, err := h.store.adm.Finish(ctx, r.id, r.gen)
+		_, err := h.store.adm.Finish(ctx, r.p.IntegratedAccountID, r.id, r.gen)
 		return err
 	}); err != nil {
 		// Its lease runs out, it is run again, and the ledger finishes it then.

@@ -206,7 +206,7 @@ func TestReplayKeepsLegacyIdentity(t *testing.T) {
 		if diff := cmp.Diff(got{tt.wantVersion, tt.taskID, tt.wantKey}, got{pl.Version, pl.TaskID(), pl.UpstreamKey()}); diff != "" {
 			t.Errorf("%s: replayed payload (-want +got):\n%s", tt.name, diff)
 		}
-		if _, err := e.adm.Finish(ctx, tt.taskID, -1); err != nil {
+		if _, err := e.adm.Finish(ctx, "", tt.taskID, -1); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -70,7 +70,7 @@ func (s *Store) newerThan(ctx context.Context, u Update, taskID string, origin i
 	if last > origin {
 		return "has been applied since this one died", nil
 	}
-	line, err := s.adm.Line(ctx, orgKey(u))
+	line, err := s.adm.Line(ctx, u.IntegratedAccountID, orgKey(u))
 	if err != nil {
 		return "", fmt.Errorf("read the line of organization %s: %w", u.ID, err)
 	}

@@ -140,7 +140,7 @@ func (s *Store) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLet
 	case ok && rec.State == StatusDead:
 		// Dead, but admission still holds it (the dead run could not take it
 		// out): take it out now, and replay.
-		if _, err := s.adm.Finish(ctx, d.TaskID, admission.AnyGeneration); err != nil {
+		if _, err := s.adm.Finish(ctx, d.Update.IntegratedAccountID, d.TaskID, admission.AnyGeneration); err != nil {
 			return false, "", fmt.Errorf("replay %s: %w", d.TaskID, err)
 		}
 		return false, "", nil

@@ -332,7 +332,7 @@ func TestPurgeDropsArchivedCopy(t *testing.T) {
 	if err := f.ins.ArchiveTask(tasks.DefaultQueue, runID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.store.Scheduler().Finish(ctx, tickets[0].ID, tickets[0].Gen); err != nil {
+	if _, err := f.store.Scheduler().Finish(ctx, "", tickets[0].ID, tickets[0].Gen); err != nil {
 		t.Fatal(err)
 	}
 	d := deadLetter("arch", "a", "o", 422, "permanent", time.Now())

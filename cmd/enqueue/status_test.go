@@ -101,7 +101,7 @@ func TestStatusFollowsAdmission(t *testing.T) {
 		t.Fatalf("admitted %+v, want only %s (one update of an organization at a time)", tickets, first)
 	}
 	check("admitted", first, tasks.StatusPending, "")
-	if _, ok, err := adm.Start(ctx, first, tickets[0].Gen, "test-worker"); err != nil || !ok {
+	if _, ok, err := adm.Start(ctx, "", first, tickets[0].Gen, "test-worker"); err != nil || !ok {
 		t.Fatalf("start %s: %v %v", first, ok, err)
 	}
 	check("started", first, tasks.StatusActive, "")
@@ -110,7 +110,7 @@ func TestStatusFollowsAdmission(t *testing.T) {
 	if err := f.store.PauseAccount(ctx, "acc1", time.Now().Add(time.Hour), 429, "slow down"); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := adm.Retry(ctx, first, tickets[0].Gen, time.Time{}); err != nil || !ok {
+	if ok, err := adm.Retry(ctx, "", first, tickets[0].Gen, time.Time{}); err != nil || !ok {
 		t.Fatalf("retry %s: %v %v", first, ok, err)
 	}
 	check("held", first, tasks.StatusWaiting, "account rate limited until")
@@ -129,7 +129,7 @@ func TestStatusFollowsAdmission(t *testing.T) {
 	}
 	check("resumed", first, tasks.StatusWaiting, "its account's turn")
 
-	if _, err := adm.Finish(ctx, first, -1); err != nil {
+	if _, err := adm.Finish(ctx, "", first, -1); err != nil {
 		t.Fatal(err)
 	}
 	check("its predecessor finished", second, tasks.StatusWaiting, "its account's turn")

@@ -11,7 +11,11 @@
 //
 // Every process can admit: the rules are one Lua script whose keys share one
 // hash slot, so several admitters never admit the same update twice and a
-// Redis Cluster works. Leases cover the time from admission to the end of the
+// Redis Cluster works. On a Cluster the accounts can be spread over several
+// such slots (Config.Shards): an account lives in one shard, chosen by a
+// stable hash of its id, so its lane, limits and holds stay in one script's
+// reach; the API token's schedule lives in shard 0 and every shard's
+// admission pass takes its slots from there first. Leases cover the time from admission to the end of the
 // run; an update whose lease runs out (its worker or admitter was killed) is
 // put back under a new generation, and the stale ticket is refused if asynq
 // ever runs it.
@@ -22,8 +26,12 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -75,15 +83,50 @@ type Config struct {
 	// AccountFailures is how many transient failures in a row hold an
 	// account's lane (default DefaultAccountFailures).
 	AccountFailures int
+	// Shards is how many hash slots admission spreads the accounts over
+	// (default 1; at most MaxShards). Zero follows the count recorded in
+	// Redis (what producers and operator commands do); a worker names it and
+	// records it with Configure. MaxAdmitted applies per shard.
+	Shards int
 }
+
+// MaxShards bounds Config.Shards.
+const MaxShards = 256
 
 // Scheduler is the admission state in Redis. Safe for concurrent use.
 type Scheduler struct {
-	rdb  redis.UniversalClient
-	c    Config
+	rdb    redis.UniversalClient
+	c      Config
+	prefix string
+	now    func() time.Time // nil: Redis's clock
+
+	mu     sync.Mutex
+	shards []shard // nil until known (Config.Shards 0: read from Redis on first use)
+	turn   atomic.Uint64
+}
+
+// shard is one hash slot's admission state.
+type shard struct {
 	key  string // the schedule's key; its hash tag routes every script call
 	base string
-	now  func() time.Time // nil: Redis's clock
+}
+
+// shardBase is the key prefix of shard i: shard 0 keeps the unsharded
+// layout's tag, so going from one shard to several moves nothing of it.
+func shardBase(prefix string, i int) string {
+	if i == 0 {
+		return prefix + ":{adm}:"
+	}
+	return prefix + ":{adm:" + strconv.Itoa(i) + "}:"
+}
+
+func makeShards(prefix string, n int) []shard {
+	out := make([]shard, n)
+	for i := range out {
+		b := shardBase(prefix, i)
+		out[i] = shard{key: b + "accts", base: b}
+	}
+	return out
 }
 
 // Option configures a Scheduler.
@@ -121,24 +164,195 @@ func New(rdb redis.UniversalClient, c Config, opts ...Option) *Scheduler {
 	if c.AccountFailures <= 0 {
 		c.AccountFailures = DefaultAccountFailures
 	}
-	base := c.KeyPrefix + ":{adm}:"
-	s := &Scheduler{rdb: rdb, c: c, key: base + "accts", base: base}
+	s := &Scheduler{rdb: rdb, c: c, prefix: c.KeyPrefix}
+	if c.Shards > 0 {
+		s.shards = makeShards(c.KeyPrefix, min(c.Shards, MaxShards))
+		s.c.Shards = len(s.shards)
+	}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
 }
 
+// ErrShards is returned (wrapped) when the shard count a worker names is not
+// the one admission holds updates under.
+var ErrShards = errors.New("admission's shard count differs")
+
+// Configure records the worker's shard count in Redis, so that producers
+// route by it. It refuses to change a count under which updates still wait:
+// an account would then have updates in two shards, and its order and limits
+// would no longer be one script's to keep. Drained, the count changes.
+func (s *Scheduler) Configure(ctx context.Context) error {
+	want := s.c.Shards
+	if want <= 0 {
+		return nil
+	}
+	had, err := s.recorded(ctx)
+	if err != nil {
+		return err
+	}
+	if had == want {
+		return nil
+	}
+	// Every shard of both counts must be empty; each is checked and changed
+	// in one script call, so an add racing with the change is either seen
+	// (refused) or refused itself for naming the old count.
+	old := makeShards(s.prefix, had)
+	for i := range max(had, want) {
+		sh := shard{key: shardBase(s.prefix, i) + "accts", base: shardBase(s.prefix, i)}
+		if i < len(old) {
+			sh = old[i]
+		}
+		ok, err := s.call(ctx, sh, "setshards", want).Int64()
+		if err != nil {
+			return fmt.Errorf("admission: record the shard count: %w", err)
+		}
+		if ok != 1 {
+			if i > 0 {
+				// Undo: the shards changed so far hold nothing yet.
+				for j := range i {
+					_ = s.call(ctx, shard{key: shardBase(s.prefix, j) + "accts", base: shardBase(s.prefix, j)}, "setshards", had).Err()
+				}
+			}
+			return fmt.Errorf("%w: updates wait in admission under %d shard(s), and this worker was started with %d: "+
+				"start it with --shards %d (ORGSYNC_SHARDS), or let those updates finish first (stop the producers; "+
+				"enqueue stats shows 0 waiting) and then change it", ErrShards, had, want, had)
+		}
+	}
+	return nil
+}
+
+// recorded reads the shard count in force (1 when none was ever recorded).
+func (s *Scheduler) recorded(ctx context.Context) (int, error) {
+	v, err := s.rdb.Get(ctx, shardBase(s.prefix, 0)+"shards").Result()
+	if errors.Is(err, redis.Nil) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("admission: read the shard count: %w", err)
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxShards {
+		return 0, fmt.Errorf("admission: the shard count in Redis (%q) is not a number from 1 to %d", v, MaxShards)
+	}
+	return n, nil
+}
+
+// all returns the shards, reading their count from Redis the first time
+// when the configuration left it open.
+func (s *Scheduler) all(ctx context.Context) ([]shard, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shards != nil {
+		return s.shards, nil
+	}
+	n, err := s.recorded(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.shards = makeShards(s.prefix, n)
+	return s.shards, nil
+}
+
+// reload forgets a shard count read from Redis (an add was refused for it).
+func (s *Scheduler) reload() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.c.Shards > 0 {
+		return false
+	}
+	s.shards = nil
+	return true
+}
+
+// known is the shards if their count is known yet (nil if not).
+func (s *Scheduler) known() []shard {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shards
+}
+
+// Shards is how many shards admission has.
+func (s *Scheduler) Shards(ctx context.Context) (int, error) {
+	sh, err := s.all(ctx)
+	return len(sh), err
+}
+
+// shardIndex places account among n shards: FNV-1a of its id. The empty
+// account (the API token) is shard 0's.
+func shardIndex(account string, n int) int {
+	if n <= 1 || account == "" {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(account))
+	return int(h.Sum32() % uint32(n))
+}
+
+// of is the shard of account.
+func (s *Scheduler) of(ctx context.Context, account string) (shard, error) {
+	sh, err := s.all(ctx)
+	if err != nil {
+		return shard{}, err
+	}
+	return sh[shardIndex(account, len(sh))], nil
+}
+
 // Config returns the effective configuration.
 func (s *Scheduler) Config() Config { return s.c }
 
-func (s *Scheduler) run(ctx context.Context, op string, args ...any) *redis.Cmd {
-	return script.Run(ctx, s.rdb, []string{s.key}, s.args(op, args)...)
+// call runs op on one shard.
+func (s *Scheduler) call(ctx context.Context, sh shard, op string, args ...any) *redis.Cmd {
+	return script.Run(ctx, s.rdb, []string{sh.key}, s.args(op, args)...)
 }
 
-// runIn queues op in pipe (by its SHA: LoadScript must have run).
-func (s *Scheduler) runIn(ctx context.Context, pipe redis.Pipeliner, op string, args ...any) *redis.Cmd {
-	return script.EvalSha(ctx, pipe, []string{s.key}, s.args(op, args)...)
+// run runs op on account's shard.
+func (s *Scheduler) run(ctx context.Context, account, op string, args ...any) *redis.Cmd {
+	sh, err := s.of(ctx, account)
+	if err != nil {
+		return failed(ctx, err)
+	}
+	return s.call(ctx, sh, op, args...)
+}
+
+// failed is a command that did not run.
+func failed(ctx context.Context, err error) *redis.Cmd {
+	cmd := redis.NewCmd(ctx)
+	cmd.SetErr(err)
+	return cmd
+}
+
+// runIn queues op on account's shard in pipe (by its SHA: LoadScript must
+// have run).
+func (s *Scheduler) runIn(ctx context.Context, pipe redis.Pipeliner, account, op string, args ...any) *redis.Cmd {
+	sh, err := s.of(ctx, account)
+	if err != nil {
+		return failed(ctx, err)
+	}
+	return script.EvalSha(ctx, pipe, []string{sh.key}, s.args(op, args)...)
+}
+
+// each runs op on every shard in one pipeline and returns each shard's answer.
+func (s *Scheduler) each(ctx context.Context, op string, args ...any) ([]*redis.Cmd, error) {
+	sh, err := s.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(sh) == 1 {
+		cmd := s.call(ctx, sh[0], op, args...)
+		return []*redis.Cmd{cmd}, nil
+	}
+	if err := LoadScript(ctx, s.rdb); err != nil {
+		return nil, fmt.Errorf("admission: load script: %w", err)
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.Cmd, len(sh))
+	for i, x := range sh {
+		cmds[i] = script.EvalSha(ctx, pipe, []string{x.key}, s.args(op, args)...)
+	}
+	_, _ = pipe.Exec(ctx) // each command's error is its own
+	return cmds, nil
 }
 
 func (s *Scheduler) args(op string, args []any) []any {
@@ -157,14 +371,14 @@ func LoadScript(ctx context.Context, rdb redis.Scripter) error {
 
 // StartIn queues Start in pipe; the returned function reads its answer once
 // the pipeline has run.
-func (s *Scheduler) StartIn(ctx context.Context, pipe redis.Pipeliner, id string, gen int64, owner string) func() (Started, bool, error) {
-	cmd := s.runIn(ctx, pipe, "start", id, gen, owner, s.c.Lease.Milliseconds())
+func (s *Scheduler) StartIn(ctx context.Context, pipe redis.Pipeliner, account, id string, gen int64, owner string) func() (Started, bool, error) {
+	cmd := s.runIn(ctx, pipe, account, "start", id, gen, owner, s.c.Lease.Milliseconds())
 	return func() (Started, bool, error) { return started(id, cmd) }
 }
 
 // FinishIn queues Finish in pipe.
-func (s *Scheduler) FinishIn(ctx context.Context, pipe redis.Pipeliner, id string, gen int64) *redis.Cmd {
-	return s.runIn(ctx, pipe, "finish", id, genArg(gen))
+func (s *Scheduler) FinishIn(ctx context.Context, pipe redis.Pipeliner, account, id string, gen int64) *redis.Cmd {
+	return s.runIn(ctx, pipe, account, "finish", id, genArg(gen))
 }
 
 // LearnLimitIn queues LearnLimit in pipe.
@@ -173,14 +387,14 @@ func (s *Scheduler) LearnLimitIn(ctx context.Context, pipe redis.Pipeliner, acco
 		return
 	}
 	ceiling, base := s.learnRates(account)
-	s.runIn(ctx, pipe, "learn", account, "limit", s.intervalMS(ceiling), s.intervalMS(base),
+	s.runIn(ctx, pipe, account, "learn", account, "limit", s.intervalMS(ceiling), s.intervalMS(base),
 		s.c.MaxLearnedInterval.Milliseconds(), s.intervalMS(lim))
 }
 
 // LearnIn queues Learn in pipe.
 func (s *Scheduler) LearnIn(ctx context.Context, pipe redis.Pipeliner, account string, fb Feedback) *redis.Cmd {
 	ceiling, base := s.learnRates(account)
-	return s.runIn(ctx, pipe, "learn", account, fb.kind(), s.intervalMS(ceiling), s.intervalMS(base),
+	return s.runIn(ctx, pipe, account, "learn", account, fb.kind(), s.intervalMS(ceiling), s.intervalMS(base),
 		s.c.MaxLearnedInterval.Milliseconds(), 0)
 }
 
@@ -223,28 +437,89 @@ type Item struct {
 // earlier updates. It returns the update's sequence number, or 0 when the id
 // is already waiting, admitted or running (nothing is changed then).
 func (s *Scheduler) Add(ctx context.Context, it Item) (int64, error) {
-	seq, err := s.run(ctx, "add", it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin).Int64()
+	seqs, err := s.AddMany(ctx, []Item{it})
 	if err != nil {
-		return 0, fmt.Errorf("admission: add %s: %w", it.ID, err)
+		return 0, fmt.Errorf("admission: add %s: %w", it.ID, errors.Unwrap(err))
 	}
-	return seq, nil
+	return seqs[0], nil
 }
 
-// AddMany adds items in order in one script call, as Add would one by one,
-// and returns each one's sequence number (0: already in).
+// AddMany adds items in order, as Add would one by one, and returns each
+// one's sequence number (0: already in): one script call per shard, all in
+// one round trip.
 func (s *Scheduler) AddMany(ctx context.Context, items []Item) ([]int64, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
-	args := make([]any, 0, 7*len(items))
-	for _, it := range items {
-		args = append(args, it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin)
+	seqs, err := s.addMany(ctx, items)
+	if isShardsError(err) && s.reload() {
+		// The shard count changed since it was read: route again.
+		seqs, err = s.addMany(ctx, items)
 	}
-	seqs, err := s.run(ctx, "addmany", args...).Int64Slice()
 	if err != nil {
 		return nil, fmt.Errorf("admission: add %d updates: %w", len(items), err)
 	}
 	return seqs, nil
+}
+
+func isShardsError(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "SHARDS ")
+}
+
+func (s *Scheduler) addMany(ctx context.Context, items []Item) ([]int64, error) {
+	sh, err := s.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n := strconv.Itoa(len(sh))
+	// Items of one shard keep their order: an organization's updates are
+	// all of one account, so of one shard.
+	groups := make([][]int, len(sh))
+	for i, it := range items {
+		k := shardIndex(it.Account, len(sh))
+		groups[k] = append(groups[k], i)
+	}
+	call := func(ex redis.Scripter, k int, idx []int) *redis.Cmd {
+		args := make([]any, 0, 1+7*len(idx))
+		args = append(args, n)
+		for _, i := range idx {
+			it := items[i]
+			args = append(args, it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin)
+		}
+		if len(sh) == 1 {
+			return script.Run(ctx, ex, []string{sh[k].key}, s.args("addmany", args)...)
+		}
+		return script.EvalSha(ctx, ex, []string{sh[k].key}, s.args("addmany", args)...)
+	}
+	cmds := make([]*redis.Cmd, len(sh))
+	if len(sh) == 1 {
+		cmds[0] = call(s.rdb, 0, groups[0])
+	} else {
+		if err := LoadScript(ctx, s.rdb); err != nil {
+			return nil, err
+		}
+		pipe := s.rdb.Pipeline()
+		for k, idx := range groups {
+			if len(idx) > 0 {
+				cmds[k] = call(pipe, k, idx)
+			}
+		}
+		_, _ = pipe.Exec(ctx) // each command's error is read below
+	}
+	out := make([]int64, len(items))
+	for k, idx := range groups {
+		if len(idx) == 0 {
+			continue
+		}
+		seqs, err := cmds[k].Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range idx {
+			out[i] = seqs[j]
+		}
+	}
+	return out, nil
 }
 
 // Ticket is an admitted update: run it now.
@@ -253,6 +528,8 @@ type Ticket struct {
 	Gen     int64 // the admission generation; a ticket of an older one is stale
 	Queue   string
 	Payload []byte
+	// Shard is the admission shard it came from.
+	Shard int
 	// Probe marks the one update an open circuit lets through to test the upstream.
 	Probe bool
 }
@@ -266,26 +543,104 @@ var Never = time.Unix(0, 0).Add(math.MaxInt64 / 2)
 // when only an enqueue, a finishing update, a worker starting an admitted
 // update or an operator can change things (each of which wakes Wait).
 func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Time, error) {
-	return s.admit(ctx, owner, s.c.Batch)
-}
-
-func (s *Scheduler) admit(ctx context.Context, owner string, n int) ([]Ticket, time.Time, error) {
-	res, err := s.run(ctx, "admit", n, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
-		s.intervalMS(s.c.Token), s.intervalMS(s.c.Account), s.c.TokenBurst, owner,
-		s.credit(s.c.Token), s.credit(s.c.Account)).Slice()
+	sh, err := s.all(ctx)
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("admission: admit: %w", err)
-	}
-	next := Never
-	if f, err := strconv.ParseFloat(str(res[0]), 64); err == nil && f < 1e14 {
-		next = time.UnixMicro(int64(f * 1000))
+		return nil, time.Time{}, err
 	}
 	var out []Ticket
-	for i := 1; i+3 < len(res); i += 4 {
-		gen, _ := res[i+1].(int64)
-		out = append(out, Ticket{ID: str(res[i]), Gen: gen, Queue: str(res[i+2]), Payload: []byte(str(res[i+3]))})
+	next := Never
+	// Each call starts at the next shard, so that under the token's limit
+	// the shards take its slots in turn.
+	first := int(s.turn.Add(1)-1) % len(sh)
+	for k := range sh {
+		i := (first + k) % len(sh)
+		ts, nx, err := s.admit(ctx, i, owner, s.c.Batch-len(out))
+		if err != nil {
+			return out, next, err
+		}
+		out = append(out, ts...)
+		if nx.Before(next) {
+			next = nx
+		}
+		if len(out) >= s.c.Batch {
+			break
+		}
 	}
 	return out, next, nil
+}
+
+// admit runs one admission pass of shard i for up to n updates. With more
+// than one shard the token's slots are taken from shard 0 first, and those
+// the pass did not use are given back.
+func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int) ([]Ticket, time.Time, error) {
+	all, err := s.all(ctx)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	sh := all[i]
+	tiv := s.intervalMS(s.c.Token)
+	var took tokens
+	if len(all) > 1 {
+		if took, err = s.takeTokens(ctx, all[0], n); err != nil {
+			return nil, time.Time{}, err
+		}
+		if took.granted == 0 {
+			return nil, took.next, nil
+		}
+		n, tiv = took.granted, -1
+	}
+	res, err := s.call(ctx, sh, "admit", n, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
+		tiv, s.intervalMS(s.c.Account), s.c.TokenBurst, owner,
+		s.credit(s.c.Token), s.credit(s.c.Account)).Slice()
+	if err != nil {
+		if took.granted > 0 {
+			s.giveTokens(ctx, all[0], took, took.granted)
+		}
+		return nil, time.Time{}, fmt.Errorf("admission: admit: %w", err)
+	}
+	next := fromPlan(str(res[0]))
+	var out []Ticket
+	for j := 1; j+3 < len(res); j += 4 {
+		gen, _ := res[j+1].(int64)
+		out = append(out, Ticket{ID: str(res[j]), Gen: gen, Queue: str(res[j+2]), Payload: []byte(str(res[j+3])), Shard: i})
+	}
+	if unused := took.granted - len(out); len(all) > 1 && unused > 0 {
+		s.giveTokens(ctx, all[0], took, unused)
+	}
+	return out, next, nil
+}
+
+// fromPlan reads a script's "when to look next" (Never for its NEVER).
+func fromPlan(v string) time.Time {
+	if f, err := strconv.ParseFloat(v, 64); err == nil && f < 1e14 {
+		return time.UnixMicro(int64(f * 1000))
+	}
+	return Never
+}
+
+// tokens is what a tokens call took of the API token's schedule.
+type tokens struct {
+	granted int
+	tat, iv string    // the schedule after it, to give slots back
+	next    time.Time // when a slot is due, when none was granted
+}
+
+func (s *Scheduler) takeTokens(ctx context.Context, home shard, n int) (tokens, error) {
+	res, err := s.call(ctx, home, "tokens", n, s.intervalMS(s.c.Token), s.c.TokenBurst, s.credit(s.c.Token)).Slice()
+	if err != nil || len(res) < 4 {
+		return tokens{}, fmt.Errorf("admission: take the token's slots: %w", err)
+	}
+	g, _ := res[0].(int64)
+	return tokens{granted: int(g), tat: str(res[1]), iv: str(res[2]), next: fromPlan(str(res[3]))}, nil
+}
+
+// giveTokens gives back k unused slots; if it fails they are lost (the
+// token sends less, never more).
+func (s *Scheduler) giveTokens(ctx context.Context, home shard, t tokens, k int) {
+	if t.iv == "0" || t.iv == "" {
+		return
+	}
+	_ = s.call(ctx, home, "untokens", k, t.tat, t.iv).Err()
 }
 
 // Started is a claimed update's place in its organization's order.
@@ -302,8 +657,8 @@ type Started struct {
 // Start claims an admitted update for the worker owner is. It reports false
 // for a stale ticket (the update was put back, or finished, since): the
 // caller must not run it.
-func (s *Scheduler) Start(ctx context.Context, id string, gen int64, owner string) (Started, bool, error) {
-	return started(id, s.run(ctx, "start", id, gen, owner, s.c.Lease.Milliseconds()))
+func (s *Scheduler) Start(ctx context.Context, account, id string, gen int64, owner string) (Started, bool, error) {
+	return started(id, s.run(ctx, account, "start", id, gen, owner, s.c.Lease.Milliseconds()))
 }
 
 func started(id string, cmd *redis.Cmd) (Started, bool, error) {
@@ -323,15 +678,22 @@ func started(id string, cmd *redis.Cmd) (Started, bool, error) {
 // Extend renews the leases owner holds on the running updates ids and
 // returns those it no longer holds (finished, put back after its lease ran
 // out, or not started by it).
-func (s *Scheduler) Extend(ctx context.Context, owner string, ids []string) ([]string, error) {
+func (s *Scheduler) Extend(ctx context.Context, shard int, owner string, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
+	}
+	all, err := s.all(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if shard < 0 || shard >= len(all) {
+		return ids, nil // a shard that no longer exists holds nothing
 	}
 	args := []any{owner, s.c.Lease.Milliseconds()}
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	lost, err := s.run(ctx, "extend", args...).StringSlice()
+	lost, err := s.call(ctx, all[shard], "extend", args...).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("admission: extend leases: %w", err)
 	}
@@ -342,9 +704,25 @@ func (s *Scheduler) Extend(ctx context.Context, owner string, ids []string) ([]s
 // organization's next update becomes ready. gen is the finishing run's
 // generation (AnyGeneration when it is not known): a run whose update was
 // put back and admitted again since finishes nothing. It reports whether the
-// update was taken out.
-func (s *Scheduler) Finish(ctx context.Context, id string, gen int64) (bool, error) {
-	n, err := s.run(ctx, "finish", id, genArg(gen)).Int64()
+// update was taken out. An empty account (a payload that could not be read)
+// finishes the update in whichever shard holds it.
+func (s *Scheduler) Finish(ctx context.Context, account, id string, gen int64) (bool, error) {
+	if account == "" {
+		cmds, err := s.each(ctx, "finish", id, genArg(gen))
+		if err != nil {
+			return false, fmt.Errorf("admission: finish %s: %w", id, err)
+		}
+		done := false
+		for _, c := range cmds {
+			n, err := c.Int64()
+			if err != nil {
+				return done, fmt.Errorf("admission: finish %s: %w", id, err)
+			}
+			done = done || n == 1
+		}
+		return done, nil
+	}
+	n, err := s.run(ctx, account, "finish", id, genArg(gen)).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: finish %s: %w", id, err)
 	}
@@ -364,8 +742,13 @@ const AnyGeneration = -1
 // Unadmit puts an admitted update that could not be handed to the queue back
 // in its lane, under a new generation. It reports false when gen is stale or
 // the update was started meanwhile.
-func (s *Scheduler) Unadmit(ctx context.Context, id string, gen int64) (bool, error) {
-	n, err := s.run(ctx, "unadmit", id, gen).Int64()
+func (s *Scheduler) Unadmit(ctx context.Context, t Ticket) (bool, error) {
+	id, gen := t.ID, t.Gen
+	all, err := s.all(ctx)
+	if err != nil || t.Shard >= len(all) {
+		return false, fmt.Errorf("admission: unadmit %s: shard %d: %v", id, t.Shard, err)
+	}
+	n, err := s.call(ctx, all[t.Shard], "unadmit", id, gen).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: unadmit %s: %w", id, err)
 	}
@@ -375,8 +758,8 @@ func (s *Scheduler) Unadmit(ctx context.Context, id string, gen int64) (bool, er
 // Retry puts a running update of generation gen back in its lane, to go
 // again no earlier than notBefore. It reports false when gen is stale (the
 // update was put back or finished meanwhile), changing nothing.
-func (s *Scheduler) Retry(ctx context.Context, id string, gen int64, notBefore time.Time) (bool, error) {
-	n, err := s.run(ctx, "retry", id, gen, ms(notBefore)).Int64()
+func (s *Scheduler) Retry(ctx context.Context, account, id string, gen int64, notBefore time.Time) (bool, error) {
+	n, err := s.run(ctx, account, "retry", id, gen, ms(notBefore)).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: retry %s: %w", id, err)
 	}
@@ -387,7 +770,7 @@ func (s *Scheduler) Retry(ctx context.Context, id string, gen int64, notBefore t
 // reset), for reason (with the HTTP status that said so). A hold only ever
 // extends.
 func (s *Scheduler) Hold(ctx context.Context, account string, until time.Time, reason string, status int) error {
-	if err := s.run(ctx, "hold", account, ms(until), reason, status).Err(); err != nil {
+	if err := s.run(ctx, account, "hold", account, ms(until), reason, status).Err(); err != nil {
 		return fmt.Errorf("admission: hold account %s: %w", account, err)
 	}
 	return nil
@@ -396,8 +779,27 @@ func (s *Scheduler) Hold(ctx context.Context, account string, until time.Time, r
 // Park freezes the account's lane until Resume. An empty account parks
 // every account (the API token was rejected). A park keeps its first reason.
 func (s *Scheduler) Park(ctx context.Context, account, reason string, status int) error {
-	if err := s.run(ctx, "park", account, reason, status).Err(); err != nil {
+	var err error
+	if account == "" {
+		err = eachErr(s.each(ctx, "park", account, reason, status))
+	} else {
+		err = s.run(ctx, account, "park", account, reason, status).Err()
+	}
+	if err != nil {
 		return fmt.Errorf("admission: park account %q: %w", account, err)
+	}
+	return nil
+}
+
+// eachErr is the first error of an each call.
+func eachErr(cmds []*redis.Cmd, err error) error {
+	if err != nil {
+		return err
+	}
+	for _, c := range cmds {
+		if c.Err() != nil && !errors.Is(c.Err(), redis.Nil) {
+			return c.Err()
+		}
 	}
 	return nil
 }
@@ -406,7 +808,22 @@ func (s *Scheduler) Park(ctx context.Context, account, reason string, status int
 // all-accounts park); its lane goes again at its limit. It reports whether
 // there was one.
 func (s *Scheduler) Resume(ctx context.Context, account string) (bool, error) {
-	n, err := s.run(ctx, "resume", account).Int64()
+	if account == "" {
+		cmds, err := s.each(ctx, "resume", account)
+		if err != nil {
+			return false, fmt.Errorf("admission: resume account %q: %w", account, err)
+		}
+		found := false
+		for _, c := range cmds {
+			n, err := c.Int64()
+			if err != nil {
+				return false, fmt.Errorf("admission: resume account %q: %w", account, err)
+			}
+			found = found || n > 0
+		}
+		return found, nil
+	}
+	n, err := s.run(ctx, account, "resume", account).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: resume account %q: %w", account, err)
 	}
@@ -455,7 +872,7 @@ func (s *Scheduler) LearnLimit(ctx context.Context, account string, lim ratelimi
 // MaxLearnedInterval, rather than every update of a failing account trying
 // and spending its budget. It returns the hold it set (0 for none).
 func (s *Scheduler) Failed(ctx context.Context, account string) (time.Duration, error) {
-	ms, err := s.run(ctx, "learn", account, "failed", 0, 1000, s.c.MaxLearnedInterval.Milliseconds(), s.c.AccountFailures).Int64()
+	ms, err := s.run(ctx, account, "learn", account, "failed", 0, 1000, s.c.MaxLearnedInterval.Milliseconds(), s.c.AccountFailures).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("admission: count a failure of account %s: %w", account, err)
 	}
@@ -499,7 +916,7 @@ func (s *Scheduler) RateLimited(ctx context.Context, account string, until time.
 
 func (s *Scheduler) learn(ctx context.Context, account, kind string, value float64) error {
 	ceiling, base := s.learnRates(account)
-	err := s.run(ctx, "learn", account, kind, s.intervalMS(ceiling), s.intervalMS(base),
+	err := s.run(ctx, account, "learn", account, kind, s.intervalMS(ceiling), s.intervalMS(base),
 		s.c.MaxLearnedInterval.Milliseconds(), value).Err()
 	if err != nil {
 		return fmt.Errorf("admission: learn the rate of account %s: %w", account, err)
@@ -522,7 +939,28 @@ func (s *Scheduler) learnRates(account string) (ceiling, base ratelimit.Limit) {
 
 // Reap puts back up to max updates whose lease ran out, and returns how many.
 func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
-	n, err := s.run(ctx, "reap", max).Int64()
+	cmds, err := s.each(ctx, "reap", max)
+	if err != nil {
+		return 0, fmt.Errorf("admission: reap expired leases: %w", err)
+	}
+	total := 0
+	for _, c := range cmds {
+		n, err := c.Int64()
+		if err != nil {
+			return total, fmt.Errorf("admission: reap expired leases: %w", err)
+		}
+		total += int(n)
+	}
+	return total, nil
+}
+
+// reap puts back up to max updates of shard i whose lease ran out.
+func (s *Scheduler) reap(ctx context.Context, i, max int) (int, error) {
+	all, err := s.all(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n, err := s.call(ctx, all[i], "reap", max).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("admission: reap expired leases: %w", err)
 	}
@@ -536,26 +974,41 @@ const minBlock = 150 * time.Millisecond
 // closed, so those failures were the upstream's, not their accounts'. It
 // returns how many lanes it released.
 func (s *Scheduler) ClearFailures(ctx context.Context) (int, error) {
-	n, err := s.run(ctx, "clearfails").Int64()
+	cmds, err := s.each(ctx, "clearfails")
 	if err != nil {
 		return 0, fmt.Errorf("admission: clear failure holds: %w", err)
 	}
-	return int(n), nil
+	total := 0
+	for _, c := range cmds {
+		n, err := c.Int64()
+		if err != nil {
+			return total, fmt.Errorf("admission: clear failure holds: %w", err)
+		}
+		total += int(n)
+	}
+	return total, nil
 }
 
-// Wake wakes one sleeping admitter (the circuit closed: the backlog may go).
+// Wake wakes one sleeping admitter of every shard (the circuit closed: the
+// backlog may go).
 func (s *Scheduler) Wake(ctx context.Context) error {
+	all, err := s.all(ctx)
+	if err != nil {
+		return err
+	}
 	pipe := s.rdb.Pipeline()
-	pipe.LPush(ctx, s.base+"notify", "1")
-	pipe.LTrim(ctx, s.base+"notify", 0, 0)
-	_, err := pipe.Exec(ctx)
+	for _, sh := range all {
+		pipe.LPush(ctx, sh.base+"notify", "1")
+		pipe.LTrim(ctx, sh.base+"notify", 0, 0)
+	}
+	_, err = pipe.Exec(ctx)
 	return err
 }
 
-// Wait blocks until an admitter is woken (work became ready sooner than
-// planned, or an operator resumed an account) or d passed. It reports whether
-// it was woken.
-func (s *Scheduler) Wait(ctx context.Context, d time.Duration) (bool, error) {
+// Wait blocks until an admitter of shard i is woken (work became ready
+// sooner than planned, or an operator resumed an account) or d passed. It
+// reports whether it was woken.
+func (s *Scheduler) Wait(ctx context.Context, i int, d time.Duration) (bool, error) {
 	if d <= 0 {
 		return false, nil
 	}
@@ -573,7 +1026,11 @@ func (s *Scheduler) Wait(ctx context.Context, d time.Duration) (bool, error) {
 	}
 	// go-redis rounds BLPOP timeouts to whole seconds; Redis takes decimals.
 	secs := strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64)
-	err := s.rdb.Do(ctx, "BLPOP", s.base+"notify", secs).Err()
+	all, err := s.all(ctx)
+	if err != nil {
+		return false, err
+	}
+	err = s.rdb.Do(ctx, "BLPOP", all[min(i, len(all)-1)].base+"notify", secs).Err()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return false, nil
@@ -606,7 +1063,7 @@ type AccountState struct {
 
 // Account reads the account's admission state.
 func (s *Scheduler) Account(ctx context.Context, account string) (AccountState, error) {
-	res, err := s.run(ctx, "account", account).Slice()
+	res, err := s.run(ctx, account, "account", account).Slice()
 	if err != nil {
 		return AccountState{}, fmt.Errorf("admission: account %s: %w", account, err)
 	}
@@ -635,17 +1092,31 @@ type Hold struct {
 // Holds lists the holds in force: the all-accounts park, parked accounts,
 // then accounts rate-limited until a time.
 func (s *Scheduler) Holds(ctx context.Context) ([]Hold, error) {
-	res, err := s.run(ctx, "holds").StringSlice()
+	cmds, err := s.each(ctx, "holds")
 	if err != nil {
 		return nil, fmt.Errorf("admission: list holds: %w", err)
 	}
-	var out []Hold
-	for i := 0; i+5 < len(res); i += 6 {
-		status, _ := strconv.Atoi(res[i+3])
-		out = append(out, Hold{Kind: res[i], Account: res[i+1], Reason: res[i+2], StatusCode: status,
-			Since: fromMS(res[i+4]), Until: fromMS(res[i+5])})
+	var parked, held []Hold
+	for k, c := range cmds {
+		res, err := c.StringSlice()
+		if err != nil {
+			return nil, fmt.Errorf("admission: list holds: %w", err)
+		}
+		for i := 0; i+5 < len(res); i += 6 {
+			if res[i+1] == "" && k > 0 {
+				continue // the all-accounts park is in every shard: shown once
+			}
+			status, _ := strconv.Atoi(res[i+3])
+			h := Hold{Kind: res[i], Account: res[i+1], Reason: res[i+2], StatusCode: status,
+				Since: fromMS(res[i+4]), Until: fromMS(res[i+5])}
+			if h.Kind == "parked" {
+				parked = append(parked, h)
+			} else {
+				held = append(held, h)
+			}
+		}
 	}
-	return out, nil
+	return append(parked, held...), nil
 }
 
 // UpdateState is where one update stands in admission.
@@ -665,9 +1136,20 @@ type UpdateState struct {
 // Update reads the update's admission state; ok is false when admission does
 // not hold it (never enqueued, or finished).
 func (s *Scheduler) Update(ctx context.Context, id string) (st UpdateState, ok bool, err error) {
-	res, err := s.run(ctx, "update", id).Slice()
+	cmds, err := s.each(ctx, "update", id)
 	if err != nil {
 		return UpdateState{}, false, fmt.Errorf("admission: update %s: %w", id, err)
+	}
+	var res []any
+	for _, c := range cmds {
+		r, err := c.Slice()
+		if err != nil {
+			return UpdateState{}, false, fmt.Errorf("admission: update %s: %w", id, err)
+		}
+		if len(r) >= 8 {
+			res = r
+			break
+		}
 	}
 	if len(res) < 8 {
 		return UpdateState{}, false, nil
@@ -690,8 +1172,8 @@ type Place struct {
 }
 
 // Line returns the organization's line, in order.
-func (s *Scheduler) Line(ctx context.Context, org string) ([]Place, error) {
-	res, err := s.run(ctx, "line", org).StringSlice()
+func (s *Scheduler) Line(ctx context.Context, account, org string) ([]Place, error) {
+	res, err := s.run(ctx, account, "line", org).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("admission: line of %s: %w", org, err)
 	}
@@ -706,6 +1188,8 @@ func (s *Scheduler) Line(ctx context.Context, org string) ([]Place, error) {
 
 // Stats is admission as a whole.
 type Stats struct {
+	// Shards is how many shards admission has.
+	Shards int `json:"shards"`
 	// Scheduled is the accounts with an update ready or waiting on a slot or hold.
 	Scheduled int64 `json:"scheduled_accounts"`
 	// Admitted is the updates handed to the queue and not yet started.
@@ -722,15 +1206,27 @@ type Stats struct {
 
 // Stats reads admission as a whole.
 func (s *Scheduler) Stats(ctx context.Context) (Stats, error) {
-	res, err := s.run(ctx, "stats").Slice()
+	cmds, err := s.each(ctx, "stats")
 	if err != nil {
 		return Stats{}, fmt.Errorf("admission: stats: %w", err)
 	}
-	st := Stats{AllParked: str(res[4]), Next: fromMS(str(res[5]))}
-	st.Scheduled, _ = res[0].(int64)
-	st.Admitted, _ = res[1].(int64)
-	st.Running, _ = res[2].(int64)
-	st.Parked, _ = res[3].(int64)
+	st := Stats{Shards: len(cmds)}
+	for k, c := range cmds {
+		res, err := c.Slice()
+		if err != nil {
+			return Stats{}, fmt.Errorf("admission: stats: %w", err)
+		}
+		if k == 0 {
+			st.AllParked = str(res[4])
+		}
+		if next := fromMS(str(res[5])); !next.IsZero() && (st.Next.IsZero() || next.Before(st.Next)) {
+			st.Next = next
+		}
+		for i, f := range []*int64{&st.Scheduled, &st.Admitted, &st.Running, &st.Parked} {
+			n, _ := res[i].(int64)
+			*f += n
+		}
+	}
 	return st, nil
 }
 
@@ -762,17 +1258,28 @@ func str(v any) string {
 // States returns the admission state of each update ("waiting", "admitted"
 // or "running"; "" when admission does not hold it), in one round trip.
 func (s *Scheduler) States(ctx context.Context, ids []string) ([]string, error) {
+	all, err := s.all(ctx)
+	if err != nil {
+		return nil, err
+	}
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.StringCmd, len(ids))
-	for i, id := range ids {
-		cmds[i] = pipe.HGet(ctx, s.base+"upd:"+id, "state")
+	cmds := make([][]*redis.StringCmd, len(all))
+	for k, sh := range all {
+		cmds[k] = make([]*redis.StringCmd, len(ids))
+		for i, id := range ids {
+			cmds[k][i] = pipe.HGet(ctx, sh.base+"upd:"+id, "state")
+		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("admission: states: %w", err)
 	}
 	out := make([]string, len(ids))
-	for i, c := range cmds {
-		out[i] = c.Val()
+	for k := range all {
+		for i, c := range cmds[k] {
+			if v := c.Val(); v != "" {
+				out[i] = v
+			}
+		}
 	}
 	return out, nil
 }

@@ -87,7 +87,7 @@ func finish(t *testing.T, s *Scheduler, ids ...string) {
 	t.Helper()
 	ctx := context.Background()
 	for _, id := range ids {
-		if _, err := s.Finish(ctx, id, AnyGeneration); err != nil {
+		if _, err := s.Finish(ctx, "", id, AnyGeneration); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -206,7 +206,7 @@ func TestBacklogDelaysNoOtherAccount(t *testing.T) {
 		}
 		pipe := rdb.Pipeline()
 		for i := range 20000 {
-			script.Run(ctx, pipe, []string{s.key}, "add", t0.UnixMilli(), fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "p-big", 0)
+			script.Run(ctx, pipe, []string{shardBase("orgsync", 0) + "accts"}, "add", t0.UnixMilli(), "1", fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "p-big", 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			t.Fatal(err)
@@ -331,13 +331,13 @@ func TestRetryWaitsItsTimeAndRefusesAStaleGeneration(t *testing.T) {
 			t.Fatalf("tickets %+v; want u1", tickets)
 		}
 		gen := tickets[0].Gen
-		if _, ok, _ := s.Start(ctx, "u1", gen, "p"); !ok {
+		if _, ok, _ := s.Start(ctx, "", "u1", gen, "p"); !ok {
 			t.Fatal("Start refused a current ticket")
 		}
-		if ok, _ := s.Retry(ctx, "u1", 0, t0); ok {
+		if ok, _ := s.Retry(ctx, "", "u1", 0, t0); ok {
 			t.Fatal("Retry accepted a stale generation")
 		}
-		if ok, _ := s.Retry(ctx, "u1", gen, t0.Add(3*time.Second)); !ok {
+		if ok, _ := s.Retry(ctx, "", "u1", gen, t0.Add(3*time.Second)); !ok {
 			t.Fatal("Retry refused the current generation")
 		}
 		got, next := admit(t, s)
@@ -358,7 +358,7 @@ func TestLeaseRunOutPutsBackUnderANewGeneration(t *testing.T) {
 		s, clk := newTest(t, rdb, Config{Lease: 10 * time.Second})
 		add(t, s, "u1", "A", "o1")
 		tickets, _, _ := s.Admit(ctx, "dead-worker")
-		if _, ok, _ := s.Start(ctx, "u1", tickets[0].Gen, "dead-worker"); !ok {
+		if _, ok, _ := s.Start(ctx, "", "u1", tickets[0].Gen, "dead-worker"); !ok {
 			t.Fatal("Start refused")
 		}
 		clk.add(9 * time.Second)
@@ -369,23 +369,23 @@ func TestLeaseRunOutPutsBackUnderANewGeneration(t *testing.T) {
 		if n, _ := s.Reap(ctx, 100); n != 1 {
 			t.Fatalf("reaped %d; want u1", n)
 		}
-		if _, ok, _ := s.Start(ctx, "u1", tickets[0].Gen, "dead-worker"); ok {
+		if _, ok, _ := s.Start(ctx, "", "u1", tickets[0].Gen, "dead-worker"); ok {
 			t.Fatal("the dead worker's stale ticket was accepted")
 		}
 		again, _, _ := s.Admit(ctx, "live-worker")
 		if len(again) != 1 || again[0].Gen <= tickets[0].Gen {
 			t.Fatalf("re-admitted %+v; want u1 under a newer generation than %d", again, tickets[0].Gen)
 		}
-		if ok, _ := s.Finish(ctx, "u1", tickets[0].Gen); ok {
+		if ok, _ := s.Finish(ctx, "", "u1", tickets[0].Gen); ok {
 			t.Error("the dead worker's run finished the update admitted again since")
 		}
-		if lost, _ := s.Extend(ctx, "dead-worker", []string{"u1"}); !cmp.Equal(lost, []string{"u1"}) {
+		if lost, _ := s.Extend(ctx, 0, "dead-worker", []string{"u1"}); !cmp.Equal(lost, []string{"u1"}) {
 			t.Errorf("Extend by the old owner lost %v; want u1", lost)
 		}
-		if _, ok, _ := s.Start(ctx, "u1", again[0].Gen, "live-worker"); !ok {
+		if _, ok, _ := s.Start(ctx, "", "u1", again[0].Gen, "live-worker"); !ok {
 			t.Fatal("the live worker could not start the update admitted again")
 		}
-		if lost, _ := s.Extend(ctx, "live-worker", []string{"u1"}); len(lost) != 0 {
+		if lost, _ := s.Extend(ctx, 0, "live-worker", []string{"u1"}); len(lost) != 0 {
 			t.Errorf("Extend by the running owner lost %v", lost)
 		}
 	})
@@ -404,10 +404,10 @@ func TestMaxAdmittedWaitsForWorkers(t *testing.T) {
 			t.Fatalf("admitted %v, next %v; want 2 and to wait for a worker", got, next)
 		}
 		st, _, _ := s.Update(ctx, got[0])
-		if _, ok, _ := s.Start(ctx, got[0], st.Gen, "w"); !ok {
+		if _, ok, _ := s.Start(ctx, "", got[0], st.Gen, "w"); !ok {
 			t.Fatal("Start refused")
 		}
-		if woken, _ := s.Wait(ctx, time.Second); !woken {
+		if woken, _ := s.Wait(ctx, 0, time.Second); !woken {
 			t.Error("a start under a binding cap woke no admitter")
 		}
 		if got, _ := admit(t, s); len(got) != 1 {
@@ -540,7 +540,7 @@ func TestHoldsUpdateStateAndLine(t *testing.T) {
 		if _, ok, _ := s.Update(ctx, "nope"); ok {
 			t.Error("an unknown id has an admission state")
 		}
-		line, _ := s.Line(ctx, "A/o1")
+		line, _ := s.Line(ctx, "A", "A/o1")
 		if diff := cmp.Diff([]Place{{"u1", base, base}, {"u2", base + 1, base + 1}, {"r1", base + 2, 1}}, line); diff != "" {
 			t.Errorf("line (-want +got):\n%s", diff)
 		}
@@ -634,7 +634,7 @@ func TestStartAfterAHoldPutsTheUpdateBack(t *testing.T) {
 		if err := s.Hold(ctx, "A", t0.Add(5*time.Second), "429", 429); err != nil {
 			t.Fatal(err)
 		}
-		st, ok, err := s.Start(ctx, "a2", tickets[1].Gen, "w")
+		st, ok, err := s.Start(ctx, "", "a2", tickets[1].Gen, "w")
 		if err != nil || ok || !st.Held {
 			t.Fatalf("Start after the hold = %+v, %v, %v; want it put back", st, ok, err)
 		}

@@ -19,22 +19,31 @@ type Leases struct {
 	s     *Scheduler
 	owner string
 	mu    sync.Mutex
-	ids   map[string]int64 // id -> the generation held
+	ids   map[string]lease // id -> the generation held, and its shard
+}
+
+type lease struct {
+	gen   int64
+	shard int
 }
 
 // NewLeases returns the lease set of the process owner.
 func NewLeases(s *Scheduler, owner string) *Leases {
-	return &Leases{s: s, owner: owner, ids: map[string]int64{}}
+	return &Leases{s: s, owner: owner, ids: map[string]lease{}}
 }
 
 // Owner is the process id the leases are held under.
 func (l *Leases) Owner() string { return l.owner }
 
-// Hold adds generation gen of id to the set.
-func (l *Leases) Hold(id string, gen int64) {
+// Hold adds generation gen of id, an update of account, to the set.
+func (l *Leases) Hold(account, id string, gen int64) {
+	shard := 0
+	if n := len(l.s.known()); n > 1 {
+		shard = shardIndex(account, n)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.ids[id] = gen
+	l.ids[id] = lease{gen: gen, shard: shard}
 }
 
 // Release drops generation gen of id from the set; a later generation of the
@@ -42,7 +51,7 @@ func (l *Leases) Hold(id string, gen int64) {
 func (l *Leases) Release(id string, gen int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if g, ok := l.ids[id]; ok && g == gen {
+	if g, ok := l.ids[id]; ok && g.gen == gen {
 		delete(l.ids, id)
 	}
 }
@@ -66,19 +75,21 @@ func (l *Leases) Len() int {
 // Renew extends every lease in the set once and drops those held no longer.
 func (l *Leases) Renew(ctx context.Context) error {
 	l.mu.Lock()
-	ids := make([]string, 0, len(l.ids))
-	for id := range l.ids {
-		ids = append(ids, id)
+	byShard := map[int][]string{}
+	for id, le := range l.ids {
+		byShard[le.shard] = append(byShard[le.shard], id)
 	}
 	l.mu.Unlock()
-	for len(ids) > 0 {
-		n := min(len(ids), 500)
-		lost, err := l.s.Extend(ctx, l.owner, ids[:n])
-		if err != nil {
-			return err
+	for shard, ids := range byShard {
+		for len(ids) > 0 {
+			n := min(len(ids), 500)
+			lost, err := l.s.Extend(ctx, shard, l.owner, ids[:n])
+			if err != nil {
+				return err
+			}
+			l.drop(lost)
+			ids = ids[n:]
 		}
-		l.drop(lost)
-		ids = ids[n:]
 	}
 	return nil
 }
@@ -146,14 +157,36 @@ func (a *Admitter) Passes() (passes, woken int64) {
 	return a.passes, a.woken
 }
 
-// Run admits until ctx ends. Redis errors are logged once per outage and retried.
+// Run admits until ctx ends: one loop per admission shard, each asleep on
+// its own shard's wake-ups. Redis errors are logged once per outage and
+// retried.
 func (a *Admitter) Run(ctx context.Context) {
+	var shards int
+	for ctx.Err() == nil {
+		n, err := a.s.Shards(ctx)
+		if err == nil {
+			shards = n
+			break
+		}
+		a.logger.Warn("admission cannot read its shard count; retrying", "error", err.Error())
+		sleep(ctx, time.Second)
+	}
+	var wg sync.WaitGroup
+	for i := range shards {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.loop(ctx, i) }()
+	}
+	wg.Wait()
+}
+
+// loop admits from shard i until ctx ends.
+func (a *Admitter) loop(ctx context.Context, i int) {
 	var lastReap time.Time
 	failing := false
 	woken := false
 	for ctx.Err() == nil {
 		if time.Since(lastReap) >= a.reap {
-			switch n, err := a.s.Reap(ctx, 1000); {
+			switch n, err := a.s.reap(ctx, i, 1000); {
 			case err != nil && !failing && ctx.Err() == nil:
 				a.logger.Warn("could not look for updates whose lease ran out; trying again", "error", err.Error())
 			case n > 0:
@@ -166,7 +199,7 @@ func (a *Admitter) Run(ctx context.Context) {
 			allow, pr, wait, err := a.gate(ctx)
 			if err == nil && !allow {
 				// Nothing goes while the circuit is open but its probes.
-				_, _ = a.s.Wait(ctx, min(max(wait, 10*time.Millisecond), a.reap))
+				_, _ = a.s.Wait(ctx, i, min(max(wait, 10*time.Millisecond), a.reap))
 				woken = false
 				continue
 			}
@@ -174,9 +207,13 @@ func (a *Admitter) Run(ctx context.Context) {
 				n, probe = 1, true
 			}
 		}
-		tickets, next, err := a.s.admit(ctx, a.leases.Owner(), n)
-		if probe && len(tickets) == 1 {
-			tickets[0].Probe = true
+		var tickets []Ticket
+		var next time.Time
+		var err error
+		if probe {
+			tickets, next, err = a.probe(ctx, i)
+		} else {
+			tickets, next, err = a.s.admit(ctx, i, a.leases.Owner(), n)
 		}
 		a.mu.Lock()
 		a.passes++
@@ -204,7 +241,7 @@ func (a *Admitter) Run(ctx context.Context) {
 			woken = false
 			continue
 		}
-		woken, err = a.s.Wait(ctx, wait)
+		woken, err = a.s.Wait(ctx, i, wait)
 		if err != nil && ctx.Err() == nil {
 			sleep(ctx, 100*time.Millisecond)
 		}
@@ -224,8 +261,32 @@ func (a *Admitter) hand(ctx context.Context, tickets []Ticket) {
 		"updates", len(rest), "error", err.Error())
 	for _, t := range rest {
 		// If this fails too, the lease runs out and the reaper puts it back.
-		_, _ = a.s.Unadmit(context.WithoutCancel(ctx), t.ID, t.Gen)
+		_, _ = a.s.Unadmit(context.WithoutCancel(ctx), t)
 	}
+}
+
+// probe admits the open circuit's one probe: from shard i, or, when it has
+// nothing ready, from the next shard that has.
+func (a *Admitter) probe(ctx context.Context, i int) ([]Ticket, time.Time, error) {
+	all, err := a.s.all(ctx)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	next := Never
+	for k := range all {
+		tickets, nx, err := a.s.admit(ctx, (i+k)%len(all), a.leases.Owner(), 1)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		if len(tickets) == 1 {
+			tickets[0].Probe = true
+			return tickets, nx, nil
+		}
+		if k == 0 {
+			next = nx
+		}
+	}
+	return nil, next, nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

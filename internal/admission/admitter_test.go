@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,12 +17,24 @@ import (
 // organization's updates one at a time and in enqueue order.
 func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 	t.Parallel()
+	for _, shards := range []int{1, 3} {
+		t.Run(fmt.Sprint(shards, "shards"), func(t *testing.T) {
+			t.Parallel()
+			severalAdmitters(t, shards)
+		})
+	}
+}
+
+func severalAdmitters(t *testing.T, shards int) {
 	srv := redistest.Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
 	const accounts, orgsPer, perOrg = 10, 15, 10
-	seed := New(srv.Client(), Config{})
+	if err := New(srv.Client(), Config{Shards: shards}).Configure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	seed := New(srv.Client(), Config{}) // a producer: follows the recorded count
 	want := accounts * orgsPer * perOrg
 	for i := range perOrg {
 		for a := range accounts {
@@ -43,7 +56,7 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 	finished := make(chan struct{}, want)
 
 	for p := range 3 {
-		s := New(srv.Client(), Config{MaxAdmitted: 16, Batch: 8})
+		s := New(srv.Client(), Config{MaxAdmitted: 16, Batch: 8, Shards: shards})
 		owner := fmt.Sprint("proc-", p)
 		leases := NewLeases(s, owner)
 		work := make(chan Ticket, 64)
@@ -61,11 +74,12 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 		for range 4 { // a worker process's concurrency
 			go func() {
 				for tk := range work {
-					_, ok, err := s.Start(ctx, tk.ID, tk.Gen, owner)
+					org := string(tk.Payload)
+					account, _, _ := strings.Cut(org, "/")
+					_, ok, err := s.Start(ctx, account, tk.ID, tk.Gen, owner)
 					if err != nil || !ok {
 						continue // stale tickets are expected only after a lease ran out
 					}
-					org := string(tk.Payload)
 					var seq int
 					fmt.Sscanf(tk.ID[len(org)+1:], "%d", &seq)
 					mu.Lock()
@@ -81,7 +95,7 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 					mu.Lock()
 					inFlight[org] = false
 					mu.Unlock()
-					if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
+					if _, err := s.Finish(ctx, account, tk.ID, tk.Gen); err != nil {
 						mu.Lock()
 						problems = append(problems, err.Error())
 						mu.Unlock()
@@ -114,8 +128,8 @@ func TestSeveralAdmittersAdmitEachUpdateOnceInOrder(t *testing.T) {
 		t.Errorf("%d updates started; want %d", len(started), want)
 	}
 	st, err := seed.Stats(ctx)
-	if err != nil || st.Admitted != 0 || st.Running != 0 || st.Scheduled != 0 {
-		t.Errorf("stats after the run: %+v, %v; want nothing left", st, err)
+	if err != nil || st.Admitted != 0 || st.Running != 0 || st.Scheduled != 0 || st.Shards != shards {
+		t.Errorf("stats after the run: %+v, %v; want nothing left, %d shards", st, err, shards)
 	}
 }
 
@@ -164,7 +178,7 @@ func TestKilledWorkersUpdatesGoAgain(t *testing.T) {
 	if err != nil || len(first) != 1 {
 		t.Fatalf("Admit = %v, %v", first, err)
 	}
-	if _, ok, _ := s.Start(ctx, "u1", first[0].Gen, "doomed"); !ok {
+	if _, ok, _ := s.Start(ctx, "", "u1", first[0].Gen, "doomed"); !ok {
 		t.Fatal("Start refused")
 	}
 	got := make(chan Ticket, 1)
@@ -179,7 +193,7 @@ func TestKilledWorkersUpdatesGoAgain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the dead worker's update did not go again")
 	}
-	if _, ok, _ := s.Start(ctx, "u1", first[0].Gen, "doomed"); ok {
+	if _, ok, _ := s.Start(ctx, "", "u1", first[0].Gen, "doomed"); ok {
 		t.Error("the dead worker's ticket is still accepted")
 	}
 }
@@ -228,7 +242,7 @@ func TestGateLetsOnlyTheProbeThrough(t *testing.T) {
 			if !tk.Probe {
 				t.Errorf("%s went through an open gate without being the probe", tk.ID)
 			}
-			if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
+			if _, err := s.Finish(ctx, "", tk.ID, tk.Gen); err != nil {
 				t.Fatal(err)
 			}
 		case <-time.After(10 * time.Second):

@@ -41,10 +41,10 @@ func BenchmarkCycle(b *testing.B) {
 			b.Fatal(err)
 		}
 		for _, tk := range tickets {
-			if _, _, err := s.Start(ctx, tk.ID, tk.Gen, "p"); err != nil {
+			if _, _, err := s.Start(ctx, "", tk.ID, tk.Gen, "p"); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
+			if _, err := s.Finish(ctx, "", tk.ID, tk.Gen); err != nil {
 				b.Fatal(err)
 			}
 			done++
@@ -72,7 +72,7 @@ func BenchmarkBacklogFairness(b *testing.B) {
 	for lo := 0; lo < b.N; lo += 5000 {
 		pipe := rdb.Pipeline()
 		for i := lo; i < min(lo+5000, b.N); i++ {
-			script.Run(ctx, pipe, []string{s.key}, "add", 0, fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "{}", 0)
+			script.Run(ctx, pipe, []string{shardBase("orgsync", 0) + "accts"}, "add", 0, "1", fmt.Sprint("big", i), "BIG", fmt.Sprint("BIG/o", i), "q", 0, "{}", 0)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			b.Fatal(err)
@@ -98,12 +98,12 @@ func BenchmarkBacklogFairness(b *testing.B) {
 			if strings.HasPrefix(tk.ID, "small") {
 				small++
 			}
-			if _, err := s.Finish(ctx, tk.ID, tk.Gen); err != nil {
+			if _, err := s.Finish(ctx, "", tk.ID, tk.Gen); err != nil {
 				b.Fatal(err)
 			}
 		}
 		if d := time.Until(next); d > 0 {
-			_, _ = s.Wait(ctx, d)
+			_, _ = s.Wait(ctx, 0, d)
 		}
 	}
 	b.ReportMetric(time.Since(start).Seconds(), "s-for-the-200")

@@ -1,7 +1,9 @@
 -- Admission: updates wait here, in Redis, until they can be sent now.
 --
--- Every key is under one hash tag (KEYS[1] is "<prefix>:{adm}:accts"), so the
--- whole script runs on one Redis Cluster slot. Times are milliseconds, from
+-- Every key of a shard is under one hash tag (KEYS[1] is "<prefix>:{adm}:accts"
+-- for shard 0, "<prefix>:{adm:<i>}:accts" for shard i), so each call runs on
+-- one Redis Cluster slot. An account lives in one shard; the API token's
+-- schedule lives in shard 0 (ops tokens/untokens). Times are milliseconds, from
 -- Redis's clock unless the caller passes one (tests).
 --
 --   accts          ZSET account -> when it may next send (only accounts with
@@ -26,6 +28,8 @@
 --   plan           STRING when the sleeping admitters look next
 --   notify         LIST one token wakes one sleeping admitter
 --   seq            STRING the last sequence number given out
+--   shards         STRING how many shards admission has (absent: 1); adds
+--                  naming another count are refused
 local ACCTS = KEYS[1]
 local B = string.sub(ACCTS, 1, -6)
 local op = ARGV[1]
@@ -112,15 +116,38 @@ local function add(id, a, o, q, nb, pl, origin)
   return seq
 end
 
+-- sharded refuses an add routed under another shard count than the one in
+-- force (a producer that read it before an operator changed it).
+local function sharded(n)
+  local cur = redis.call('GET', B .. 'shards') or '1'
+  if cur ~= n then
+    return redis.error_reply('SHARDS admission has ' .. cur .. ' shards, not ' .. n)
+  end
+  return nil
+end
+
+-- empty says whether the shard holds no update at all: every update is in a
+-- scheduled account's lane, admitted, running, or in a parked account's.
+local function empty()
+  for _, k in ipairs({'admitted', 'running'}) do
+    if redis.call('ZCARD', B .. k) > 0 then return false end
+  end
+  return redis.call('ZCARD', ACCTS) == 0 and redis.call('SCARD', B .. 'parked') == 0
+end
+
 if op == 'add' then
-  -- id, account, org, queue, not_before, payload, origin (0: this enqueue)
-  return add(ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+  -- shards, id, account, org, queue, not_before, payload, origin (0: this enqueue)
+  local bad = sharded(ARGV[3])
+  if bad then return bad end
+  return add(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 
 elseif op == 'addmany' then
-  -- the arguments of add, seven per update, in enqueue order; returns the
-  -- sequence number (or 0) of each.
+  -- shards, then the arguments of add, seven per update, in enqueue order;
+  -- returns the sequence number (or 0) of each.
+  local bad = sharded(ARGV[3])
+  if bad then return bad end
   local out = {}
-  for i = 3, #ARGV, 7 do
+  for i = 4, #ARGV, 7 do
     table.insert(out, add(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]))
   end
   return out
@@ -143,8 +170,16 @@ elseif op == 'admit' then
     return {num(NEVER)}
   end
   local inAdm = redis.call('ZCARD', B .. 'admitted')
-  local ttat = tonumber(redis.call('GET', B .. 'token') or '0')
-  tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
+  -- token_iv < 0: the token's slots were taken from shard 0 for this pass
+  -- (op tokens), and n is how many.
+  local paced = tiv >= 0
+  local ttat = 0
+  if paced then
+    ttat = tonumber(redis.call('GET', B .. 'token') or '0')
+    tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
+  else
+    tiv = 0
+  end
   local count = 0
   local done = false
   for _ = 1, 4 * n + 4 do
@@ -193,7 +228,7 @@ elseif op == 'admit' then
     end
   end
   if not done then nxt = now end -- stopped at n, or at the loop's bound: more may be ready
-  if tiv > 0 and ttat > now then redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000) end
+  if paced and tiv > 0 and ttat > now then redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000) end
   redis.call('SET', B .. 'plan', num(nxt))
   table.insert(out, 1, num(nxt))
   return out
@@ -483,6 +518,58 @@ elseif op == 'line' then
     out[#out + 1] = redis.call('HGET', ukey(ids[i]), 'og') or ids[i + 1]
   end
   return out
+
+elseif op == 'tokens' then
+  -- n, token_iv, token_burst, token_credit (shard 0 only): takes up to n of
+  -- the API token's slots due now, for one admission pass of a shard.
+  -- Returns {granted, tat, iv, next}: give the unused ones back with
+  -- untokens(tat, iv); next is when a slot is next due (none granted).
+  local n, tiv, burst, tcredit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  if redis.call('EXISTS', B .. 'parked_all') == 1 then return {0, '0', '0', num(NEVER)} end
+  local ttat = tonumber(redis.call('GET', B .. 'token') or '0')
+  tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
+  local slack = (burst - 1) * tiv
+  if ttat - now > slack then return {0, '0', '0', num(ttat - slack)} end
+  if tiv <= 0 then return {n, '0', '0', num(now)} end
+  local g = 0
+  while g < n and ttat - now <= slack do
+    ttat = math.max(ttat, now - tcredit * tiv) + tiv
+    g = g + 1
+  end
+  redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000)
+  return {g, num(ttat), num(tiv), num(ttat - slack)}
+
+elseif op == 'untokens' then
+  -- k, tat, iv: gives back k slots of a tokens call that left the token's
+  -- next slot at tat, if no one has taken one since (else they are lost:
+  -- the pass sends less, never more).
+  local k, tat, tiv = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+  local cur = redis.call('GET', B .. 'token')
+  if cur == tat and tiv > 0 then
+    local back = tonumber(tat) - k * tiv
+    if back > now then
+      redis.call('SET', B .. 'token', num(back), 'PX', math.ceil(back - now) + 1000)
+    else
+      redis.call('DEL', B .. 'token')
+    end
+    return k
+  end
+  return 0
+
+elseif op == 'setshards' then
+  -- n: the shard count in force. Changed only while the shard holds no
+  -- update (returns 1), or already n (1); 0: refused.
+  local cur = redis.call('GET', B .. 'shards') or '1'
+  if cur == ARGV[3] then return 1 end
+  if not empty() then return 0 end
+  if ARGV[3] == '1' then redis.call('DEL', B .. 'shards') else redis.call('SET', B .. 'shards', ARGV[3]) end
+  return 1
+
+elseif op == 'empty' then
+  -- {1 or 0, the shard count this shard has recorded}
+  local e = 0
+  if empty() then e = 1 end
+  return {e, redis.call('GET', B .. 'shards') or '1'}
 
 elseif op == 'stats' then
   local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')

@@ -83,8 +83,12 @@ type Config struct {
 	AccountRate  ratelimit.Limit
 	TokenRate    ratelimit.Limit
 	RateHeadroom float64
-	// MaxAdmitted bounds the updates admitted and not yet started, all workers together.
+	// MaxAdmitted bounds the updates admitted and not yet started, all
+	// workers together, in each admission shard.
 	MaxAdmitted int
+	// Shards is how many hash slots admission spreads the accounts over (a
+	// Redis Cluster's masters); every worker must name the same count.
+	Shards int
 	// Lease is how long a silent worker's admitted or running updates stay its.
 	Lease time.Duration
 	// AccountFailures is how many transient failures of an account in a row hold its lane.
@@ -122,7 +126,8 @@ var settings = []setting{
 	{"shutdown-timeout", "ORGSYNC_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout.String(), "on SIGTERM, time for in-flight updates to finish before they are handed back"},
 	{"poll-interval", "ORGSYNC_POLL_INTERVAL", DefaultPollInterval.String(), "how often an idle worker looks for work"},
 	{"retry-poll-interval", "ORGSYNC_RETRY_POLL_INTERVAL", DefaultRetryPollInterval.String(), "how often asynq re-queues a run that ended in Redis trouble"},
-	{"max-admitted", "ORGSYNC_MAX_ADMITTED", strconv.Itoa(admission.DefaultMaxAdmitted), "updates admitted to the queue and not yet started, all workers together"},
+	{"max-admitted", "ORGSYNC_MAX_ADMITTED", strconv.Itoa(admission.DefaultMaxAdmitted), "updates admitted to the queue and not yet started, all workers together, per shard"},
+	{"shards", "ORGSYNC_SHARDS", "1", "hash slots admission spreads the integrated accounts over (on a Redis Cluster, about one per master); the same on every worker; changed only while nothing waits, 1 to " + strconv.Itoa(admission.MaxShards)},
 	{"lease", "ORGSYNC_LEASE", admission.DefaultLease.String(), "how long an admitted or running update stays with a worker that stopped heartbeating (a killed worker's updates go again after this)"},
 	{"log-level", "ORGSYNC_LOG_LEVEL", "info", "debug, info, warn or error"},
 	{"account-rate", "ORGSYNC_ACCOUNT_RATE", ratelimit.DefaultAccountLimit.String(), "requests per integrated account, N/window, shared by all workers; 0 = no limit"},
@@ -215,8 +220,12 @@ func LoadConfig(args []string, lookup func(string) (string, bool), usage io.Writ
 			MaxAge:    duration("max-age", false),
 		},
 		MaxAdmitted:     integer("max-admitted", 1),
+		Shards:          integer("shards", 1),
 		AccountFailures: integer("account-failures", 1),
 		Lease:           duration("lease", false),
+	}
+	if c.Shards > admission.MaxShards {
+		bad("shards", fmt.Sprintf("a whole number from 1 to %d", admission.MaxShards))
 	}
 	rate := func(name string) ratelimit.Limit {
 		l, err := ratelimit.Parse(get(name))

@@ -201,15 +201,33 @@ func (p *pipeline) states(keys []string) map[tasks.State]int {
 // TestPipelineEveryUpdateAppliedOnce runs updates through transient faults
 // (errors before and after applying, connection resets) and checks, from the
 // fake's own counts, that every update applied exactly once.
+// With three admission shards the accounts spread over three hash slots and
+// the same holds.
 func TestPipelineEveryUpdateAppliedOnce(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct{ shards, n int }{{1, 1500}, {3, 900}} {
+		t.Run(fmt.Sprint(tc.shards, "shards"), func(t *testing.T) {
+			t.Parallel()
+			appliedOnce(t, tc.shards, tc.n)
+		})
+	}
+}
+
+func appliedOnce(t *testing.T, shards, n int) {
 	faults := trutotest.Faults{
 		ErrorRates:      map[int]float64{500: 0.05, 503: 0.05, 408: 0.02},
 		AfterApplyRates: map[int]float64{502: 0.05, 504: 0.03},
 	}
-	p := startPipeline(t, faults, nil)
-	const n = 1500
+	p := startPipeline(t, faults, func(c *Config) { c.Shards = shards })
 	keys := p.enqueue(n, func(i int) string { return fmt.Sprintf("acct-%02d", i%15) })
+	if shards > 1 {
+		// Every shard holds some of the accounts' lanes.
+		for i := 1; i < shards; i++ {
+			if n, err := p.rdb.Keys(context.Background(), fmt.Sprintf("orgsync:{adm:%d}:acct:*", i)).Result(); err != nil || len(n) == 0 {
+				t.Errorf("shard %d holds no account (%v)", i, err)
+			}
+		}
+	}
 	p.waitAllCompleted(keys, 2*time.Minute)
 	stats := p.fake.Stats()
 	c := p.fake.CountEffects(p.sentKeys(keys))

@@ -87,7 +87,12 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	}
 	w.rdb.AddHook(redisWatch{w})
 	sched := admission.New(w.rdb, admission.Config{Account: cfg.AccountRate, Token: cfg.TokenRate,
-		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease, AccountFailures: cfg.AccountFailures})
+		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease, AccountFailures: cfg.AccountFailures,
+		Shards: max(cfg.Shards, 1)})
+	if err := sched.Configure(ctx); err != nil {
+		w.close()
+		return nil, err
+	}
 	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched),
 		tasks.WithEventsMaxLen(eventsMaxLen(cfg.EventsMaxLen)))
 	w.leases = admission.NewLeases(sched, processID())
