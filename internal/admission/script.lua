@@ -565,12 +565,6 @@ elseif op == 'setshards' then
   if ARGV[3] == '1' then redis.call('DEL', B .. 'shards') else redis.call('SET', B .. 'shards', ARGV[3]) end
   return 1
 
-elseif op == 'empty' then
-  -- {1 or 0, the shard count this shard has recorded}
-  local e = 0
-  if empty() then e = 1 end
-  return {e, redis.call('GET', B .. 'shards') or '1'}
-
 elseif op == 'stats' then
   local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
   return {redis.call('ZCARD', ACCTS), redis.call('ZCARD', B .. 'admitted'), redis.call('ZCARD', B .. 'running'),

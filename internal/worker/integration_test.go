@@ -3,9 +3,11 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/admission"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
@@ -375,3 +378,32 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 }
 
 func jsonRaw(s string) json.RawMessage { return json.RawMessage(s) }
+
+// TestShardCountChangeRefusedWhileUpdatesWait: a worker started with another
+// --shards than the one updates wait under refuses to start, saying which
+// count to use, and changes nothing; once drained, the new count is taken.
+func TestShardCountChangeRefusedWhileUpdatesWait(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	store := tasks.NewStore(rdb)
+	producer := tasks.NewProducer(store)
+	t.Cleanup(func() { _ = producer.Close() })
+	if _, err := producer.Enqueue(ctx, tasks.Update{ID: "org-1", IntegratedAccountID: "acct-1", Body: json.RawMessage(`{"a":1}`)}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(srv.URL(), "http://127.0.0.1:1")
+	cfg.AdminAddr, cfg.Shards = "", 3
+	_, err := New(ctx, cfg, WithRedis(rdb), WithLogger(NewLogger(io.Discard, "error")))
+	if err == nil || !strings.Contains(err.Error(), "--shards 1") || !errors.Is(err, admission.ErrShards) {
+		t.Fatalf("New with --shards 3 while an update waits under 1: %v; want an error naming --shards 1", err)
+	}
+	if n, _ := store.Scheduler().Shards(ctx); n != 1 {
+		t.Errorf("after the refusal producers route by %d shards; want 1", n)
+	}
+	st, err := store.Scheduler().Stats(ctx)
+	if err != nil || st.Scheduled != 1 {
+		t.Errorf("the waiting update: admission stats %+v, %v; want it still scheduled", st, err)
+	}
+}
