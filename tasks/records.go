@@ -148,7 +148,7 @@ func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
 // once the pipeline has run.
 func (s *Store) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) func() (Record, error) {
 	all := pipe.HGetAll(ctx, s.recKey(taskID))
-	dead := pipe.HExists(ctx, s.dlqRecords(), taskID)
+	dead := s.deadIn(ctx, pipe, taskID)
 	return func() (Record, error) {
 		if err := errors.Join(all.Err(), dead.Err()); err != nil {
 			return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
