@@ -110,25 +110,47 @@ func (s *Store) deadIn(ctx context.Context, pipe redis.Pipeliner, taskID string)
 
 // PutDeadLetter writes (or overwrites) the dead letter of d.TaskID.
 func (s *Store) PutDeadLetter(ctx context.Context, d DeadLetter) error {
+	_, err := s.putDeadLetter(ctx, d, false)
+	return err
+}
+
+// deadLettered writes the dead letter d and marks the ledger dead (as
+// markDead) in one transaction: the record and the ledger share the update's
+// hash slot, so a later run finds both or neither. It returns the runs the
+// update is in.
+func (s *Store) deadLettered(ctx context.Context, d DeadLetter) ([]string, error) {
+	return s.putDeadLetter(ctx, d, true)
+}
+
+func (s *Store) putDeadLetter(ctx context.Context, d DeadLetter, mark bool) ([]string, error) {
 	b, err := json.Marshal(d)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The index entry first, in a round trip of its own (its bucket is in
 	// another slot, on a cluster perhaps another master): see the layout.
 	z := redis.Z{Score: float64(d.DeadAt.UnixMilli()), Member: d.TaskID}
 	if err := s.rdb.ZAdd(ctx, s.deadIndexOf(d.TaskID), z).Err(); err != nil {
-		return fmt.Errorf("write dead letter %s: %w", d.TaskID, err)
+		return nil, fmt.Errorf("write dead letter %s: %w", d.TaskID, err)
 	}
-	if err := s.rdb.Set(ctx, s.deadKey(d.TaskID), b, 0).Err(); err != nil {
-		return fmt.Errorf("write dead letter %s: %w", d.TaskID, err)
+	pipe := s.rdb.TxPipeline()
+	pipe.Set(ctx, s.deadKey(d.TaskID), b, 0)
+	var fields *redis.StringSliceCmd
+	if mark {
+		fields = s.markDeadIn(ctx, pipe, d.TaskID, d.Reason)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("write dead letter %s: %w", d.TaskID, err)
 	}
 	if d.IdempotencyKey != "" && d.Update.IntegratedAccountID != "" {
 		// Keeps the dead letter findable by its key alone a while longer;
 		// with the account given it is always found.
 		_ = s.noteKey(ctx, d.Update.IntegratedAccountID, d.IdempotencyKey)
 	}
-	return nil
+	if fields == nil {
+		return nil, nil
+	}
+	return runsOf(fields.Val()), nil
 }
 
 // DeadLetter returns one dead letter by task id, or ErrNotFound.

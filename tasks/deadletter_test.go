@@ -260,6 +260,29 @@ func TestDeadLetterRecordAndCount(t *testing.T) {
 	}
 }
 
+// TestDeadLetteredMarksTheLedgerInOneTransaction: the handler's write puts
+// the record and the ledger's dead state in one MULTI on the update's slot.
+func TestDeadLetteredMarksTheLedgerInOneTransaction(t *testing.T) {
+	t.Parallel()
+	s, _ := realStore(t)
+	ctx := context.Background()
+	id := TaskID("acct", "k")
+	if tag(s.deadKey(id)) != tag(s.recKey(id)) {
+		t.Fatalf("%s and %s have different hash tags", s.deadKey(id), s.recKey(id))
+	}
+	if _, err := s.addToRun(ctx, "r", []runEntry{{1, id, "k"}}); err != nil {
+		t.Fatal(err)
+	}
+	runs, err := s.deadLettered(ctx, DeadLetter{TaskID: id, Reason: "gone", DeadAt: deadAtMS(0)})
+	if err != nil || !slices.Equal(runs, []string{"r"}) {
+		t.Fatalf("deadLettered = %v, %v; want the run r", runs, err)
+	}
+	rec, err := s.Get(ctx, id)
+	if err != nil || rec.State != StatusDead || rec.LastError != "gone" || !rec.DeadLettered {
+		t.Errorf("ledger after deadLettered: %+v, %v", rec, err)
+	}
+}
+
 // tag is the part of a key Redis Cluster hashes.
 func tag(key string) string {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
