@@ -69,6 +69,8 @@ func (d DeadLetter) payloadVersion() int {
 // entry. A write stopped between its two steps (Redis failing, a crash) can
 // leave an index entry without a record, which the readers skip and
 // CountDeadLetters counts; never a record the index does not list.
+// (MigrateLegacyDeadLetters copies a record before its index entry, but
+// keeps the old copy until both are written.)
 
 // deadLetterBuckets is how many sorted sets the dead-letter time index is
 // split over. It is part of the key layout, not a tunable: a task id's bucket
@@ -484,4 +486,173 @@ func (b *bucketScan) took(ctx context.Context, rdb redis.UniversalClient, page [
 		b.done = true // the last page: buf holds the rest
 	}
 	return nil
+}
+
+// The layout before the dead-letter store spread over the cluster: every dead
+// letter in one hash and one sorted set, under one hash tag.
+func (s *Store) legacyDeadRecords() string { return s.prefix + ":{dlq}:records" }
+func (s *Store) legacyDeadIndex() string   { return s.prefix + ":{dlq}:index" }
+
+// legacyMoveBatch is how many dead letters one step of
+// MigrateLegacyDeadLetters moves.
+const legacyMoveBatch = 500
+
+// dropLegacyDeadLetters removes from the old layout (KEYS[1] the hash,
+// KEYS[2] the index) the dead letters just copied to the new one, ARGV being
+// pairs of task id and the index score copied ("" for a record the index did
+// not list). A dead letter whose index entry has changed since it was read
+// (an older worker wrote it again) stays, for the next step. It returns how
+// many records it removed.
+var dropLegacyDeadLetters = redis.NewScript(`
+local n = 0
+for i = 1, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if (not s and ARGV[i+1] == '') or (s and ARGV[i+1] ~= '' and tonumber(s) == tonumber(ARGV[i+1])) then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[2], ARGV[i])
+  end
+end
+return n`)
+
+// MigrateLegacyDeadLetters moves the dead letters of the old layout (one hash
+// and one index under {dlq}) to the per-update records and the index buckets,
+// in batches of legacyMoveBatch, oldest first, and deletes what it moved. It
+// returns how many it moved.
+//
+// It can be run again (what it has moved is gone from the old keys), and by
+// several processes at once: each batch is copied first, without overwriting
+// (SET NX, ZADD NX: a dead letter already in the new layout is newer), then
+// removed from the old keys by dropLegacyDeadLetters, whose count says which
+// process removed each record, so the counts add up to the records moved. A
+// process stopped half-way leaves copies whose originals the next run copies
+// again (no-ops) and removes. One race is left: a dead letter that one run
+// has moved and an operator then replays or purges, within the few
+// milliseconds between another run's read of the same batch and its copy, is
+// written back by that other run; it is listed again, and its replay finds
+// the update already back and only removes it.
+func (s *Store) MigrateLegacyDeadLetters(ctx context.Context) (int, error) {
+	recs, idx := s.legacyDeadRecords(), s.legacyDeadIndex()
+	if n, err := s.rdb.Exists(ctx, recs, idx).Result(); err != nil || n == 0 {
+		if err != nil {
+			err = fmt.Errorf("look for dead letters of the old layout: %w", err)
+		}
+		return 0, err
+	}
+	moved := 0
+	for {
+		// By the index, oldest first.
+		zs, err := s.rdb.ZRangeWithScores(ctx, idx, 0, legacyMoveBatch-1).Result()
+		if err != nil {
+			return moved, fmt.Errorf("read the old dead-letter index: %w", err)
+		}
+		if len(zs) > 0 {
+			ids := make([]string, len(zs))
+			for i, z := range zs {
+				ids[i] = z.Member.(string)
+			}
+			raws, err := s.rdb.HMGet(ctx, recs, ids...).Result()
+			if err != nil {
+				return moved, fmt.Errorf("read the old dead letters: %w", err)
+			}
+			batch := make([]legacyDead, len(zs))
+			for i, z := range zs {
+				batch[i] = legacyDead{id: ids[i], score: z.Score, indexed: true}
+				batch[i].record, _ = raws[i].(string)
+			}
+			n, err := s.moveLegacy(ctx, batch)
+			moved += n
+			if err != nil {
+				return moved, err
+			}
+			continue
+		}
+		// Then any record the index did not list (none is expected: the old
+		// layout wrote both in one transaction), at the time it died.
+		seen, n, err := s.moveUnindexed(ctx)
+		moved += n
+		if err != nil || seen == 0 {
+			return moved, err
+		}
+	}
+}
+
+// moveUnindexed moves the records of the old hash that its index does not
+// list, in one pass over the hash. It returns how many it saw and moved.
+func (s *Store) moveUnindexed(ctx context.Context) (seen, moved int, err error) {
+	var cursor uint64
+	for {
+		kv, next, err := s.rdb.HScan(ctx, s.legacyDeadRecords(), cursor, "", legacyMoveBatch).Result()
+		if err != nil {
+			return seen, moved, fmt.Errorf("read the old dead letters: %w", err)
+		}
+		var batch []legacyDead
+		for i := 0; i+1 < len(kv); i += 2 {
+			e := legacyDead{id: kv[i], record: kv[i+1]}
+			var d DeadLetter
+			if json.Unmarshal([]byte(e.record), &d) == nil {
+				e.score = float64(d.DeadAt.UnixMilli())
+			}
+			batch = append(batch, e)
+		}
+		seen += len(batch)
+		if len(batch) > 0 {
+			n, err := s.moveLegacy(ctx, batch)
+			moved += n
+			if err != nil {
+				return seen, moved, err
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return seen, moved, nil
+		}
+	}
+}
+
+// legacyDead is one dead letter of the old layout.
+type legacyDead struct {
+	id      string
+	record  string  // "" when the index listed a record that is gone
+	score   float64 // when it died (ms)
+	indexed bool    // the old index listed it, with score
+}
+
+// moveLegacy copies batch to the new layout, records first, then removes it
+// from the old one. It returns how many old records it removed.
+func (s *Store) moveLegacy(ctx context.Context, batch []legacyDead) (int, error) {
+	// Records first, then index entries: a record copied without its entry
+	// is still in the old layout, and the next run copies it again.
+	pipe := s.rdb.Pipeline()
+	byBucket := map[int][]redis.Z{}
+	for _, e := range batch {
+		if e.record != "" {
+			pipe.SetNX(ctx, s.deadKey(e.id), e.record, 0)
+			k := deadBucket(e.id)
+			byBucket[k] = append(byBucket[k], redis.Z{Score: e.score, Member: e.id})
+		}
+	}
+	if len(byBucket) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, fmt.Errorf("copy dead letters: %w", err)
+		}
+		pipe = s.rdb.Pipeline()
+		for k, zs := range byBucket {
+			pipe.ZAddNX(ctx, s.deadIndexKey(k), zs...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, fmt.Errorf("index dead letters: %w", err)
+		}
+	}
+	args := make([]any, 0, 2*len(batch))
+	for _, e := range batch {
+		sc := ""
+		if e.indexed {
+			sc = score(e.score)
+		}
+		args = append(args, e.id, sc)
+	}
+	n, err := dropLegacyDeadLetters.Run(ctx, s.rdb, []string{s.legacyDeadRecords(), s.legacyDeadIndex()}, args...).Int()
+	if err != nil {
+		return 0, fmt.Errorf("remove moved dead letters from the old layout: %w", err)
+	}
+	return n, nil
 }

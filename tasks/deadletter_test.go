@@ -2,12 +2,14 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -342,5 +344,164 @@ func TestDeadLetterBucketsSpreadOverMasters(t *testing.T) {
 		if n < 3 || n > 8 {
 			t.Errorf("master %d holds %d of %d buckets (%v)", m, n, deadLetterBuckets, perMaster)
 		}
+	}
+}
+
+// TestDeadLettersSpreadOverKeys: 20,000 dead letters (written in the old
+// layout, moved, and some written new) leave no key holding more than an
+// eighth of them: one record per key, the index over 16 buckets.
+func TestDeadLettersSpreadOverKeys(t *testing.T) {
+	t.Parallel()
+	s, rdb := realStore(t)
+	ctx := context.Background()
+	const n, direct = 20_000, 200
+	ids := testIDs(n)
+	writeLegacy(t, s, rdb, ids[direct:], func(i int) time.Time { return deadAtMS(i) })
+	putDead(t, s, ids[:direct], func(i int) time.Time { return deadAtMS(n + i) })
+	moved, err := s.MigrateLegacyDeadLetters(ctx)
+	if err != nil || moved != n-direct {
+		t.Fatalf("MigrateLegacyDeadLetters = %d, %v; want %d", moved, err, n-direct)
+	}
+	if c, _ := s.CountDeadLetters(ctx); c != n {
+		t.Fatalf("CountDeadLetters = %d, want %d", c, n)
+	}
+	largest, largestKey, keys := int64(0), "", 0
+	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		keys++
+		var size int64
+		switch typ := rdb.Type(ctx, k).Val(); typ {
+		case "zset":
+			size = rdb.ZCard(ctx, k).Val()
+		case "hash":
+			size = rdb.HLen(ctx, k).Val()
+		case "string":
+			size = 1
+		default:
+			t.Errorf("%s is a %s", k, typ)
+		}
+		if size > largest {
+			largest, largestKey = size, k
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d keys; the largest, %s, holds %d of %d dead letters", keys, largestKey, largest, n)
+	if largest > n/8 {
+		t.Errorf("%s holds %d of %d dead letters, more than an eighth", largestKey, largest, n)
+	}
+	if keys < n {
+		t.Errorf("%d keys for %d dead letters", keys, n)
+	}
+}
+
+// writeLegacy writes dead letters of ids in the old layout (one hash, one
+// index), as a version before the buckets did.
+func writeLegacy(t *testing.T, s *Store, rdb *redis.Client, ids []string, at func(i int) time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	for start := 0; start < len(ids); start += 1000 {
+		pipe := rdb.Pipeline()
+		for i := start; i < min(start+1000, len(ids)); i++ {
+			b, _ := json.Marshal(DeadLetter{TaskID: ids[i], Class: ClassExhausted, StatusCode: 422, DeadAt: at(i)})
+			pipe.HSet(ctx, s.legacyDeadRecords(), ids[i], b)
+			pipe.ZAdd(ctx, s.legacyDeadIndex(), redis.Z{Score: float64(at(i).UnixMilli()), Member: ids[i]})
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestMigrateLegacyDeadLetters moves a hand-written old layout, including an
+// index entry whose record is gone, a record the index lost and a dead letter
+// already in the new layout; a second run moves nothing.
+func TestMigrateLegacyDeadLetters(t *testing.T) {
+	t.Parallel()
+	s, rdb := realStore(t)
+	ctx := context.Background()
+	ids := testIDs(1203)
+	at := map[string]time.Time{}
+	for i, id := range ids {
+		at[id] = deadAtMS(i % 97)
+	}
+	writeLegacy(t, s, rdb, ids[:1200], func(i int) time.Time { return at[ids[i]] })
+	// An index entry without its record, a record without its index entry.
+	rdb.ZAdd(ctx, s.legacyDeadIndex(), redis.Z{Score: 1, Member: ids[1200]})
+	b, _ := json.Marshal(DeadLetter{TaskID: ids[1201], DeadAt: at[ids[1201]]})
+	rdb.HSet(ctx, s.legacyDeadRecords(), ids[1201], b)
+	// Dead again since, in the new layout: the newer record stays.
+	newer := DeadLetter{TaskID: ids[7], Reason: "newer", DeadAt: deadAtMS(500)}
+	if err := s.PutDeadLetter(ctx, newer); err != nil {
+		t.Fatal(err)
+	}
+	at[ids[7]] = newer.DeadAt
+	n, err := s.MigrateLegacyDeadLetters(ctx)
+	if err != nil || n != 1201 {
+		t.Fatalf("MigrateLegacyDeadLetters = %d, %v; want 1201 (1200 indexed, 1 the index lost)", n, err)
+	}
+	if k := rdb.Exists(ctx, s.legacyDeadRecords(), s.legacyDeadIndex()).Val(); k != 0 {
+		t.Errorf("%d old keys left", k)
+	}
+	want := oldestFirst(append(slices.Clone(ids[:1200]), ids[1201]), at)
+	if got := visit(t, s, Filter{}, deadIndexPage); !slices.Equal(got, want) {
+		t.Errorf("after the move %d dead letters, want %d oldest first (first difference at %d)", len(got), len(want), firstDiff(got, want))
+	}
+	if d, _ := s.DeadLetter(ctx, ids[7]); d.Reason != "newer" {
+		t.Errorf("the dead letter already in the new layout was overwritten: %+v", d)
+	}
+	if d, err := s.DeadLetter(ctx, ids[1199]); err != nil || d.StatusCode != 422 || !d.DeadAt.Equal(at[ids[1199]]) {
+		t.Errorf("a moved dead letter reads %+v, %v", d, err)
+	}
+	if n, err := s.MigrateLegacyDeadLetters(ctx); err != nil || n != 0 {
+		t.Errorf("a second run = %d, %v; want 0", n, err)
+	}
+	if c, _ := s.CountDeadLetters(ctx); c != 1201 {
+		t.Errorf("CountDeadLetters = %d, want 1201", c)
+	}
+}
+
+// TestMigrateLegacyDeadLettersConcurrently: four processes migrating at once
+// move every dead letter once between them.
+func TestMigrateLegacyDeadLettersConcurrently(t *testing.T) {
+	t.Parallel()
+	s, rdb := realStore(t)
+	ctx := context.Background()
+	ids := testIDs(3000)
+	writeLegacy(t, s, rdb, ids, func(i int) time.Time { return deadAtMS(i % 50) })
+	var wg sync.WaitGroup
+	counts := make([]int, 4)
+	errs := make([]error, 4)
+	for w := range counts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			other := NewStore(redis.NewClient(&redis.Options{Addr: rdb.Options().Addr}))
+			defer other.rdb.Close()
+			counts[w], errs[w] = other.MigrateLegacyDeadLetters(ctx)
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for w := range counts {
+		if errs[w] != nil {
+			t.Errorf("migration %d: %v", w, errs[w])
+		}
+		total += counts[w]
+	}
+	t.Logf("moved by each: %v", counts)
+	if total != len(ids) {
+		t.Errorf("moved %d in all, want %d", total, len(ids))
+	}
+	if c, _ := s.CountDeadLetters(ctx); c != int64(len(ids)) {
+		t.Errorf("CountDeadLetters = %d, want %d", c, len(ids))
+	}
+	if got := visit(t, s, Filter{}, deadIndexPage); len(got) != len(ids) {
+		t.Errorf("EachDeadLetter gave %d, want %d", len(got), len(ids))
+	}
+	if k := rdb.Exists(ctx, s.legacyDeadRecords(), s.legacyDeadIndex()).Val(); k != 0 {
+		t.Errorf("%d old keys left", k)
 	}
 }
