@@ -131,8 +131,8 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 		k := p.store.keyIndexKey(t.pl.IdempotencyKey)
 		pipe.SAdd(ctx, k, t.pl.IntegratedAccountID)
 		pipe.Expire(ctx, k, p.store.ttl+DefaultMaxAge)
-		t.dead = pipe.HExists(ctx, p.store.dlqRecords(), t.id)
-		t.legacy = pipe.HExists(ctx, p.store.dlqRecords(), LegacyTaskID(t.pl.IdempotencyKey))
+		t.dead = p.store.deadIn(ctx, pipe, t.id)
+		t.legacy = p.store.deadIn(ctx, pipe, LegacyTaskID(t.pl.IdempotencyKey))
 		t.queuedOld = pipe.Exists(ctx, "asynq:{"+cfg.queue+"}:t:"+LegacyTaskID(t.pl.IdempotencyKey))
 		t.state = pipe.HGet(ctx, p.store.recKey(t.id), "state")
 	}

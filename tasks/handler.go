@@ -700,18 +700,15 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class Class, status in
 	if rec, err := h.store.Get(ctx, r.id); err == nil {
 		d.Attempts, d.FirstAttemptAt, d.LastAttemptAt = rec.Attempts, rec.FirstAttemptAt, rec.LastAttemptAt
 	}
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
-		return err // not SkipRetry: asynq retries, and the dead letter is written next time
-	}
-	// Once the dead letter exists, a later run sends nothing even if this
-	// mark is lost (ProcessTask checks for the dead letter itself).
+	// The dead letter and the ledger's dead mark in one transaction (they
+	// share the update's hash slot): once they exist a later run sends nothing.
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
-		runs, err = h.store.markDead(ctx, d.TaskID, d.Reason)
+		runs, err = h.store.deadLettered(ctx, d)
 		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
-		return err
+		return err // not SkipRetry: asynq retries, and the dead letter is written next time
 	}
 	// Out of admission: a dead update must not hold back its organization's later updates.
 	e := OutcomeEvent{Type: EventDead, StatusCode: d.StatusCode, Class: d.Class, Reason: d.Reason, Attempts: d.Attempts}

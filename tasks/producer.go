@@ -243,8 +243,8 @@ func (s *Store) add(ctx context.Context, pl Payload, queue string, notBefore tim
 func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup bool, id string, dead bool, err error) {
 	id, legacy := pl.TaskID(), LegacyTaskID(pl.IdempotencyKey)
 	pipe := p.store.rdb.Pipeline()
-	deadNow := pipe.HExists(ctx, p.store.dlqRecords(), id)
-	deadOld := pipe.HExists(ctx, p.store.dlqRecords(), legacy)
+	deadNow := p.store.deadIn(ctx, pipe, id)
+	deadOld := p.store.deadIn(ctx, pipe, legacy)
 	// asynq 0.26 keeps a task's hash at asynq:{QUEUE}:t:ID; TestLegacyPayloadKeepsItsIdentity
 	// fails if that changes.
 	queuedOld := pipe.Exists(ctx, "asynq:{"+queue+"}:t:"+legacy)

@@ -148,7 +148,7 @@ func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
 // once the pipeline has run.
 func (s *Store) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) func() (Record, error) {
 	all := pipe.HGetAll(ctx, s.recKey(taskID))
-	dead := pipe.HExists(ctx, s.dlqRecords(), taskID)
+	dead := s.deadIn(ctx, pipe, taskID)
 	return func() (Record, error) {
 		if err := errors.Join(all.Err(), dead.Err()); err != nil {
 			return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
@@ -283,20 +283,27 @@ func (s *Store) complete(ctx context.Context, taskID string, u *Update, res Resu
 	return runsOf(fields.Val()), nil
 }
 
-// markDead records that the update ended dead. The dead letter itself is
-// written first, by the caller, so that a crash in between leaves a dead letter
-// and a ledger that a re-run will complete, never the reverse.
+// markDead records that the update ended dead, when its dead letter exists
+// already: the handler writes both in one transaction (deadLettered), and
+// marks alone only a dead letter found without its mark (written by a
+// version that wrote the two apart, and stopped in between).
 // It returns the runs the update is in, as complete does.
 func (s *Store) markDead(ctx context.Context, taskID, reason string) ([]string, error) {
-	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
-	pipe.HSet(ctx, rec, "state", string(StatusDead), "last_error", reason)
-	pipe.PExpire(ctx, rec, s.ttl)
-	fields := pipe.HKeys(ctx, rec)
+	fields := s.markDeadIn(ctx, pipe, taskID, reason)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("mark %s dead: %w", taskID, err)
 	}
 	return runsOf(fields.Val()), nil
+}
+
+// markDeadIn queues markDead's writes in pipe (a transaction on the update's
+// slot); the runs are in the returned fields once it has run.
+func (s *Store) markDeadIn(ctx context.Context, pipe redis.Pipeliner, taskID, reason string) *redis.StringSliceCmd {
+	rec := s.recKey(taskID)
+	pipe.HSet(ctx, rec, "state", string(StatusDead), "last_error", reason)
+	pipe.PExpire(ctx, rec, s.ttl)
+	return pipe.HKeys(ctx, rec)
 }
 
 // resetForReplay gives the update a fresh budget and clears its final state;

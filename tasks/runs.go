@@ -253,13 +253,17 @@ func (s *Store) RunDeadLetters(ctx context.Context, st *RunStatus) error {
 		if len(dead) == 0 {
 			return nil
 		}
-		raws, err := s.rdb.HMGet(ctx, s.dlqRecords(), dead...).Result()
-		if err != nil {
+		pipe := s.rdb.Pipeline()
+		raws := make([]*redis.StringCmd, len(dead))
+		for i, id := range dead {
+			raws[i] = pipe.Get(ctx, s.deadKey(id))
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("read the dead letters of run %q: %w", st.Run, err)
 		}
 		for _, raw := range raws {
 			var d DeadLetter
-			if str, ok := raw.(string); ok && json.Unmarshal([]byte(str), &d) == nil {
+			if raw.Err() == nil && json.Unmarshal([]byte(raw.Val()), &d) == nil {
 				st.DeadByStatus[strconv.Itoa(d.StatusCode)]++
 				st.DeadByClass[string(d.Class)]++
 			}
@@ -491,7 +495,7 @@ func (s *Store) runResultPage(ctx context.Context, keys, lines []string) ([]RunR
 			results[i] = pipe.HGet(ctx, s.recKey(out[i].TaskID), "result")
 		case runDead:
 			out[i].State = StatusDead
-			deads[i] = pipe.HGet(ctx, s.dlqRecords(), out[i].TaskID)
+			deads[i] = pipe.Get(ctx, s.deadKey(out[i].TaskID))
 		case runPurged:
 			out[i].State = StatusPurged
 		default:

@@ -233,6 +233,15 @@ func (a *app) connect(ctx context.Context) error {
 	a.rdb = rdb
 	a.store = tasks.NewStore(rdb, tasks.WithResultTTL(a.resultTTL), tasks.WithClock(a.now), tasks.WithEventsMaxLen(events))
 	a.producer = tasks.NewProducer(a.store, tasks.WithDefaultQueue(a.queue), tasks.WithProducerClock(a.now))
+	// Dead letters a worker older than this command wrote in the single-slot
+	// layout move to one record per update before the command looks for any
+	// (a listing, a replay, an enqueue's duplicate check); a worker moves them
+	// at its start too. Nothing to move costs one EXISTS.
+	if n, err := a.store.MigrateLegacyDeadLetters(ctx); err != nil {
+		return usageError("%w (dead letters of an older worker's layout could not be moved; run the command again)", err)
+	} else if n > 0 {
+		a.logf("moved %d dead letters of an older worker's single-slot layout to one record per update", n)
+	}
 	return nil
 }
 

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/tasks"
 )
@@ -99,6 +101,45 @@ func TestDLQList(t *testing.T) {
 			t.Errorf("exit %d stderr %q, want 2 naming --since", r.code, r.stderr)
 		}
 	})
+}
+
+// TestDLQMovesTheSingleSlotLayout: dead letters an older worker wrote in the
+// single-slot layout (one hash, one index) are listed, oldest first, once the
+// command has moved them, which it says on stderr; the next command moves
+// nothing and says nothing.
+func TestDLQMovesTheSingleSlotLayout(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	older := []tasks.DeadLetter{
+		deadLetter("old-2", "acc1", "org1", 422, "permanent", now.Add(-2*time.Hour)),
+		deadLetter("old-1", "acc1", "org2", 404, "permanent", now.Add(-3*time.Hour)),
+	}
+	for _, d := range older {
+		b, _ := json.Marshal(d)
+		f.rdb.HSet(ctx, "orgsync:{dlq}:records", d.TaskID, b)
+		f.rdb.ZAdd(ctx, "orgsync:{dlq}:index", redis.Z{Score: float64(d.DeadAt.UnixMilli()), Member: d.TaskID})
+	}
+	newer := deadLetter("new", "acc1", "org3", 422, "permanent", now.Add(-time.Hour))
+	f.putDeadLetters(t, newer)
+	r := cli(t, f.srv, "", "dlq", "list")
+	if r.code != 0 || !strings.Contains(r.stderr, "moved 2 dead letters") {
+		t.Fatalf("exit %d, stderr %q; want 0 and the move said", r.code, r.stderr)
+	}
+	var got []string
+	for _, d := range decodeLines[tasks.DeadLetter](t, r) {
+		got = append(got, d.TaskID)
+	}
+	if want := []string{older[1].TaskID, older[0].TaskID, newer.TaskID}; !slices.Equal(got, want) {
+		t.Errorf("listed %v, want %v", got, want)
+	}
+	if n := f.rdb.Exists(ctx, "orgsync:{dlq}:records", "orgsync:{dlq}:index").Val(); n != 0 {
+		t.Errorf("%d keys of the single-slot layout left", n)
+	}
+	if r := cli(t, f.srv, "", "dlq", "list"); r.code != 0 || r.stderr != "" {
+		t.Errorf("second list: exit %d, stderr %q; want 0 and nothing said", r.code, r.stderr)
+	}
 }
 
 func TestDLQListTable(t *testing.T) {
