@@ -15,7 +15,8 @@ import (
 
 // A REDIS_URL may name the wrong kind of server: a redis-cluster:// URL a
 // single server, a redis-sentinel:// URL a plain server or sentinels that
-// know no master of that name, a redis:// URL a Sentinel. go-redis then
+// know no master of that name, a redis:// URL a Sentinel or a node of a
+// Cluster of several masters. go-redis then
 // fails with its own words ("ERR This instance has cluster support
 // disabled", "all sentinels specified in configuration are unreachable:
 // redis: nil"), or, for a Sentinel behind redis://, answers PING and fails
@@ -106,12 +107,7 @@ func sentinelMismatch(raw, master string, nodes []node) error {
 	}
 	names := "none"
 	if len(known) > 0 {
-		var q []string
-		for name := range known {
-			q = append(q, strconv.Quote(name))
-		}
-		slices.Sort(q)
-		names = strings.Join(q, ", ")
+		names = quotedNames(known)
 	}
 	return fmt.Errorf("REDIS_URL %s asks for master %q, but the Sentinels at %s do not know a master of that name (they monitor: %s): "+
 		"set ?master= to the name in their `sentinel monitor` line", Redact(raw), master, strings.Join(answered, ", "), names)
@@ -142,12 +138,17 @@ func monitors(n node) string {
 	if len(n.masters) == 0 {
 		return ""
 	}
+	return " (it monitors " + quotedNames(n.masters) + ")"
+}
+
+// quotedNames lists names, quoted, sorted and comma-separated.
+func quotedNames(names map[string]bool) string {
 	var q []string
-	for name := range n.masters {
+	for name := range names {
 		q = append(q, strconv.Quote(name))
 	}
 	slices.Sort(q)
-	return " (it monitors " + strings.Join(q, ", ") + ")"
+	return strings.Join(q, ", ")
 }
 
 // probe asks every address, at once, what it is.

@@ -40,9 +40,8 @@ type Server struct {
 	// first start and named on the command line (a sentinel must be given
 	// a file it may rewrite); empty: no config file.
 	conf string
-	// args follow the defaults on the command line; args(s) is called at
-	// every start, after the port (and a cluster node's bus port) is picked.
-	args func(s *Server) []string
+	// args follow the defaults on the command line (WithArgs).
+	args []string
 	// cluster: the server is a Cluster node, and busPort its cluster bus
 	// port, picked with the port.
 	cluster bool
@@ -61,6 +60,12 @@ func WithAOF() Option { return func(s *Server) { s.aof = true } }
 // WithPassword makes the server ask every client for password (requirepass).
 // URL and Client carry it.
 func WithPassword(password string) Option { return func(s *Server) { s.password = password } }
+
+// WithArgs adds redis-server arguments after the defaults (a later argument
+// wins over an earlier one): WithArgs("--cluster-node-timeout", "2000").
+func WithArgs(args ...string) Option {
+	return func(s *Server) { s.args = append(s.args, args...) }
+}
 
 // portAttempts is how many free ports Start tries: another process (a test
 // binary of another package, run at the same time) may take the port between
@@ -105,7 +110,9 @@ func launch(t testing.TB, s *Server) *Server {
 		s.port = pickPort(t)
 		s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
 		if s.cluster {
-			for s.busPort = pickPort(t); s.busPort == s.port; s.busPort = pickPort(t) {
+			s.busPort = pickPort(t)
+			for s.busPort == s.port {
+				s.busPort = pickPort(t)
 			}
 		}
 		err := s.start()
@@ -171,9 +178,7 @@ func (s *Server) start() error {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(s.busPort),
 			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"))
 	}
-	if s.args != nil {
-		args = append(args, s.args(s)...)
-	}
+	args = append(args, s.args...)
 	logged := len(s.log()) // a restart's server appends to the log
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {

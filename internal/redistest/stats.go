@@ -9,21 +9,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// WithArgs adds redis-server arguments after the defaults (a later argument
-// wins over an earlier one): WithArgs("--cluster-node-timeout", "2000").
-func WithArgs(args ...string) Option {
-	return func(s *Server) {
-		prev := s.args
-		s.args = func(s *Server) []string {
-			var out []string
-			if prev != nil {
-				out = prev(s)
-			}
-			return append(out, args...)
-		}
-	}
-}
-
 // Stats are the figures of one server a test logs and judges.
 type Stats struct {
 	Addr string
