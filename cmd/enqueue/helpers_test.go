@@ -93,9 +93,9 @@ type fixture struct {
 	ins      *asynq.Inspector
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T, opts ...redistest.Option) *fixture {
 	t.Helper()
-	srv := redistest.Start(t)
+	srv := redistest.Start(t, opts...)
 	rdb := srv.Client()
 	store := tasks.NewStore(rdb)
 	p := tasks.NewProducer(store)

@@ -6,9 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -174,7 +179,9 @@ func (a *app) runsStatusCmd() *cobra.Command {
 			"ETA on stderr when stderr is a terminal (nothing otherwise), then prints the final object.\n" +
 			"Exit 0 when every update completed; 1 when any is dead or purged (`enqueue runs results NAME\n" +
 			"--state dead` says why); 2 when --timeout passed first (the object printed is where the run\n" +
-			"stood then), on interruption, or on a usage or connection error.\n" +
+			"stood then), on interruption, or on a usage or connection error. Redis going away while it\n" +
+			"waits (a restart, a Sentinel failover) is waited through, with a line on stderr when it goes\n" +
+			"and one when it is back; --timeout still applies.\n" +
 			"A run is done only once sealed: a bulk that was interrupted or failed half-way leaves its run\n" +
 			"open, even with nothing waiting, until the same file is run again with the same --run.\n" +
 			"An unknown run name exits 1.",
@@ -249,7 +256,8 @@ func (a *app) runStatus(ctx context.Context, name string, w waitFlags) error {
 // waitRun reads run name's counts every w.poll until it is done, and returns
 // the last counts read: with nil once done, errWaitTimeout once w.timeout
 // passed, ctx's error when ctx ended, or Redis's error (ErrNotFound for an
-// unknown run).
+// unknown run). Redis away for a while (redisAway) is waited through, said
+// once on stderr when it goes and once when it is back.
 func (a *app) waitRun(ctx context.Context, name string, w waitFlags) (tasks.RunStatus, error) {
 	var deadline time.Time
 	if w.timeout > 0 {
@@ -258,6 +266,7 @@ func (a *app) waitRun(ctx context.Context, name string, w waitFlags) (tasks.RunS
 	var last tasks.RunStatus
 	var bar *progress
 	var ended0 int64
+	var away time.Time // since when Redis has not answered; zero while it does
 	defer func() {
 		if bar != nil {
 			a.finishProgress(bar)
@@ -272,28 +281,40 @@ func (a *app) waitRun(ctx context.Context, name string, w waitFlags) (tasks.RunS
 		case <-timer.C:
 		}
 		st, err := a.store.Run(ctx, name)
-		if err != nil {
-			if ctx.Err() != nil {
-				return last, ctx.Err()
-			}
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return last, ctx.Err()
+		case err != nil && !redisAway(err):
 			return last, err
+		case err != nil:
+			// A restart, a Sentinel failover: the wait goes on (until
+			// --timeout, if one was given), as the workers' does.
+			if away.IsZero() {
+				away = time.Now()
+				a.logf("run %s: Redis unreachable (%v); still waiting", name, err)
+			}
+		default:
+			if !away.IsZero() {
+				a.logf("run %s: Redis reachable again after %s", name, time.Since(away).Round(100*time.Millisecond))
+				away = time.Time{}
+			}
+			last = st
+			if st.Done {
+				return st, nil
+			}
+			ended := st.Completed + st.Dead + st.Purged
+			if bar == nil {
+				// The bar counts what ends while we wait, so that its rate and
+				// ETA are this wait's; the description has the run's totals.
+				ended0 = ended
+				bar = a.startGauge(max(st.Total-ended0, 1), "", "updates")
+			}
+			desc := fmt.Sprintf("run %s: %d/%d ended (%d dead, %d purged)", name, ended, st.Total, st.Dead, st.Purged)
+			if !st.Sealed {
+				desc += " (open: its bulk is not finished)"
+			}
+			bar.set(max(ended-ended0, 0), max(st.Total-ended0, 1), desc)
 		}
-		last = st
-		if st.Done {
-			return st, nil
-		}
-		ended := st.Completed + st.Dead + st.Purged
-		if bar == nil {
-			// The bar counts what ends while we wait, so that its rate and
-			// ETA are this wait's; the description has the run's totals.
-			ended0 = ended
-			bar = a.startGauge(max(st.Total-ended0, 1), "", "updates")
-		}
-		desc := fmt.Sprintf("run %s: %d/%d ended (%d dead, %d purged)", name, ended, st.Total, st.Dead, st.Purged)
-		if !st.Sealed {
-			desc += " (open: its bulk is not finished)"
-		}
-		bar.set(max(ended-ended0, 0), max(st.Total-ended0, 1), desc)
 		next := w.poll
 		if !deadline.IsZero() {
 			left := time.Until(deadline)
@@ -363,4 +384,26 @@ func (a *app) runResults(ctx context.Context, name string, f tasks.ResultFilter)
 		return usageError("runs results %s: %w (the lines printed so far are valid; run it again for all)", name, err)
 	}
 	return nil
+}
+
+// redisAway says whether err is Redis away for a moment, as in a restart or
+// a Sentinel failover: a connection refused, reset, cut or timed out, or an
+// answer Redis gives while it cannot serve yet (LOADING its data, READONLY
+// as a demoted master, MASTERDOWN, CLUSTERDOWN, TRYAGAIN), or go-redis
+// finding no sentinel to ask.
+func redisAway(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		for _, p := range []string{"LOADING ", "READONLY ", "MASTERDOWN ", "CLUSTERDOWN ", "TRYAGAIN "} {
+			if strings.HasPrefix(re.Error(), p) {
+				return true
+			}
+		}
+	}
+	return strings.Contains(err.Error(), "all sentinels specified in configuration are unreachable")
 }

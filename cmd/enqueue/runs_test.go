@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient"
@@ -547,4 +549,54 @@ func TestExportEditBulkCountsOnce(t *testing.T) {
 	if len(res) != 3 || res[1].Line != 2 || res[1].State != tasks.StatusCompleted || !strings.Contains(string(res[1].Response), "o2") {
 		t.Errorf("results %+v; want line 2 completed with its response, three lines in all", res)
 	}
+}
+
+// TestWaitRidesOutRedisRestart: `runs status --wait` goes on waiting while
+// Redis is down (a restart, a Sentinel failover), says so once on stderr
+// when it goes and once when it is back, and ends when the run is done.
+func TestWaitRidesOutRedisRestart(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, redistest.WithAOF())
+	if r := cli(t, f.srv, "", "bulk", writeFile(t, validLine("o1")+"\n"+validLine("o2")+"\n"), "--run", "blip"); r.code != 0 {
+		t.Fatalf("bulk: exit %d, stderr %q", r.code, r.stderr)
+	}
+	clients := func() int {
+		info := f.rdb.Info(context.Background(), "clients").Val()
+		_, v, _ := strings.Cut(info, "connected_clients:")
+		n, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(v, "\n", 2)[0]))
+		return n
+	}
+	before := clients()
+	var stdout, stderr testrig.SyncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(context.Background(), []string{"--redis-url", f.srv.URL(), "runs", "status", "blip", "--wait", "--poll", "20ms", "--timeout", "1m"},
+			strings.NewReader(""), &stdout, &stderr, nil)
+	}()
+	testrig.WaitFor(t, "the waiting CLI to connect", 10*time.Second, func() (bool, string) {
+		n := clients()
+		return n > before, fmt.Sprintf("%d clients, %d before", n, before)
+	})
+	f.srv.Kill()
+	testrig.WaitFor(t, "the CLI to say Redis is unreachable", 10*time.Second, func() (bool, string) {
+		return strings.Contains(stderr.String(), "run blip: Redis unreachable ("), stderr.String()
+	})
+	f.srv.Restart()
+	h := f.worker(t)
+	r := f.workUntil(t, h, resultOf(done, &stdout, &stderr))
+	if r.code != 0 || !strings.Contains(r.stderr, "run blip: Redis reachable again after ") || strings.Count(r.stderr, "Redis unreachable") != 1 {
+		t.Errorf("runs status --wait through a Redis restart: exit %d, stderr %q; want exit 0, one line when Redis went, one when it came back", r.code, r.stderr)
+	}
+	var st runStatusJSON
+	decode(t, r, &st)
+	if !st.Done || st.Completed != 2 {
+		t.Errorf("status %+v; want done, 2 completed", st)
+	}
+}
+
+// resultOf turns a CLI run's exit code, once it comes, into its result.
+func resultOf(code <-chan int, stdout, stderr *testrig.SyncBuffer) <-chan result {
+	out := make(chan result, 1)
+	go func() { c := <-code; out <- result{c, stdout.String(), stderr.String()} }()
+	return out
 }

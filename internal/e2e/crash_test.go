@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
@@ -34,30 +36,54 @@ import (
 
 // crashRig is one test's private Redis, fake Truto and input file.
 type crashRig struct {
-	rds   *redistest.Server
-	fake  string   // the fake's base URL
-	env   []string // the environment of worker and enqueue
-	run   string   // the bulk run name
-	lines [][]byte // the input, one update per line
-	keys  []string // the idempotency key of each line, from the run name
-	sent  []string // the Idempotency-Key each line's update is sent under
+	rds      *redistest.Server     // the private Redis; nil on a Cluster or Sentinel set-up
+	rdb      redis.UniversalClient // a client of the Redis the binaries use, for the test's own reads
+	fake     string                // the fake's base URL
+	env      []string              // the environment of worker and enqueue
+	run      string                // the bulk run name
+	lines    [][]byte              // the input, one update per line
+	accounts []string              // each line's integrated account
+	input    string                // the input file, once written
+	keys     []string              // the idempotency key of each line, from the run name
+	sent     []string              // the Idempotency-Key each line's update is sent under
 }
 
 // newCrashRig starts Redis (AOF, fsync always) and a fake Truto with no rate
-// limits and the given latency, and writes n updates to an input file.
+// limits and the given latency, and writes n updates, one per organization
+// over 10 accounts, to an input file.
 func newCrashRig(t *testing.T, n int, latency, jitter string) *crashRig {
 	t.Helper()
-	tokenFile := testrig.TokenFile(t, token)
 	rds := redistest.Start(t, redistest.WithAOF())
-	fake := startFake(t, tokenFile, "--account-limit", "0", "--token-limit", "0", "--latency", latency, "--jitter", jitter)
-	r := &crashRig{rds: rds, fake: fake, run: "crash",
-		env: []string{"REDIS_URL=" + rds.URL(), "TRUTO_API_TOKEN_FILE=" + tokenFile, "TRUTO_BASE_URL=" + fake, "TRUTO_API_TOKEN="}}
-	const accounts = 10
-	for i := 0; i < n; i++ {
-		l := fmt.Appendf(nil, `{"id":"org-%06d","integrated_account_id":"acct-%02d","body":{"seq":%d,"remote_data":{"tier":"gold"}}}`, i, i%accounts, i)
+	r := newRig(t, rds.URL(), rds.Client(), workload{n: n, accounts: 10, perOrg: 1},
+		"--account-limit", "0", "--token-limit", "0", "--latency", latency, "--jitter", jitter)
+	r.rds = rds
+	return r
+}
+
+// workload is the shape of a rig's input: n updates over accounts
+// integrated accounts, perOrg numbered updates to each organization.
+type workload struct{ n, accounts, perOrg int }
+
+// newRig starts a fake Truto with fakeArgs and writes w's updates to an
+// input file, for the binaries to run against the Redis at redisURL (rdb is
+// a client of it for the test's own reads). Line i updates organization
+// i mod n/perOrg, so an organization's updates come round by round, in
+// the order of their "seq" (i), which the fake checks they apply in.
+func newRig(t *testing.T, redisURL string, rdb redis.UniversalClient, w workload, fakeArgs ...string) *crashRig {
+	t.Helper()
+	tokenFile := testrig.TokenFile(t, token)
+	fake := startFake(t, tokenFile, fakeArgs...)
+	r := &crashRig{rdb: rdb, fake: fake, run: "crash",
+		env: []string{"REDIS_URL=" + redisURL, "TRUTO_API_TOKEN_FILE=" + tokenFile, "TRUTO_BASE_URL=" + fake, "TRUTO_API_TOKEN="}}
+	orgs := w.n / max(w.perOrg, 1)
+	for i := 0; i < w.n; i++ {
+		org := i % orgs
+		account := fmt.Sprintf("acct-%02d", org%w.accounts)
+		l := fmt.Appendf(nil, `{"id":"org-%06d","integrated_account_id":"%s","body":{"seq":%d,"remote_data":{"tier":"gold"}}}`, org, account, i)
 		r.lines = append(r.lines, l)
+		r.accounts = append(r.accounts, account)
 		r.keys = append(r.keys, tasks.RunKey(r.run, i+1, l))
-		r.sent = append(r.sent, tasks.UpstreamKey(fmt.Sprintf("acct-%02d", i%accounts), r.keys[i]))
+		r.sent = append(r.sent, tasks.UpstreamKey(account, r.keys[i]))
 	}
 	return r
 }
@@ -65,15 +91,30 @@ func newCrashRig(t *testing.T, n int, latency, jitter string) *crashRig {
 // enqueue bulk-enqueues the input file and checks every line went.
 func (r *crashRig) enqueue(t *testing.T) {
 	t.Helper()
-	input := filepath.Join(t.TempDir(), "updates.ndjson")
-	if err := os.WriteFile(input, append(bytes.Join(r.lines, []byte("\n")), '\n'), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	res := runCmd(t, r.env, "", "enqueue", "bulk", input, "--run", r.run)
-	var sum struct{ Enqueued, Invalid, Failed int }
-	if err := json.Unmarshal([]byte(res.stdout), &sum); err != nil || res.code != 0 || sum.Enqueued != len(r.lines) {
+	sum, res, err := r.bulk(t)
+	if err != nil || res.code != 0 || sum.Enqueued != len(r.lines) {
 		t.Fatalf("bulk: exit %d, stdout %q, stderr %q: want exit 0 and %d enqueued (%v)", res.code, res.stdout, res.stderr, len(r.lines), err)
 	}
+}
+
+// bulkSummary is the first line enqueue bulk prints.
+type bulkSummary struct{ Enqueued, Duplicates, Invalid, Failed int }
+
+// bulk runs enqueue bulk of the input file (written at the first call, the
+// same file every time after) under the rig's run name, and returns its
+// summary; err says the summary did not decode.
+func (r *crashRig) bulk(t *testing.T) (bulkSummary, result, error) {
+	t.Helper()
+	if r.input == "" {
+		r.input = filepath.Join(t.TempDir(), "updates.ndjson")
+		if err := os.WriteFile(r.input, append(bytes.Join(r.lines, []byte("\n")), '\n'), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := runCmd(t, r.env, "", "enqueue", "bulk", r.input, "--run", r.run)
+	var sum bulkSummary
+	err := json.Unmarshal([]byte(strings.SplitN(res.stdout, "\n", 2)[0]), &sum)
+	return sum, res, err
 }
 
 // startWorker starts a worker with the crash tests' settings plus extra flags
@@ -162,7 +203,7 @@ func (r *crashRig) verdict(t *testing.T) (lost, dup int, st fakeStats) {
 func (r *crashRig) budgetSpent(t *testing.T) (notCompleted, spent int, example string) {
 	t.Helper()
 	ctx := context.Background()
-	store := tasks.NewStore(r.rds.Client())
+	store := tasks.NewStore(r.rdb)
 	ledger := make(map[string]tasks.Status, len(r.keys))
 	for _, k := range r.keys {
 		s, err := store.Find(ctx, tasks.Lookup{Ref: k}, []string{tasks.DefaultQueue})

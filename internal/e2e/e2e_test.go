@@ -177,6 +177,7 @@ type fakeStats struct {
 	DuplicateEffects int         `json:"duplicate_effects"`
 	Replays          int         `json:"replays"`
 	KeyConflicts     int         `json:"key_conflicts"`
+	RateLimited      int         `json:"rate_limited"`
 	Unkeyed          int         `json:"unkeyed"`
 }
 

@@ -46,6 +46,10 @@ func Parse(raw string) (asynq.RedisConnOpt, error) {
 	if err != nil {
 		return nil, parseError(raw, err)
 	}
+	if f, ok := opt.(asynq.RedisFailoverClientOpt); ok && f.MasterName == "" {
+		return nil, fmt.Errorf("REDIS_URL %s is not understood (no master name: add ?master=NAME, the name the sentinels monitor, "+
+			"as in their `sentinel monitor NAME host port quorum` line); expected one of %s", Redact(raw), Forms)
+	}
 	return opt, nil
 }
 
@@ -64,7 +68,18 @@ func Open(ctx context.Context, raw string, timeout time.Duration) (redis.Univers
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		_ = rdb.Close()
+		if wrong := wrongKind(ctx, raw, opt, timeout); wrong != nil {
+			return nil, wrong
+		}
 		return nil, fmt.Errorf("cannot reach Redis at %s: %w (is it running? set REDIS_URL)", Redact(raw), err)
+	}
+	if c, ok := rdb.(*redis.Client); ok {
+		// A Sentinel, or a node of a Cluster of several masters, answers
+		// PING but not the commands that follow.
+		if wrong := plainIsWrongKind(pctx, raw, c); wrong != nil {
+			_ = rdb.Close()
+			return nil, wrong
+		}
 	}
 	return rdb, nil
 }

@@ -1,6 +1,8 @@
 // Package redistest starts private redis-server processes for tests, each on
 // a free loopback port with its own temporary directory, so tests never touch
-// a shared Redis and can kill and restart theirs at will.
+// a shared Redis and can kill and restart theirs at will. StartCluster
+// starts a Redis Cluster of several masters, StartSentinel a master, its
+// replica and three sentinels, for the tests of those topologies.
 //
 // When redis-server is not on PATH the test is skipped with a loud message,
 // unless ORGSYNC_REQUIRE_REDIS is set (CI sets it), in which case it fails.
@@ -12,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +35,19 @@ type Server struct {
 	port int
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
+
+	// conf is a config file's text, written to dir/redis.conf before the
+	// first start and named on the command line (a sentinel must be given
+	// a file it may rewrite); empty: no config file.
+	conf string
+	// args follow the defaults on the command line (WithArgs).
+	args []string
+	// cluster: the server is a Cluster node, and busPort its cluster bus
+	// port, picked with the port.
+	cluster bool
+	busPort int
+	// password is asked of every client (requirepass); empty: none.
+	password string
 }
 
 // Option configures a Server.
@@ -41,6 +57,16 @@ type Option func(*Server)
 // restart Redis and expect acknowledged writes to survive.
 func WithAOF() Option { return func(s *Server) { s.aof = true } }
 
+// WithPassword makes the server ask every client for password (requirepass).
+// URL and Client carry it.
+func WithPassword(password string) Option { return func(s *Server) { s.password = password } }
+
+// WithArgs adds redis-server arguments after the defaults (a later argument
+// wins over an earlier one): WithArgs("--cluster-node-timeout", "2000").
+func WithArgs(args ...string) Option {
+	return func(s *Server) { s.args = append(s.args, args...) }
+}
+
 // portAttempts is how many free ports Start tries: another process (a test
 // binary of another package, run at the same time) may take the port between
 // freePort closing it and redis-server binding it.
@@ -49,6 +75,14 @@ const portAttempts = 5
 // Start starts a redis-server and stops it when the test ends.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
+	requireRedis(t)
+	return launch(t, newServer(t, opts))
+}
+
+// requireRedis skips the test, loudly, when redis-server is not on PATH, or
+// fails it when ORGSYNC_REQUIRE_REDIS is set.
+func requireRedis(t testing.TB) {
+	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		msg := "redis-server is not on PATH: install it (Debian: apt-get install redis-server) to run the real-Redis tests"
 		if os.Getenv("ORGSYNC_REQUIRE_REDIS") != "" {
@@ -56,14 +90,31 @@ func Start(t testing.TB, opts ...Option) *Server {
 		}
 		t.Skip("SKIPPED: " + msg)
 	}
+}
+
+// newServer is a Server not yet started, in its own temporary directory.
+func newServer(t testing.TB, opts []Option) *Server {
 	s := &Server{t: t, dir: t.TempDir()}
 	for _, o := range opts {
 		o(s)
 	}
+	return s
+}
+
+// launch starts s on a free port, trying another while the one picked turns
+// out taken, and kills it when the test ends.
+func launch(t testing.TB, s *Server) *Server {
+	t.Helper()
 	t.Cleanup(s.Kill)
 	for attempt := 1; ; attempt++ {
 		s.port = pickPort(t)
 		s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
+		if s.cluster {
+			s.busPort = pickPort(t)
+			for s.busPort == s.port {
+				s.busPort = pickPort(t)
+			}
+		}
 		err := s.start()
 		if err == nil {
 			return s
@@ -71,15 +122,23 @@ func Start(t testing.TB, opts ...Option) *Server {
 		if !errors.Is(err, errPortTaken) || attempt == portAttempts {
 			t.Fatalf("%v\n%s", err, s.log())
 		}
+		// A cluster node that failed to bind may have saved its
+		// ports in nodes.conf: the next attempt starts afresh.
+		_ = os.Remove(filepath.Join(s.dir, "nodes.conf"))
 	}
 }
 
-// URL is the REDIS_URL of the server.
-func (s *Server) URL() string { return "redis://" + s.Addr + "/0" }
+// URL is the REDIS_URL of the server, with its password if it has one.
+func (s *Server) URL() string {
+	if s.password != "" {
+		return "redis://" + url.UserPassword("", s.password).String() + "@" + s.Addr + "/0"
+	}
+	return "redis://" + s.Addr + "/0"
+}
 
 // Client returns a new client for the server, closed when the test ends.
 func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, Password: s.password})
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -91,16 +150,35 @@ var errPortTaken = errors.New("the port is taken")
 // only for its own process: a redis-server of another test binary that took
 // the port first would answer PING too, and the test would share it.
 func (s *Server) start() error {
-	args := []string{
+	var args []string
+	if s.conf != "" {
+		// Written once: a sentinel rewrites its file with what it learned.
+		path := filepath.Join(s.dir, "redis.conf")
+		if _, err := os.Stat(path); err != nil {
+			if err := os.WriteFile(path, []byte(s.conf), 0o600); err != nil {
+				return fmt.Errorf("write %s: %w", path, err)
+			}
+		}
+		args = append(args, path)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log"),
 		"--maxmemory-policy", "noeviction",
-	}
+	)
 	if s.aof {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
+	if s.password != "" {
+		args = append(args, "--requirepass", s.password)
+	}
+	if s.cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(s.busPort),
+			"--cluster-config-file", filepath.Join(s.dir, "nodes.conf"))
+	}
+	args = append(args, s.args...)
 	logged := len(s.log()) // a restart's server appends to the log
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
@@ -110,7 +188,7 @@ func (s *Server) start() error {
 	s.done = done
 	go func(cmd *exec.Cmd) { _ = cmd.Wait(); close(done) }(s.cmd)
 	pid := strconv.Itoa(s.cmd.Process.Pid)
-	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, Password: s.password, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

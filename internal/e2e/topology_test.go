@@ -1,0 +1,377 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/tasks"
+	"github.com/orgsync/orgsync/trutoclient/trutotest"
+)
+
+// The topology tests run the binaries on the Redis set-ups orgsync accepts
+// beyond a single server, and under several workers sharing rate limits:
+// a 3-master Cluster, a master with a replica and three sentinels whose
+// master is killed mid-run, and five workers on one Redis. Each judges the
+// run by the fake's counts: nothing lost, nothing applied twice, nothing
+// out of order, no limit exceeded.
+
+// topologyFaults are the transient failures the fake injects in the Cluster
+// test, as in TestEndToEnd: 5xx before applying, and after applying (the
+// re-send must be answered from the fake's idempotency cache).
+var topologyFaults = []string{"--error-rate", "500=0.03", "--error-rate", "503=0.02", "--after-apply-rate", "502=0.02"}
+
+// TestCluster runs three workers against a 3-master Redis Cluster.
+func TestCluster(t *testing.T) {
+	t.Parallel()
+	testCluster(t)
+}
+
+// testCluster runs 1,200 updates (300 organizations, 4 numbered updates
+// each, over 10 accounts) through three workers on a 3-master Cluster while
+// the fake fails some requests, and checks every update applied once and in
+// order, and how the keys, memory and commands spread over the masters.
+// workerFlags go to every worker on top of the crash tests' settings: the
+// one place for a flag such as a future --shards 3.
+func testCluster(t *testing.T, workerFlags ...string) {
+	const n, workers = 1200, 3
+	cl := redistest.StartCluster(t, 3)
+	r := newRig(t, cl.URL(), cl.Client(), workload{n: n, accounts: 10, perOrg: 4},
+		append([]string{"--account-limit", "0", "--token-limit", "0", "--latency", "10ms", "--jitter", "10ms"}, topologyFaults...)...)
+	began := time.Now()
+	r.enqueue(t)
+	enqueued := time.Since(began)
+
+	before := masterStats(t, cl.Masters())
+	started := time.Now()
+	for range workers {
+		r.startWorker(t, append([]string{"--account-rate", "0", "--token-rate", "0"}, workerFlags...)...)
+	}
+	st := r.waitDone(t, 2*time.Minute)
+	took := time.Since(started)
+	after := masterStats(t, cl.Masters())
+
+	lost, dup, st := r.verdict(t)
+	ooo := r.outOfOrder(t)
+	notCompleted, spent, example := r.budgetSpent(t)
+	t.Logf("%d updates, %d workers, 3 masters: enqueued in %s, applied in %s; fake: %d requests, %d effects, %d replays, by status %v; lost %d, duplicate effects %d, out of order %d; %d updates spent retry budget (injected faults)",
+		n, workers, enqueued.Round(10*time.Millisecond), took.Round(10*time.Millisecond), st.Requests, st.Effects, st.Replays, st.ByStatus, lost, dup, ooo, spent)
+	if ooo != 0 {
+		t.Errorf("%d updates applied out of order; want 0", ooo)
+	}
+	if notCompleted != 0 {
+		t.Errorf("%d updates not completed in the ledger; want 0; e.g. %s", notCompleted, tail(example, 1500))
+	}
+	if st.ByStatus[500]+st.ByStatus[502]+st.ByStatus[503] == 0 {
+		t.Error("no transient faults were injected: the test proved less than it claims")
+	}
+
+	// Each master: its keys, memory and the commands of the run. The
+	// per-update keys (ledger record, attempts, key index, last applied
+	// mark) spread over the slots by their own hash tags, so every master
+	// holds about a third of the ledger records; admission ({adm}) and
+	// asynq's queue ({default}) each live on one master.
+	ctx := context.Background()
+	cc := cl.Client()
+	slotOf := func(key string) int64 {
+		slot, err := cc.ClusterKeySlot(ctx, key).Result()
+		if err != nil {
+			t.Fatalf("CLUSTER KEYSLOT %s: %v", key, err)
+		}
+		return slot
+	}
+	tags := map[string]int64{"admission": slotOf("orgsync:{adm}:seq"), "asynq's queue": slotOf("asynq:{default}:pending"),
+		"outcome events": slotOf("orgsync:{events}:outcomes")}
+	var records int
+	for i, m := range cl.Masters() {
+		recs := countKeys(t, m, "orgsync:{u_*}:rec")
+		cmds := after[i].CommandsProcessed - before[i].CommandsProcessed
+		lo, hi := int64(i*16384/3), int64((i+1)*16384/3-1)
+		var roles []string
+		for name, slot := range tags {
+			if slot >= lo && slot <= hi {
+				roles = append(roles, name)
+			}
+		}
+		slices.Sort(roles)
+		t.Logf("master %d (%s, slots %d-%d%s): %d keys (%d ledger records), used_memory %.1f MiB; %d commands in the run, %.0f/s",
+			i, m.Addr, lo, hi, strings.Join(append([]string{""}, roles...), ", "),
+			after[i].Keys, recs, float64(after[i].UsedMemory)/(1<<20), cmds, float64(cmds)/took.Seconds())
+		if recs < n/6 {
+			t.Errorf("master %s holds %d of the %d ledger records; want at least %d (half its share): the per-update keys do not spread", m.Addr, recs, n, n/6)
+		}
+		if cmds <= 0 {
+			t.Errorf("master %s processed no command in the run", m.Addr)
+		}
+		records += recs
+	}
+	if records != n {
+		t.Errorf("the masters hold %d ledger records together; want %d", records, n)
+	}
+}
+
+// TestSentinelFailover kills the master (kill -9) of a master, a replica
+// and three sentinels when about a third of the run is applied. The workers
+// and a CLI following the run ride out the failover and finish on the
+// promoted replica. Replication is asynchronous, so acknowledged writes may
+// be lost: the test counts at the fake what is missing once nothing is
+// left to run, re-runs the file under the same run name, and then wants
+// every update applied exactly once and in order.
+func TestSentinelFailover(t *testing.T) {
+	t.Parallel()
+	const n, workers = 1200, 2
+	const lease = 3 * time.Second
+	s := redistest.StartSentinel(t, redistest.DataOptions(redistest.WithAOF()))
+	r := newRig(t, s.URL(), s.Client(), workload{n: n, accounts: 10, perOrg: 4},
+		"--account-limit", "0", "--token-limit", "0", "--latency", "10ms", "--jitter", "10ms")
+	r.enqueue(t)
+
+	// Someone follows the run through the failover.
+	follower, followOut := start(t, r.env, "enqueue", "runs", "status", r.run, "--wait", "--timeout", "2m", "--poll", "200ms")
+	followed := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(followOut); followed <- b }()
+
+	began := time.Now()
+	var ws []*proc
+	for range workers {
+		w, _ := r.startWorker(t, "--account-rate", "0", "--token-rate", "0", "--lease", lease.String())
+		ws = append(ws, w)
+	}
+	waitFor(t, "a third of the updates applied before the kill", 2*time.Minute, func() (bool, string) {
+		st := r.stats(t)
+		return st.Effects >= n/3, fmt.Sprintf("%+v", st)
+	})
+	old := s.KillMaster()
+	killedAt := time.Now()
+	atKill := r.stats(t)
+	promoted := s.WaitForPromotion(30 * time.Second)
+	promotedAfter := time.Since(killedAt)
+
+	// Nothing left to run: every update the promoted replica knows of has
+	// ended (those the kill caught in flight went again once their leases
+	// ran out).
+	waitFor(t, "admission to hold no update after the failover", 2*time.Minute, func() (bool, string) {
+		st, ok, desc := r.enqueueStats(t)
+		a := st.Admission
+		return ok && a.Scheduled+a.Admitted+a.Running+a.Parked == 0 && a.AllParked == "", desc
+	})
+	quietAfter := time.Since(killedAt)
+	var byKey map[string]int
+	getJSON(t, r.fake+"/_fake/keys", &byKey)
+	lostBefore := trutotest.CountEffects(byKey, r.sent).Lost
+
+	// The same file under the same run name: lines whose updates the
+	// promoted replica never heard of go again, the rest are duplicates.
+	sum, res, err := r.bulk(t)
+	if err != nil || res.code != 0 || sum.Enqueued+sum.Duplicates != n || sum.Invalid+sum.Failed != 0 {
+		t.Fatalf("bulk re-run: exit %d, stdout %q, stderr %q (%v): want exit 0 and all %d lines enqueued or duplicates", res.code, res.stdout, res.stderr, err, n)
+	}
+	st := r.waitDone(t, time.Minute)
+	done := time.Since(killedAt)
+	lost, dup, st := r.verdict(t)
+	ooo := r.outOfOrder(t)
+	t.Logf("%d updates, %d workers; master %s killed at %d effects (%d requests), %s after the start; replica %s promoted %s after the kill; nothing left to run %s after it, %d updates lost then; the re-run enqueued %d (%d duplicates); all applied %s after the kill",
+		n, workers, old.Addr, atKill.Effects, atKill.Requests, killedAt.Sub(began).Round(10*time.Millisecond), promoted.Addr,
+		promotedAfter.Round(10*time.Millisecond), quietAfter.Round(10*time.Millisecond), lostBefore, sum.Enqueued, sum.Duplicates, done.Round(10*time.Millisecond))
+	t.Logf("fake: %d requests, %d effects, %d replays (re-sends of applied keys, answered from the idempotency cache), by status %v; lost %d, duplicate effects %d, out of order %d",
+		st.Requests, st.Effects, st.Replays, st.ByStatus, lost, dup, ooo)
+	if ooo != 0 {
+		t.Errorf("%d updates applied out of order; want 0", ooo)
+	}
+	if sum.Enqueued > lostBefore {
+		t.Errorf("the re-run enqueued %d lines, more than the %d updates missing at the fake", sum.Enqueued, lostBefore)
+	}
+
+	// The workers rode out the failover: still running, and each said
+	// Redis went and came back.
+	for i, w := range ws {
+		if ok, err := exited(w, 0); ok {
+			t.Errorf("worker %d exited during the failover: %v", i, err)
+		}
+		if logs := w.stderr.String(); !strings.Contains(logs, `"msg":"Redis reachable again`) {
+			t.Errorf("worker %d's log does not say Redis came back; by message:\n%s", i, msgSummary(logs))
+		}
+	}
+	// So did the follower, and it saw the run end.
+	select {
+	case out := <-followed:
+		err := <-follower.done
+		follower.done <- err // for the cleanup
+		var runSt tasks.RunStatus
+		if jerr := json.Unmarshal(out, &runSt); jerr != nil || err != nil || !runSt.Done || runSt.Completed != int64(n) {
+			t.Errorf("runs status --wait through the failover: %v, %q (%v); want exit 0, done, %d completed", err, out, jerr, n)
+		}
+		if e := follower.stderr.String(); !strings.Contains(e, "Redis unreachable") || !strings.Contains(e, "Redis reachable again") {
+			t.Errorf("runs status --wait's stderr %q; want a line when Redis went and one when it came back", e)
+		}
+	case <-time.After(time.Minute):
+		t.Error("runs status --wait did not return within a minute of the run ending")
+	}
+}
+
+// TestFiveWorkersShareLimits runs five workers on one Redis against a fake
+// that limits every account to 150 requests in any 6 s (25/s), the workers
+// told the same: the limits are shared (no 429 at the fake, each account's
+// busiest window near its limit), every account progresses at its fair
+// share while all have work, and nothing is applied twice or out of order.
+//
+// The window is 6 s, not 2, for a reason. Admission spaces each account's
+// slots 5 % under the limit (--rate-headroom), but a request leaves when a
+// processor picks it up, some time after its slot. Measured at the fake, the
+// gaps between an account's requests are even (median 42 ms at 25/s), but
+// the busiest window is always the first: the requests admitted as the
+// workers start leave late (first polls, first connections), so the window
+// that opens at the first request holds about 3 requests more than the
+// slots in it (97-98 of 100 at 100/4s). At 25 requests/s the 5 % leaves 2.5
+// requests of slack in a 2 s window, and at 50/2s 0 to 5 of about 1,200
+// requests were answered 429 per run, each holding its account's lane for a
+// second (those accounts fell 10-20 % behind the others half-way); 5 in 4 s;
+// 7.5 in 6 s, room for the test's processes to be slowed by a loaded machine.
+// The run takes as long at any window: 200 updates per account at 25/s.
+func TestFiveWorkersShareLimits(t *testing.T) {
+	t.Parallel()
+	const n, workers, accounts = 1200, 5, 6
+	const limit, perWindow, window = "150/6s", 150, 6 * time.Second
+	rds := redistest.Start(t)
+	r := newRig(t, rds.URL(), rds.Client(), workload{n: n, accounts: accounts, perOrg: 4},
+		"--account-limit", limit, "--token-limit", "0", "--latency", "10ms")
+	r.enqueue(t)
+	began := time.Now()
+	for range workers {
+		r.startWorker(t, "--concurrency", "10", "--poll-interval", "50ms", "--account-rate", limit, "--token-rate", "0")
+	}
+
+	// Half-way, each account's share of what was applied.
+	var mid map[string]int
+	waitFor(t, "half the updates applied", 2*time.Minute, func() (bool, string) {
+		mid = r.effectsByAccount(t)
+		total := 0
+		for _, c := range mid {
+			total += c
+		}
+		return total >= n/2, fmt.Sprintf("%d applied", total)
+	})
+	midAt := time.Since(began)
+	st := r.waitDone(t, 2*time.Minute)
+	took := time.Since(began)
+	lost, dup, st := r.verdict(t)
+	ooo := r.outOfOrder(t)
+
+	var peaks []int
+	for a := range accounts {
+		var p struct {
+			Peak int `json:"admitted_per_window"`
+		}
+		getJSON(t, fmt.Sprintf("%s/_fake/admitted?account=acct-%02d", r.fake, a), &p)
+		peaks = append(peaks, p.Peak)
+	}
+	total := 0
+	for _, c := range mid {
+		total += c
+	}
+	fair := float64(total) / accounts
+	t.Logf("%d updates, %d workers, %d accounts at %s each: applied in %s (their limits allow %.1f s); half-way (%s) by account %v (fair share %.0f); busiest %s window per account %v of %d; fake: %d requests, %d answered 429, %d effects; lost %d, duplicate effects %d, out of order %d",
+		n, workers, accounts, limit, took.Round(10*time.Millisecond), float64(n)/accounts/perWindow*window.Seconds(), midAt.Round(10*time.Millisecond),
+		sortedCounts(mid), fair, window, peaks, perWindow, st.Requests, st.RateLimited, st.Effects, lost, dup, ooo)
+	if ooo != 0 {
+		t.Errorf("%d updates applied out of order; want 0", ooo)
+	}
+	// The workers space each account's requests 5 % under its limit, all
+	// five together, so the fake's sliding windows never see it exceeded.
+	if st.RateLimited != 0 {
+		t.Errorf("the fake answered %d requests 429: five workers together exceeded an account's limit", st.RateLimited)
+	}
+	for a, p := range peaks {
+		if p < perWindow*3/4 {
+			t.Errorf("acct-%02d: at most %d requests in any %s window, of %d allowed: the limit was not what bound the run, and the test proved less than it claims", a, p, window, perWindow)
+		}
+	}
+	// Equal limits and equal backlogs: each account goes at its own limit
+	// (admission serves them in the order of their next slot, round robin
+	// here), so half-way each has a sixth of what was applied. One 429
+	// would hold its account for a second, a quarter of the way.
+	for a := range accounts {
+		c := mid[fmt.Sprintf("acct-%02d", a)]
+		if float64(c) < 0.9*fair || float64(c) > 1.1*fair {
+			t.Errorf("acct-%02d had %d of the %d applied half-way; want within 10 %% of its fair share %.0f", a, c, total, fair)
+		}
+	}
+}
+
+// outOfOrder asks the fake how many updates were applied after a higher
+// numbered one of the same organization.
+func (r *crashRig) outOfOrder(t *testing.T) int {
+	t.Helper()
+	var ooo struct {
+		OutOfOrder int `json:"out_of_order"`
+	}
+	getJSON(t, r.fake+"/_fake/out-of-order?field=seq", &ooo)
+	return ooo.OutOfOrder
+}
+
+// effectsByAccount counts the rig's updates applied at the fake, by account.
+func (r *crashRig) effectsByAccount(t *testing.T) map[string]int {
+	t.Helper()
+	var byKey map[string]int
+	getJSON(t, r.fake+"/_fake/keys", &byKey)
+	by := map[string]int{}
+	for i, k := range r.sent {
+		if byKey[k] > 0 {
+			by[r.accounts[i]]++
+		}
+	}
+	return by
+}
+
+// sortedCounts formats counts by account, in account order.
+func sortedCounts(m map[string]int) string {
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s:%d", k, m[k])
+	}
+	return b.String()
+}
+
+// masterStats reads every master's figures.
+func masterStats(t *testing.T, masters []*redistest.Server) []redistest.Stats {
+	t.Helper()
+	var out []redistest.Stats
+	for _, m := range masters {
+		st, err := m.Stats(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// countKeys counts the keys matching pattern on one server (one Cluster
+// node), by SCAN.
+func countKeys(t *testing.T, s *redistest.Server, pattern string) int {
+	t.Helper()
+	ctx := context.Background()
+	n := 0
+	iter := s.Client().Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatalf("SCAN %s on %s: %v", pattern, s.Addr, err)
+	}
+	return n
+}
