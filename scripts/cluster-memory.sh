@@ -22,6 +22,7 @@ BIN="$TMP/bin"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   for port in "${PORTS[@]}"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
   rm -rf "$TMP"
 }
@@ -56,7 +57,7 @@ declare -A BASELINE
 for port in "${PORTS[@]}"; do BASELINE[$port]=$(used "$port"); done
 
 worker() {
-  REDIS_URL=$URL TRUTO_API_TOKEN_FILE="$TMP/token" "$BIN/worker" --base-url "http://$FAKE" --shards "$SHARDS" \
+  REDIS_URL=$URL TRUTO_API_TOKEN_FILE="$TMP/token" exec "$BIN/worker" --base-url "http://$FAKE" --shards "$SHARDS" \
     --admin-addr "" --account-rate 0 --token-rate 0 --concurrency 50 --log-level warn "$@"
 }
 

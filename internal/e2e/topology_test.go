@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/orgsync/orgsync/internal/redistest"
+	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
 	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
@@ -27,32 +29,37 @@ import (
 // re-send must be answered from the fake's idempotency cache).
 var topologyFaults = []string{"--error-rate", "500=0.03", "--error-rate", "503=0.02", "--after-apply-rate", "502=0.02"}
 
-// TestCluster runs three workers against a 3-master Redis Cluster.
+// TestCluster runs three workers against a 3-master Redis Cluster, with
+// admission in three shards.
 func TestCluster(t *testing.T) {
 	t.Parallel()
-	testCluster(t)
+	testCluster(t, 3)
 }
 
 // testCluster runs 1,200 updates (300 organizations, 4 numbered updates
 // each, over 10 accounts) through three workers on a 3-master Cluster while
 // the fake fails some requests, and checks every update applied once and in
 // order, and how the keys, memory and commands spread over the masters.
-// workerFlags go to every worker on top of the crash tests' settings: the
-// one place for a flag such as a future --shards 3.
-func testCluster(t *testing.T, workerFlags ...string) {
+// The workers start first (the first records the shard count, which the
+// enqueue then routes by).
+func testCluster(t *testing.T, shards int) {
 	const n, workers = 1200, 3
 	cl := redistest.StartCluster(t, 3)
 	r := newRig(t, cl.URL(), cl.Client(), workload{n: n, accounts: 10, perOrg: 4},
 		append([]string{"--account-limit", "0", "--token-limit", "0", "--latency", "10ms", "--jitter", "10ms"}, topologyFaults...)...)
-	began := time.Now()
-	r.enqueue(t)
-	enqueued := time.Since(began)
-
 	before := masterStats(t, cl.Masters())
-	started := time.Now()
 	for range workers {
-		r.startWorker(t, append([]string{"--account-rate", "0", "--token-rate", "0"}, workerFlags...)...)
+		r.startWorker(t, "--account-rate", "0", "--token-rate", "0", "--shards", strconv.Itoa(shards))
 	}
+	ctx := context.Background()
+	cc := cl.Client()
+	testrig.WaitFor(t, "the shard count recorded", 30*time.Second, func() (bool, string) {
+		v, err := cc.Get(ctx, "orgsync:{adm}:shards").Result()
+		return shards == 1 || v == strconv.Itoa(shards), fmt.Sprint(v, err)
+	})
+	started := time.Now()
+	r.enqueue(t)
+	enqueued := time.Since(started)
 	st := r.waitDone(t, 2*time.Minute)
 	took := time.Since(started)
 	after := masterStats(t, cl.Masters())
@@ -74,11 +81,10 @@ func testCluster(t *testing.T, workerFlags ...string) {
 
 	// Each master: its keys, memory and the commands of the run. The
 	// per-update keys (ledger record, attempts, key index, last applied
-	// mark) spread over the slots by their own hash tags, so every master
-	// holds about a third of the ledger records; admission ({adm}) and
-	// asynq's queue ({default}) each live on one master.
-	ctx := context.Background()
-	cc := cl.Client()
+	// mark, dead letter) spread over the slots by their own hash tags, so
+	// every master holds about a third of the ledger records; admission's
+	// shards ({adm}, {adm:1}, {adm:2}) land on three masters; asynq's queue
+	// ({default}) and the outcome stream each live on one.
 	slotOf := func(key string) int64 {
 		slot, err := cc.ClusterKeySlot(ctx, key).Result()
 		if err != nil {
@@ -86,8 +92,15 @@ func testCluster(t *testing.T, workerFlags ...string) {
 		}
 		return slot
 	}
-	tags := map[string]int64{"admission": slotOf("orgsync:{adm}:seq"), "asynq's queue": slotOf("asynq:{default}:pending"),
+	tags := map[string]int64{"asynq's queue": slotOf("asynq:{default}:pending"),
 		"outcome events": slotOf("orgsync:{events}:outcomes")}
+	for i := range shards {
+		key := "orgsync:{adm}:shards"
+		if i > 0 {
+			key = fmt.Sprintf("orgsync:{adm:%d}:shards", i)
+		}
+		tags[fmt.Sprint("admission shard ", i)] = slotOf(key)
+	}
 	var records int
 	for i, m := range cl.Masters() {
 		recs := countKeys(t, m, "orgsync:{u_*}:rec")
@@ -100,6 +113,9 @@ func testCluster(t *testing.T, workerFlags ...string) {
 			}
 		}
 		slices.Sort(roles)
+		if shards == 3 && !slices.ContainsFunc(roles, func(r string) bool { return strings.HasPrefix(r, "admission shard") }) {
+			t.Errorf("master %d holds no admission shard: the shards do not spread", i)
+		}
 		t.Logf("master %d (%s, slots %d-%d%s): %d keys (%d ledger records), used_memory %.1f MiB; %d commands in the run, %.0f/s",
 			i, m.Addr, lo, hi, strings.Join(append([]string{""}, roles...), ", "),
 			after[i].Keys, recs, float64(after[i].UsedMemory)/(1<<20), cmds, float64(cmds)/took.Seconds())
