@@ -92,6 +92,20 @@ local function forget(a)
   end
 end
 
+-- tokenWait says when the API token's next slot (tat, at interval tiv,
+-- allowing burst requests at once) comes, or nil if it has come.
+local function tokenWait(tat, tiv, burst)
+  local slack = (burst - 1) * tiv
+  if tat - now > slack then return tat - slack end
+  return nil
+end
+
+-- tokenTake takes the token's next slot and returns the one after; a late
+-- taker makes up to credit of an interval.
+local function tokenTake(tat, tiv, credit)
+  return math.max(tat, now - credit * tiv) + tiv
+end
+
 -- add puts update id in account a's lane, behind organization o's earlier
 -- updates; it returns its sequence number, or 0 when id is already in.
 local function add(id, a, o, q, nb, pl, origin)
@@ -155,83 +169,104 @@ elseif op == 'addmany' then
 elseif op == 'admit' then
   -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner,
   -- token_credit, account_credit (the fraction of an interval a late
-  -- admitter may make up: what the headroom leaves room for).
+  -- admitter may make up: what the headroom leaves room for). token_iv < 0:
+  -- the token's slots were taken from shard 0 for this pass (op tokens), n
+  -- of them, and this pass does not pace the token itself.
   -- Returns {next, id, gen, queue, payload, ...}: next is when to look again
   -- (now: more may be ready; NEVER: nothing is waiting, or only on a worker
   -- starting an admitted update, or on an operator).
-  local n, maxAdm, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  local tiv, civ, burst, owner = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
-  local tcredit, acredit = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local pass = {n = tonumber(ARGV[3]), maxAdm = tonumber(ARGV[4]), lease = tonumber(ARGV[5]),
+    tiv = tonumber(ARGV[6]), civ = tonumber(ARGV[7]), burst = tonumber(ARGV[8]), owner = ARGV[9],
+    tcredit = tonumber(ARGV[10]), acredit = tonumber(ARGV[11]), count = 0, out = {}}
   redis.call('SET', B .. 'plan', 0) -- awake: scheduling below wakes no one
-  local out = {}
-  local nxt = NEVER
-  if redis.call('EXISTS', B .. 'parked_all') == 1 then
-    redis.call('SET', B .. 'plan', NEVER)
-    return {num(NEVER)}
-  end
-  local inAdm = redis.call('ZCARD', B .. 'admitted')
-  -- token_iv < 0: the token's slots were taken from shard 0 for this pass
-  -- (op tokens), and n is how many.
-  local paced = tiv >= 0
-  local ttat = 0
-  if paced then
-    ttat = tonumber(redis.call('GET', B .. 'token') or '0')
-    tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
+  pass.inAdm = redis.call('ZCARD', B .. 'admitted')
+  pass.paced = pass.tiv >= 0
+  pass.ttat = 0
+  if pass.paced then
+    pass.ttat = tonumber(redis.call('GET', B .. 'token') or '0')
+    pass.tiv = math.max(pass.tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
   else
-    tiv = 0
+    pass.tiv = 0
   end
-  local count = 0
-  local done = false
-  for _ = 1, 4 * n + 4 do
-    if count >= n then break end
-    if inAdm >= maxAdm then redis.call('SET', B .. 'cap', 1); done = true; break end
-    local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
-    if #first == 0 then done = true; break end
-    local a = first[1]
-    if tonumber(first[2]) > now + SLACK then nxt = tonumber(first[2]); done = true; break end
-    local slack = (burst - 1) * tiv
-    if ttat - now > slack then nxt = ttat - slack; done = true; break end
-    local at = schedule(a) -- its score may be stale: recompute before trusting it
-    if at ~= nil and at <= now + SLACK then
-      local o = redis.call('ZRANGE', lkey(a), 0, 0)[1]
-      redis.call('ZREM', lkey(a), o)
-      local id = redis.call('ZRANGE', okey(o), 0, 0)[1]
-      if id then
-        local uk = ukey(id)
-        local gen = redis.call('HINCRBY', uk, 'gen', 1)
-        redis.call('HSET', uk, 'state', 'admitted', 'owner', owner)
-        redis.call('ZADD', B .. 'admitted', now + lease, id)
-        inAdm = inAdm + 1
-        local ak = akey(a)
-        local st = redis.call('HMGET', ak, 'iv', 'tat')
-        local iv = math.max(tonumber(st[1] or '0'), civ)
-        -- An admitter that comes late to a slot makes up to a fraction of an
-        -- interval of it (the headroom absorbs the requests that then come
-        -- closer than one interval); without this every late wake-up would
-        -- push every later slot back.
-        local tat = math.max(tonumber(st[2] or '0'), now - acredit * iv) + iv
-        if iv < SLACK then
-          -- No limit: a step of a microsecond, never past the slack, still
-          -- makes the accounts with work take turns.
-          tat = math.min(math.max(tonumber(st[2] or '0'), now) + 0.001, now + SLACK / 2)
-        end
-        redis.call('HSET', ak, 'tat', num(tat))
-        if tiv > 0 then ttat = math.max(ttat, now - tcredit * tiv) + tiv end
-        local u = redis.call('HMGET', uk, 'q', 'pl')
-        out[#out + 1] = id
-        out[#out + 1] = gen
-        out[#out + 1] = u[1]
-        out[#out + 1] = u[2]
-        count = count + 1
-      end
-      schedule(a)
+
+  -- What stops a pass, checked in this order before each admission. Each
+  -- returns when to look again (NEVER: only an event can change it), or
+  -- nil to go on; head is the schedule's first account and its time.
+  local function everyAccountParked()
+    if redis.call('EXISTS', B .. 'parked_all') == 1 then return NEVER end
+  end
+  local function maxAdmittedWaiting() -- for a worker to start one
+    if pass.inAdm >= pass.maxAdm then
+      redis.call('SET', B .. 'cap', 1)
+      return NEVER
     end
   end
-  if not done then nxt = now end -- stopped at n, or at the loop's bound: more may be ready
-  if paced and tiv > 0 and ttat > now then redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000) end
+  local function nothingScheduled(head)
+    if not head then return NEVER end
+  end
+  local function firstAccountNotDue(head) -- its slot, hold or earliest organization
+    if head.at > now + SLACK then return head.at end
+  end
+  local function tokenSlotNotDue()
+    return tokenWait(pass.ttat, pass.tiv, pass.burst)
+  end
+  local stops = {everyAccountParked, maxAdmittedWaiting, nothingScheduled, firstAccountNotDue, tokenSlotNotDue}
+
+  -- admitHead admits the head update of account a's first organization,
+  -- taking a slot of the account's limit and of the token's.
+  local function admitHead(a)
+    local o = redis.call('ZRANGE', lkey(a), 0, 0)[1]
+    redis.call('ZREM', lkey(a), o)
+    local id = redis.call('ZRANGE', okey(o), 0, 0)[1]
+    if id then
+      local uk = ukey(id)
+      local gen = redis.call('HINCRBY', uk, 'gen', 1)
+      redis.call('HSET', uk, 'state', 'admitted', 'owner', pass.owner)
+      redis.call('ZADD', B .. 'admitted', now + pass.lease, id)
+      pass.inAdm = pass.inAdm + 1
+      local ak = akey(a)
+      local st = redis.call('HMGET', ak, 'iv', 'tat')
+      local iv = math.max(tonumber(st[1] or '0'), pass.civ)
+      -- An admitter that comes late to a slot makes up to a fraction of an
+      -- interval of it (the headroom absorbs the requests that then come
+      -- closer than one interval); without this every late wake-up would
+      -- push every later slot back.
+      local tat = math.max(tonumber(st[2] or '0'), now - pass.acredit * iv) + iv
+      if iv < SLACK then
+        -- No limit: a step of a microsecond, never past the slack, still
+        -- makes the accounts with work take turns.
+        tat = math.min(math.max(tonumber(st[2] or '0'), now) + 0.001, now + SLACK / 2)
+      end
+      redis.call('HSET', ak, 'tat', num(tat))
+      if pass.tiv > 0 then pass.ttat = tokenTake(pass.ttat, pass.tiv, pass.tcredit) end
+      local u = redis.call('HMGET', uk, 'q', 'pl')
+      for _, v in ipairs({id, gen, u[1], u[2]}) do pass.out[#pass.out + 1] = v end
+      pass.count = pass.count + 1
+    end
+    schedule(a)
+  end
+
+  local nxt = nil
+  for _ = 1, 4 * pass.n + 4 do
+    if pass.count >= pass.n then break end
+    local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
+    local head = nil
+    if #first > 0 then head = {a = first[1], at = tonumber(first[2])} end
+    for _, stop in ipairs(stops) do
+      nxt = stop(head)
+      if nxt then break end
+    end
+    if nxt then break end
+    local at = schedule(head.a) -- its score may be stale: recompute before trusting it
+    if at ~= nil and at <= now + SLACK then admitHead(head.a) end
+  end
+  nxt = nxt or now -- stopped at n, or at the loop's bound: more may be ready
+  if pass.paced and pass.tiv > 0 and pass.ttat > now then
+    redis.call('SET', B .. 'token', num(pass.ttat), 'PX', math.ceil(pass.ttat - now) + 1000)
+  end
   redis.call('SET', B .. 'plan', num(nxt))
-  table.insert(out, 1, num(nxt))
-  return out
+  table.insert(pass.out, 1, num(nxt))
+  return pass.out
 
 elseif op == 'start' then
   -- id, gen, owner, lease_ms. {1, seq, origin}: the caller runs it; {0}: a
@@ -528,16 +563,17 @@ elseif op == 'tokens' then
   if redis.call('EXISTS', B .. 'parked_all') == 1 then return {0, '0', '0', num(NEVER)} end
   local ttat = tonumber(redis.call('GET', B .. 'token') or '0')
   tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
-  local slack = (burst - 1) * tiv
-  if ttat - now > slack then return {0, '0', '0', num(ttat - slack)} end
+  local wait = tokenWait(ttat, tiv, burst)
+  if wait or n <= 0 then return {0, '0', '0', num(wait or now)} end
   if tiv <= 0 then return {n, '0', '0', num(now)} end
   local g = 0
-  while g < n and ttat - now <= slack do
-    ttat = math.max(ttat, now - tcredit * tiv) + tiv
+  repeat
+    ttat = tokenTake(ttat, tiv, tcredit)
     g = g + 1
-  end
+    wait = tokenWait(ttat, tiv, burst)
+  until g >= n or wait
   redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000)
-  return {g, num(ttat), num(tiv), num(ttat - slack)}
+  return {g, num(ttat), num(tiv), num(wait or now)}
 
 elseif op == 'untokens' then
   -- k, tat, iv: gives back k slots of a tokens call that left the token's
