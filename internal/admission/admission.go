@@ -708,19 +708,11 @@ func (s *Scheduler) Extend(ctx context.Context, shard int, owner string, ids []s
 // finishes the update in whichever shard holds it.
 func (s *Scheduler) Finish(ctx context.Context, account, id string, gen int64) (bool, error) {
 	if account == "" {
-		cmds, err := s.each(ctx, "finish", id, genArg(gen))
+		n, err := s.sum(ctx, "finish", id, genArg(gen))
 		if err != nil {
 			return false, fmt.Errorf("admission: finish %s: %w", id, err)
 		}
-		done := false
-		for _, c := range cmds {
-			n, err := c.Int64()
-			if err != nil {
-				return done, fmt.Errorf("admission: finish %s: %w", id, err)
-			}
-			done = done || n == 1
-		}
-		return done, nil
+		return n > 0, nil
 	}
 	n, err := s.run(ctx, account, "finish", id, genArg(gen)).Int64()
 	if err != nil {
@@ -791,6 +783,23 @@ func (s *Scheduler) Park(ctx context.Context, account, reason string, status int
 	return nil
 }
 
+// sum runs op on every shard and adds up their integer answers.
+func (s *Scheduler) sum(ctx context.Context, op string, args ...any) (int64, error) {
+	cmds, err := s.each(ctx, op, args...)
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, c := range cmds {
+		n, err := c.Int64()
+		if err != nil {
+			return total, err
+		}
+		total += n
+	}
+	return total, nil
+}
+
 // eachErr is the first error of an each call.
 func eachErr(cmds []*redis.Cmd, err error) error {
 	if err != nil {
@@ -809,19 +818,11 @@ func eachErr(cmds []*redis.Cmd, err error) error {
 // there was one.
 func (s *Scheduler) Resume(ctx context.Context, account string) (bool, error) {
 	if account == "" {
-		cmds, err := s.each(ctx, "resume", account)
+		n, err := s.sum(ctx, "resume", account)
 		if err != nil {
 			return false, fmt.Errorf("admission: resume account %q: %w", account, err)
 		}
-		found := false
-		for _, c := range cmds {
-			n, err := c.Int64()
-			if err != nil {
-				return false, fmt.Errorf("admission: resume account %q: %w", account, err)
-			}
-			found = found || n > 0
-		}
-		return found, nil
+		return n > 0, nil
 	}
 	n, err := s.run(ctx, account, "resume", account).Int64()
 	if err != nil {
@@ -939,19 +940,11 @@ func (s *Scheduler) learnRates(account string) (ceiling, base ratelimit.Limit) {
 
 // Reap puts back up to max updates whose lease ran out, and returns how many.
 func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
-	cmds, err := s.each(ctx, "reap", max)
+	n, err := s.sum(ctx, "reap", max)
 	if err != nil {
 		return 0, fmt.Errorf("admission: reap expired leases: %w", err)
 	}
-	total := 0
-	for _, c := range cmds {
-		n, err := c.Int64()
-		if err != nil {
-			return total, fmt.Errorf("admission: reap expired leases: %w", err)
-		}
-		total += int(n)
-	}
-	return total, nil
+	return int(n), nil
 }
 
 // reap puts back up to max updates of shard i whose lease ran out.
@@ -974,19 +967,11 @@ const minBlock = 150 * time.Millisecond
 // closed, so those failures were the upstream's, not their accounts'. It
 // returns how many lanes it released.
 func (s *Scheduler) ClearFailures(ctx context.Context) (int, error) {
-	cmds, err := s.each(ctx, "clearfails")
+	n, err := s.sum(ctx, "clearfails")
 	if err != nil {
 		return 0, fmt.Errorf("admission: clear failure holds: %w", err)
 	}
-	total := 0
-	for _, c := range cmds {
-		n, err := c.Int64()
-		if err != nil {
-			return total, fmt.Errorf("admission: clear failure holds: %w", err)
-		}
-		total += int(n)
-	}
-	return total, nil
+	return int(n), nil
 }
 
 // Wake wakes one sleeping admitter of every shard (the circuit closed: the

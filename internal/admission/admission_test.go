@@ -171,17 +171,7 @@ func TestTokenLimitTakesAccountsInTurn(t *testing.T) {
 				add(t, s, fmt.Sprint(a, i), a, fmt.Sprint("o", i))
 			}
 		}
-		var order []string
-		for len(order) < 9 {
-			got, next := admit(t, s)
-			if len(got) > 1 {
-				t.Fatalf("admitted %v at once under a 5/s token limit", got)
-			}
-			order = append(order, got...)
-			if len(order) < 9 {
-				clk.set(next)
-			}
-		}
+		order := oneAtATime(t, s, clk, 9)
 		want := []string{"A0", "B0", "C0", "A1", "B1", "C1", "A2", "B2", "C2"}
 		if diff := cmp.Diff(want, order); diff != "" {
 			t.Errorf("order (-want +got):\n%s", diff)
@@ -190,6 +180,28 @@ func TestTokenLimitTakesAccountsInTurn(t *testing.T) {
 			t.Errorf("9 admissions took %v; want 8 intervals of 200ms", got)
 		}
 	})
+}
+
+// oneAtATime admits until n are in, moving the clock to each pass's next
+// time, and fails if a pass admits more than one (a limit of one slot at a
+// time) or stalls.
+func oneAtATime(t *testing.T, s *Scheduler, clk *clock, n int) []string {
+	t.Helper()
+	var order []string
+	for len(order) < n {
+		got, next := admit(t, s)
+		if len(got) > 1 {
+			t.Fatalf("admitted %v at once under the limit", got)
+		}
+		order = append(order, got...)
+		if len(order) < n {
+			if len(got) == 0 && !next.After(clk.now()) {
+				t.Fatalf("nothing admitted and next %v is not later than now %v", next, clk.now())
+			}
+			clk.set(next)
+		}
+	}
+	return order
 }
 
 // TestBacklogDelaysNoOtherAccount: one account's backlog of 20,000, then 10

@@ -104,20 +104,7 @@ func TestTokenLimitSpansShards(t *testing.T) {
 				add(t, producer, fmt.Sprint(a, "-", i), a, fmt.Sprint("o", i))
 			}
 		}
-		var order []string
-		for len(order) < 9 {
-			got, next := admit(t, worker)
-			if len(got) > 1 {
-				t.Fatalf("admitted %v at once under a 5/s token limit", got)
-			}
-			order = append(order, got...)
-			if len(order) < 9 {
-				if !next.After(clk.now()) && len(got) == 0 {
-					t.Fatalf("nothing admitted and next %v is not later than now %v", next, clk.now())
-				}
-				clk.set(next)
-			}
-		}
+		order := oneAtATime(t, worker, clk, 9)
 		if got := clk.now().Sub(t0); got != 8*200*time.Millisecond {
 			t.Errorf("9 admissions took %v; want 8 intervals of 200ms", got)
 		}
