@@ -104,18 +104,58 @@ func parseError(raw string, err error) error {
 	return fmt.Errorf("REDIS_URL %s is not understood (%s); expected one of %s", Redact(raw), reason, Forms)
 }
 
+// userinfoEnd finds the '@' that ends a URL's user information (rest: the
+// URL after its scheme), or -1 when it has none. It is the last '@' (a
+// password may hold unescaped @ / ? #), unless that '@' sits in a query
+// value (a key=value pair after a '?': ?sentinel_password=p@ss), where
+// net/url reads it too, its query beginning at the first '?'. Then the user
+// information ends at the last '@' before that '?', or there is none if
+// what precedes the '?' is a list of host:port; otherwise either reading
+// may be right (the password may hold "?k=v"), and unsure says to hide all
+// that follows the last '@' as well.
+func userinfoEnd(rest string) (at int, unsure bool) {
+	at = strings.LastIndex(rest, "@")
+	if at < 0 {
+		return -1, false
+	}
+	q := strings.Index(rest[:at], "?")
+	if q < 0 {
+		return at, false
+	}
+	pair := rest[q+1 : at]
+	if i := strings.LastIndex(pair, "&"); i >= 0 {
+		pair = pair[i+1:]
+	}
+	if !strings.Contains(pair, "=") {
+		return at, false
+	}
+	if a := strings.LastIndex(rest[:q], "@"); a >= 0 {
+		return a, false
+	}
+	if authority, _, _ := strings.Cut(rest[:q], "/"); hostList.MatchString(authority) {
+		return -1, false
+	}
+	return at, true
+}
+
+// hostList matches host[:port][,host[:port]...], the authority of a URL
+// without user information.
+var hostList = regexp.MustCompile(`^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?(?:,(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?)*$`)
+
 // hidden stands in for a secret in a redacted URL.
 const hidden = "xxxxx"
 
 // Redact returns a Redis URL fit to print, with xxxxx in place of the
 // password, of a user name given without a password (it may be a password
 // written in the wrong place), of every query value but master= and db=
-// (asynq reads no password from the query, but a careless URL may carry one
+// (sentinel_password= among them, and whatever else a careless URL carries
 // there) and of any fragment. It reads the text rather than a parsed URL, so
 // it also hides the secrets of a URL that does not parse; like net/url it
 // ends the user information at the last '@', so a password holding an
-// unescaped / ? # or @ stays hidden. When in doubt it hides too much: a
-// stray '@' in the path or query hides the host as well.
+// unescaped / ? # or @ stays hidden, unless that '@' sits in a query value
+// (sentinel_password=p@ss): then the user information, if any, ends before
+// the query. When in doubt it hides too much: a stray '@' in the path or
+// query hides the host as well.
 func Redact(raw string) string {
 	var b strings.Builder
 	rest := raw
@@ -123,7 +163,7 @@ func Redact(raw string) string {
 		b.WriteString(scheme + "://")
 		rest = after
 	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
+	if at, unsure := userinfoEnd(rest); at >= 0 {
 		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
 			b.WriteString(user + ":" + hidden)
 		} else {
@@ -131,6 +171,11 @@ func Redact(raw string) string {
 		}
 		b.WriteByte('@')
 		rest = rest[at+1:]
+		if unsure {
+			// What follows may be the rest of a query value.
+			b.WriteString(hidden)
+			return b.String()
+		}
 	}
 	rest, fragment, hasFragment := strings.Cut(rest, "#")
 	rest, query, hasQuery := strings.Cut(rest, "?")
