@@ -3,6 +3,7 @@ package redisconn
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,12 @@ import (
 // every command after. The functions here ask each address what it is
 // (INFO server's redis_mode, a Sentinel's masters) and say what to write
 // instead. They show the URL only through Redact and addresses as host:port.
+//
+// A redis-sentinel:// URL holds two sets of credentials, the master's and
+// replicas' (user-info) and the sentinels' (sentinel_password=); when one is
+// refused, go-redis says only NOAUTH or WRONGPASS, and sentinelAuth says
+// which servers refused and where their password goes in the URL. Redis's
+// refusals never repeat a password, and neither do these messages.
 
 // probeTimeout bounds the questions asked after a failed connection.
 const probeTimeout = 3 * time.Second
@@ -34,8 +41,41 @@ type node struct {
 	// A Cluster node's CLUSTER INFO: cluster_state and cluster_size.
 	clusterState string
 	clusterSize  int
-	// A Sentinel's masters, by name.
-	masters map[string]bool
+	// A Sentinel's masters: name to host:port.
+	masters map[string]string
+	// refused: the password (or its absence) was refused; one of the
+	// refusal constants below.
+	refused refusal
+	// userinfoOpens: a Sentinel that refused its own credentials took the
+	// URL's user-info ones (the master's): the URL is in asynq's form.
+	userinfoOpens bool
+}
+
+// refusal is how a server refused a connection's credentials.
+type refusal int
+
+const (
+	accepted   refusal = iota
+	noPassword         // it asks for a password and was given none (NOAUTH)
+	wrongPass          // it refused the user name or password given (WRONGPASS)
+	unasked            // it asks for none and refused one (a Redis before 6, AUTH without requirepass)
+)
+
+// refusalOf reads a Redis error: was a password refused, and how.
+func refusalOf(err error) refusal {
+	if err == nil {
+		return accepted
+	}
+	msg := err.Error()
+	switch {
+	case strings.HasPrefix(msg, "NOAUTH"):
+		return noPassword
+	case strings.HasPrefix(msg, "WRONGPASS"), strings.Contains(msg, "invalid password"):
+		return wrongPass
+	case strings.Contains(msg, "without any password configured"), strings.Contains(msg, "no password is set"):
+		return unasked
+	}
+	return accepted
 }
 
 // wrongKind says why raw's server is not what its scheme names, or nil when
@@ -54,7 +94,99 @@ func wrongKind(ctx context.Context, raw string, opt asynq.RedisConnOpt, timeout 
 		nodes := probe(ctx, o.SentinelAddrs, func(addr string) *redis.Options {
 			return &redis.Options{Addr: addr, Username: o.SentinelUsername, Password: o.SentinelPassword, TLSConfig: o.TLSConfig}
 		})
-		return sentinelMismatch(raw, o.MasterName, nodes)
+		// An address refusing the sentinels' credentials may be no
+		// Sentinel at all but the master the user-info password is for:
+		// asked with that, it says what it is. One that turns out a
+		// Sentinel keeps its refusal, for sentinelAuth, noting that the
+		// user-info password opened it.
+		var refused []int
+		for i, n := range nodes {
+			if n.refused != accepted {
+				refused = append(refused, i)
+			}
+		}
+		if len(refused) > 0 && o.Password != "" {
+			addrs := make([]string, len(refused))
+			for j, i := range refused {
+				addrs[j] = nodes[i].addr
+			}
+			again := probe(ctx, addrs, func(addr string) *redis.Options {
+				return &redis.Options{Addr: addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig}
+			})
+			for j, i := range refused {
+				switch again[j].mode {
+				case "standalone", "cluster":
+					nodes[i] = again[j]
+				case "sentinel":
+					nodes[i].userinfoOpens = true
+				}
+			}
+		}
+		if err := sentinelMismatch(raw, o.MasterName, nodes); err != nil {
+			return err
+		}
+		return sentinelAuth(ctx, raw, o, nodes)
+	}
+	return nil
+}
+
+// sentinelAuth: a redis-sentinel:// URL whose sentinels refused their
+// password (sentinel_password=), or whose master, as the sentinels name it,
+// refused the URL's user-info password. It names who refused and where the
+// password goes, never the password.
+func sentinelAuth(ctx context.Context, raw string, o asynq.RedisFailoverClientOpt, nodes []node) error {
+	var refusedBy []string
+	why := accepted
+	masterAddr, userinfoOpens := "", false
+	for _, n := range nodes {
+		if n.mode != "" {
+			if a := n.masters[o.MasterName]; a != "" && masterAddr == "" {
+				masterAddr = a
+			}
+			continue
+		}
+		if n.refused != accepted {
+			refusedBy = append(refusedBy, n.addr)
+			why = n.refused
+			userinfoOpens = userinfoOpens || n.userinfoOpens
+		}
+	}
+	if masterAddr == "" {
+		if len(refusedBy) == 0 {
+			return nil // unreachable, or no sentinel names the master: the caller's error stands
+		}
+		sentinels := "the Sentinels at " + strings.Join(refusedBy, ", ")
+		switch {
+		case why == noPassword && userinfoOpens:
+			return fmt.Errorf("REDIS_URL %s: %s ask for the password given before the @, but that one is the master's and replicas' "+
+				"(older orgsync gave it to the Sentinels): move it to &sentinel_password=PASSWORD (percent-encoded), "+
+				"and put the master's before the @ if it asks for one", Redact(raw), sentinels)
+		case why == noPassword:
+			return fmt.Errorf("REDIS_URL %s: %s ask for a password and the URL gives them none: add &sentinel_password=PASSWORD "+
+				"(percent-encoded); the password before the @ is the master's and replicas', not the Sentinels'", Redact(raw), sentinels)
+		case why == wrongPass:
+			return fmt.Errorf("REDIS_URL %s: %s refused the password in sentinel_password= (or the user in sentinel_username=): "+
+				"it must be their requirepass (percent-encoded); the password before the @ is the master's and replicas'", Redact(raw), sentinels)
+		default:
+			return fmt.Errorf("REDIS_URL %s: %s ask for no password and refused the one in sentinel_password=: remove it", Redact(raw), sentinels)
+		}
+	}
+
+	c := redis.NewClient(&redis.Options{Addr: masterAddr, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig,
+		MaxRetries: -1, PoolSize: 1})
+	defer c.Close()
+	master := fmt.Sprintf("the master %q at %s (as the Sentinels name it)", o.MasterName, masterAddr)
+	switch refusalOf(c.Ping(ctx).Err()) {
+	case noPassword:
+		return fmt.Errorf("REDIS_URL %s: %s asks for a password and the URL gives none: put the master's password before the @, "+
+			"redis-sentinel://:PASSWORD@host:port,...?master=%s (percent-encoded); sentinel_password= is the Sentinels' own",
+			Redact(raw), master, o.MasterName)
+	case wrongPass:
+		return fmt.Errorf("REDIS_URL %s: %s refused the password: the one before the @ must be the master's and replicas' "+
+			"(their requirepass, percent-encoded); the Sentinels' own goes in sentinel_password=", Redact(raw), master)
+	case unasked:
+		return fmt.Errorf("REDIS_URL %s: %s asks for no password and refused the one before the @: remove it "+
+			"(a password for the Sentinels goes in sentinel_password=)", Redact(raw), master)
 	}
 	return nil
 }
@@ -85,7 +217,7 @@ func clusterMismatch(raw string, nodes []node) error {
 // Sentinels, or whose Sentinels do not know the master asked for.
 func sentinelMismatch(raw, master string, nodes []node) error {
 	var answered []string
-	known := map[string]bool{}
+	known := map[string]string{}
 	for _, n := range nodes {
 		switch {
 		case n.mode == "standalone" || n.mode == "cluster":
@@ -97,12 +229,12 @@ func sentinelMismatch(raw, master string, nodes []node) error {
 				"or list the Sentinels' addresses (port 26379 by default)", Redact(raw), n.addr, kind, scheme)
 		case n.mode == "sentinel" && n.masters != nil:
 			answered = append(answered, n.addr)
-			for name := range n.masters {
-				known[name] = true
+			for name, addr := range n.masters {
+				known[name] = addr
 			}
 		}
 	}
-	if len(answered) == 0 || known[master] {
+	if _, ok := known[master]; len(answered) == 0 || ok {
 		return nil
 	}
 	names := "none"
@@ -142,7 +274,7 @@ func monitors(n node) string {
 }
 
 // quotedNames lists names, quoted, sorted and comma-separated.
-func quotedNames(names map[string]bool) string {
+func quotedNames[V any](names map[string]V) string {
 	var q []string
 	for name := range names {
 		q = append(q, strconv.Quote(name))
@@ -176,6 +308,7 @@ func describe(ctx context.Context, c *redis.Client, addr string) node {
 	n := node{addr: addr}
 	info, err := c.Info(ctx, "server").Result()
 	if err != nil {
+		n.refused = refusalOf(err)
 		return n // unreachable, a password refused, INFO not allowed: it cannot tell
 	}
 	n.mode = infoField(info, "redis_mode")
@@ -193,10 +326,11 @@ func describe(ctx context.Context, c *redis.Client, addr string) node {
 	return n
 }
 
-// sentinelMasters reads the names in SENTINEL MASTERS, in RESP2 (a flat
-// list of field and value per master) or RESP3 (a map per master).
-func sentinelMasters(v any) map[string]bool {
-	masters := map[string]bool{}
+// sentinelMasters reads the names and addresses in SENTINEL MASTERS, in
+// RESP2 (a flat list of field and value per master) or RESP3 (a map per
+// master).
+func sentinelMasters(v any) map[string]string {
+	masters := map[string]string{}
 	list, _ := v.([]any)
 	for _, m := range list {
 		fields := map[string]string{}
@@ -211,7 +345,10 @@ func sentinelMasters(v any) map[string]bool {
 			}
 		}
 		if name, ok := fields["name"]; ok {
-			masters[name] = true
+			masters[name] = ""
+			if fields["ip"] != "" && fields["port"] != "" {
+				masters[name] = net.JoinHostPort(fields["ip"], fields["port"])
+			}
 		}
 	}
 	return masters

@@ -13,12 +13,15 @@ import (
 
 // TestOpenWrongKindOfServer points each URL form at the wrong kind of real
 // server (or at sentinels that do not know the master asked for), with a
-// password in the URL, and wants an error that says what is there and what
-// to write instead, without the password.
+// password in the URL (the sentinels' as sentinel_password=), and wants an
+// error that says what is there and what to write instead, without the
+// password. A redis-sentinel:// URL at a plain server gives its user-info
+// password, the one a master would take, and not the sentinels'.
 func TestOpenWrongKindOfServer(t *testing.T) {
 	t.Parallel()
 	const pw = "S3cr3t!pw"
 	userinfo := url.UserPassword("", pw).String() + "@"
+	sentinelPW := "&sentinel_password=" + url.QueryEscape(pw)
 	plain := redistest.Start(t, redistest.WithPassword(pw))
 	sen := redistest.StartSentinel(t, redistest.SentinelPassword(pw))
 	sentinel := sen.Sentinels()[0].Addr
@@ -38,7 +41,7 @@ func TestOpenWrongKindOfServer(t *testing.T) {
 				" is not a Cluster node (cluster support disabled): use redis://" + plain.Addr}},
 		{"cluster URL, a Sentinel", "redis-cluster://" + userinfo + sentinel,
 			[]string{"names a Redis Cluster, but " + sentinel + " is a Sentinel: use redis-sentinel://" + sentinel + `?master=NAME (it monitors "orgsync")`}},
-		{"sentinel URL, unknown master", "redis-sentinel://" + userinfo + strings.Join(sentinels, ",") + "?master=nosuch",
+		{"sentinel URL, unknown master", "redis-sentinel://" + strings.Join(sentinels, ",") + "?master=nosuch" + sentinelPW,
 			[]string{`asks for master "nosuch", but the Sentinels at `, `do not know a master of that name (they monitor: "orgsync")`,
 				"set ?master= to the name in their `sentinel monitor` line"}},
 		{"sentinel URL, single server", "redis-sentinel://" + userinfo + plain.Addr + "?master=orgsync",

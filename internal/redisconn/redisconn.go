@@ -1,6 +1,19 @@
 // Package redisconn turns orgsync's REDIS_URL into a Redis connection shared
 // by asynq and orgsync's own stores, and owns the one redaction through which
 // every message, log line and error shows a Redis URL.
+//
+// The forms are asynq's (Forms), but for one: in a redis-sentinel:// URL the
+// user-info password (and user name, if given) is the master's and
+// replicas', the data's, as in a redis:// URL, and the sentinels' own, if
+// they ask for one, is the query's sentinel_password= (and
+// sentinel_username=), percent-encoded:
+//
+//	redis-sentinel://:DATA_PW@s1:26379,s2:26379,s3:26379?master=orgsync&sentinel_password=SENTINEL_PW
+//
+// asynq gives the user-info password to the sentinels alone, so a master
+// asking for a password (requirepass, the usual production set-up) could
+// not be reached. The URL's password is not sent to the sentinels: they
+// rarely share the master's, and often ask for none.
 package redisconn
 
 import (
@@ -19,9 +32,13 @@ import (
 // DefaultURL is used when REDIS_URL is unset.
 const DefaultURL = "redis://127.0.0.1:6379/0"
 
-// Forms lists the accepted URL forms, for error messages and help text.
+// Forms lists the accepted URL forms, for error messages and help text. In
+// a redis-sentinel:// URL the user-info password (and user name) is the
+// master's and replicas', as in a redis:// URL; the sentinels' own, if they
+// ask for one, is sentinel_password= (percent-encoded).
 const Forms = "redis://[:password@]host:port[/db], rediss://... (TLS), " +
-	"redis-sentinel://[:password@]host:port[,host:port...][?master=NAME], " +
+	"redis-sentinel://[:password@]host:port[,host:port...]?master=NAME[&sentinel_password=PW] " +
+	"(password: the master's and replicas'; sentinel_password: the sentinels', percent-encoded), " +
 	"redis-cluster://[:password@]host:port[,host:port...]"
 
 // Parse returns asynq's connection options for a REDIS_URL. Its errors show
@@ -46,11 +63,41 @@ func Parse(raw string) (asynq.RedisConnOpt, error) {
 	if err != nil {
 		return nil, parseError(raw, err)
 	}
-	if f, ok := opt.(asynq.RedisFailoverClientOpt); ok && f.MasterName == "" {
-		return nil, fmt.Errorf("REDIS_URL %s is not understood (no master name: add ?master=NAME, the name the sentinels monitor, "+
-			"as in their `sentinel monitor NAME host port quorum` line); expected one of %s", Redact(raw), Forms)
+	if f, ok := opt.(asynq.RedisFailoverClientOpt); ok {
+		if f.MasterName == "" {
+			return nil, fmt.Errorf("REDIS_URL %s is not understood (no master name: add ?master=NAME, the name the sentinels monitor, "+
+				"as in their `sentinel monitor NAME host port quorum` line); expected one of %s", Redact(raw), Forms)
+		}
+		return sentinelCredentials(raw, f)
 	}
 	return opt, nil
+}
+
+// sentinelCredentials puts a redis-sentinel:// URL's credentials where they
+// belong. asynq gives the user-info password to the sentinels alone, so a
+// master asking for a password could not be reached; here the user-info (user
+// name and password) is the master's and replicas', as in a redis:// URL,
+// and the sentinels get sentinel_username= and sentinel_password= from the
+// query, and nothing when those are absent: the sentinels and the data
+// servers rarely share a password, and often the sentinels ask for none.
+func sentinelCredentials(raw string, f asynq.RedisFailoverClientOpt) (asynq.RedisConnOpt, error) {
+	u, err := url.Parse(raw) // asynq parsed it already: this does not fail
+	if err != nil {
+		return nil, parseError(raw, err)
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL %s is not understood (its query does not parse: %s; "+
+			"a value holding %% & # + or a space must be percent-encoded: %%25 %%26 %%23 %%2B %%20); expected one of %s",
+			Redact(raw), quoted.ReplaceAllString(err.Error(), "(hidden)"), Forms)
+	}
+	f.Username, f.Password = "", ""
+	if u.User != nil {
+		f.Username = u.User.Username()
+		f.Password, _ = u.User.Password()
+	}
+	f.SentinelUsername, f.SentinelPassword = q.Get("sentinel_username"), q.Get("sentinel_password")
+	return f, nil
 }
 
 // Open parses raw and connects, checking the connection with a PING bounded
@@ -104,18 +151,58 @@ func parseError(raw string, err error) error {
 	return fmt.Errorf("REDIS_URL %s is not understood (%s); expected one of %s", Redact(raw), reason, Forms)
 }
 
+// userinfoEnd finds the '@' that ends a URL's user information (rest: the
+// URL after its scheme), or -1 when it has none. It is the last '@' (a
+// password may hold unescaped @ / ? #), unless that '@' sits in a query
+// value (a key=value pair after a '?': ?sentinel_password=p@ss), where
+// net/url reads it too, its query beginning at the first '?'. Then the user
+// information ends at the last '@' before that '?', or there is none if
+// what precedes the '?' is a list of host:port; otherwise either reading
+// may be right (the password may hold "?k=v"), and unsure says to hide all
+// that follows the last '@' as well.
+func userinfoEnd(rest string) (at int, unsure bool) {
+	at = strings.LastIndex(rest, "@")
+	if at < 0 {
+		return -1, false
+	}
+	q := strings.Index(rest[:at], "?")
+	if q < 0 {
+		return at, false
+	}
+	pair := rest[q+1 : at]
+	if i := strings.LastIndex(pair, "&"); i >= 0 {
+		pair = pair[i+1:]
+	}
+	if !strings.Contains(pair, "=") {
+		return at, false
+	}
+	if a := strings.LastIndex(rest[:q], "@"); a >= 0 {
+		return a, false
+	}
+	if authority, _, _ := strings.Cut(rest[:q], "/"); hostList.MatchString(authority) {
+		return -1, false
+	}
+	return at, true
+}
+
+// hostList matches host[:port][,host[:port]...], the authority of a URL
+// without user information.
+var hostList = regexp.MustCompile(`^(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?(?:,(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]+)?)*$`)
+
 // hidden stands in for a secret in a redacted URL.
 const hidden = "xxxxx"
 
 // Redact returns a Redis URL fit to print, with xxxxx in place of the
 // password, of a user name given without a password (it may be a password
 // written in the wrong place), of every query value but master= and db=
-// (asynq reads no password from the query, but a careless URL may carry one
+// (sentinel_password= among them, and whatever else a careless URL carries
 // there) and of any fragment. It reads the text rather than a parsed URL, so
 // it also hides the secrets of a URL that does not parse; like net/url it
 // ends the user information at the last '@', so a password holding an
-// unescaped / ? # or @ stays hidden. When in doubt it hides too much: a
-// stray '@' in the path or query hides the host as well.
+// unescaped / ? # or @ stays hidden, unless that '@' sits in a query value
+// (sentinel_password=p@ss): then the user information, if any, ends before
+// the query. When in doubt it hides too much: a stray '@' in the path or
+// query hides the host as well.
 func Redact(raw string) string {
 	var b strings.Builder
 	rest := raw
@@ -123,7 +210,7 @@ func Redact(raw string) string {
 		b.WriteString(scheme + "://")
 		rest = after
 	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
+	if at, unsure := userinfoEnd(rest); at >= 0 {
 		if user, _, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
 			b.WriteString(user + ":" + hidden)
 		} else {
@@ -131,6 +218,11 @@ func Redact(raw string) string {
 		}
 		b.WriteByte('@')
 		rest = rest[at+1:]
+		if unsure {
+			// What follows may be the rest of a query value.
+			b.WriteString(hidden)
+			return b.String()
+		}
 	}
 	rest, fragment, hasFragment := strings.Cut(rest, "#")
 	rest, query, hasQuery := strings.Cut(rest, "?")

@@ -51,6 +51,20 @@ func TestRedact(t *testing.T) {
 		{"rediss://:S3cr3t!pw@redis.example:6380/1", "rediss://:xxxxx@redis.example:6380/1"},
 		{"redis-sentinel://:S3cr3t!pw@s1:26379,s2:26379?master=mymaster", "redis-sentinel://:xxxxx@s1:26379,s2:26379?master=mymaster"},
 		{"redis-cluster://:S3cr3t!pw@a:7000,b:7001", "redis-cluster://:xxxxx@a:7000,b:7001"},
+		// The sentinels' credentials are query values, hidden like any but master= and db=.
+		{"redis-sentinel://:S3cr3t!pw@s1:26379,s2:26379?master=mymaster&sentinel_password=S3nt%21nel",
+			"redis-sentinel://:xxxxx@s1:26379,s2:26379?master=mymaster&sentinel_password=xxxxx"},
+		{"redis-sentinel://s1:26379?sentinel_username=admin&master=m&SENTINEL_PASSWORD=S3nt!nel",
+			"redis-sentinel://s1:26379?sentinel_username=xxxxx&master=m&SENTINEL_PASSWORD=xxxxx"},
+		// An unescaped @ in a query value is the query's (as net/url reads
+		// it), not the end of a user-info password: nothing after it shows.
+		{"redis-sentinel://s1:26379,s2:26379?master=m&sentinel_password=S3nt@nelTail", "redis-sentinel://s1:26379,s2:26379?master=m&sentinel_password=xxxxx"},
+		{"redis-sentinel://:S3cr3t!pw@s1:26379?master=m&sentinel_password=S3nt@nel#Ta@il", "redis-sentinel://:xxxxx@s1:26379?master=m&sentinel_password=xxxxx#xxxxx"},
+		{"redis-sentinel://:S3cr@t!pw@s1:26379?master=m&sentinel_password=S3nt@nelTail", "redis-sentinel://:xxxxx@s1:26379?master=m&sentinel_password=xxxxx"},
+		// A password holding "?k=v" and an @ in the user-info, or an
+		// unescaped @ in a query value: either may be, so both are hidden.
+		{"redis://:S3cr?x=1pw@127.0.0.1:6379/0", "redis://:xxxxx@xxxxx"},
+		{"redis://app:S3cr?x=1pw@127.0.0.1:6379/0", "redis://app:xxxxx@xxxxx"},
 		{"redis://127.0.0.1:6379/0?password=S3cr3t!pw&db=2&S3cr3t", "redis://127.0.0.1:6379/0?password=xxxxx&db=2&xxxxx"},
 		{"redis://127.0.0.1:6379/0#S3cr3t", "redis://127.0.0.1:6379/0#xxxxx"},
 		{"S3cr3t!pw@127.0.0.1:6379", "xxxxx@127.0.0.1:6379"},
@@ -80,6 +94,12 @@ func TestErrorsNeverShowThePassword(t *testing.T) {
 		{"tls", "rediss://:S3cr3t!pw@127.0.0.1:1/0", "S3cr3t!pw", "rediss://:xxxxx@127.0.0.1:1/0"},
 		{"sentinel", "redis-sentinel://:S3cr3t!pw@127.0.0.1:1,127.0.0.1:2?master=m", "S3cr3t!pw", "redis-sentinel://:xxxxx@"},
 		{"cluster", "redis-cluster://:S3cr3t!pw@127.0.0.1:1,127.0.0.1:2", "S3cr3t!pw", "redis-cluster://:xxxxx@"},
+		{"sentinel, the sentinels' password", "redis-sentinel://:S3cr3t!pw@127.0.0.1:1,127.0.0.1:2?master=m&sentinel_password=S3nt%21nel",
+			"S3nt!nel", "redis-sentinel://:xxxxx@127.0.0.1:1,127.0.0.1:2?master=m&sentinel_password=xxxxx"},
+		{"sentinel, the sentinels' password holding @", "redis-sentinel://127.0.0.1:1,127.0.0.1:2?master=m&sentinel_password=S3nt@nelTail",
+			"nelTail", "redis-sentinel://127.0.0.1:1,127.0.0.1:2?master=m&sentinel_password=xxxxx"},
+		{"sentinel, the sentinels' password does not parse", "redis-sentinel://127.0.0.1:1?master=m&sentinel_password=hunter2%zz",
+			"hunter2", "its query does not parse: invalid URL escape (hidden)"},
 		{"password in query", "redis://127.0.0.1:1/0?password=S3cr3t!pw", "S3cr3t!pw", "?password=xxxxx"},
 		{"port does not parse", "redis://:hunter2pw@127.0.0.1:notaport/0", "hunter2pw", "invalid port (hidden) after host"},
 		{"cluster port does not parse", "redis-cluster://:hunter2pw@127.0.0.1:notaport", "hunter2pw", "invalid port (hidden) after host"},

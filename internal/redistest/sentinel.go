@@ -34,15 +34,17 @@ type Sentinel struct {
 	master    *Server // the server the sentinels name master, as last seen
 	replica   *Server
 	sentinels []*Server
-	password  string // the sentinels'
+	// The passwords the sentinels, and the master and replica, ask for;
+	// empty: none.
+	sentinelPassword, dataPassword string
 }
 
 // SentinelOption configures StartSentinel.
 type SentinelOption func(*sentinelSetup)
 
 type sentinelSetup struct {
-	data     []Option
-	password string
+	data                           []Option
+	sentinelPassword, dataPassword string
 }
 
 // DataOptions applies opts to the master and the replica (WithAOF).
@@ -51,11 +53,20 @@ func DataOptions(opts ...Option) SentinelOption {
 }
 
 // SentinelPassword makes the sentinels ask for password (requirepass) and
-// give it to each other. The master and replica ask for none: a
-// redis-sentinel:// URL's password goes to the sentinels only (asynq's
-// parsing), and URL carries it.
+// give it to each other (sentinel sentinel-pass). URL carries it as
+// ?sentinel_password=, Client as the failover client's SentinelPassword.
 func SentinelPassword(password string) SentinelOption {
-	return func(c *sentinelSetup) { c.password = password }
+	return func(c *sentinelSetup) { c.sentinelPassword = password }
+}
+
+// DataPassword makes the master and the replica ask for password
+// (requirepass), each give it to the other as its master (masterauth:
+// either may be the replica after a failover), and the sentinels give it to
+// both (sentinel auth-pass). URL carries it as the user-info password,
+// Client as the failover client's Password, and Master and Replica as their
+// own. The sentinels ask for none unless SentinelPassword says so.
+func DataPassword(password string) SentinelOption {
+	return func(c *sentinelSetup) { c.dataPassword = password }
 }
 
 // StartSentinel starts a master, a replica of it (--replicaof) and three
@@ -70,10 +81,14 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 	for _, o := range opts {
 		o(&setup)
 	}
-	s := &Sentinel{t: t, password: setup.password}
+	s := &Sentinel{t: t, sentinelPassword: setup.sentinelPassword, dataPassword: setup.dataPassword}
 	// No wait before a full sync (diskless sync waits 5 s by default for
 	// more replicas to join); both, since either may end up the master.
-	data := append([]Option{WithArgs("--repl-diskless-sync-delay", "0")}, setup.data...)
+	data := []Option{WithArgs("--repl-diskless-sync-delay", "0")}
+	if s.dataPassword != "" {
+		data = append(data, WithPassword(s.dataPassword), WithArgs("--masterauth", s.dataPassword))
+	}
+	data = append(data, setup.data...)
 	s.master = launch(t, newServer(t, data))
 	s.replica = launch(t, newServer(t, append([]Option{WithArgs("--replicaof", "127.0.0.1", strconv.Itoa(s.master.port))}, data...)))
 
@@ -82,12 +97,15 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 		"sentinel failover-timeout %[1]s %[4]d\n"+
 		"sentinel parallel-syncs %[1]s 1\n",
 		SentinelMaster, s.master.port, SentinelDownAfter.Milliseconds(), SentinelFailoverTimeout.Milliseconds())
-	if s.password != "" {
-		conf += "requirepass " + quoteConf(s.password) + "\nsentinel sentinel-pass " + quoteConf(s.password) + "\n"
+	if s.dataPassword != "" {
+		conf += fmt.Sprintf("sentinel auth-pass %s %s\n", SentinelMaster, quoteConf(s.dataPassword))
+	}
+	if s.sentinelPassword != "" {
+		conf += "requirepass " + quoteConf(s.sentinelPassword) + "\nsentinel sentinel-pass " + quoteConf(s.sentinelPassword) + "\n"
 	}
 	for range 3 {
 		sen := newServer(t, []Option{WithArgs("--sentinel")})
-		sen.conf, sen.password = conf, s.password
+		sen.conf, sen.password = conf, s.sentinelPassword
 		s.sentinels = append(s.sentinels, launch(t, sen))
 	}
 	testrig.WaitFor(t, "the replica in sync with the master", 30*time.Second, func() (bool, string) {
@@ -130,21 +148,27 @@ func (s *Sentinel) known() (bool, string) {
 }
 
 func (s *Sentinel) sentinelClient(addr string) *redis.SentinelClient {
-	return redis.NewSentinelClient(&redis.Options{Addr: addr, Password: s.password, MaxRetries: -1})
+	return redis.NewSentinelClient(&redis.Options{Addr: addr, Password: s.sentinelPassword, MaxRetries: -1})
 }
 
-// URL is the set-up's REDIS_URL: redis-sentinel://, the three sentinels
-// (with their password, if they have one), ?master=SentinelMaster.
+// URL is the set-up's REDIS_URL: redis-sentinel://, the master's and
+// replica's password (DataPassword) as user-info, the three sentinels,
+// ?master=SentinelMaster, and the sentinels' password (SentinelPassword)
+// as &sentinel_password=.
 func (s *Sentinel) URL() string {
 	addrs := make([]string, len(s.sentinels))
 	for i, sen := range s.sentinels {
 		addrs[i] = sen.Addr
 	}
 	auth := ""
-	if s.password != "" {
-		auth = url.UserPassword("", s.password).String() + "@"
+	if s.dataPassword != "" {
+		auth = url.UserPassword("", s.dataPassword).String() + "@"
 	}
-	return "redis-sentinel://" + auth + strings.Join(addrs, ",") + "?master=" + SentinelMaster
+	q := "?master=" + url.QueryEscape(SentinelMaster)
+	if s.sentinelPassword != "" {
+		q += "&sentinel_password=" + url.QueryEscape(s.sentinelPassword)
+	}
+	return "redis-sentinel://" + auth + strings.Join(addrs, ",") + q
 }
 
 // Sentinels returns the three sentinels.
@@ -165,7 +189,8 @@ func (s *Sentinel) Client() *redis.Client {
 	for i, sen := range s.sentinels {
 		addrs[i] = sen.Addr
 	}
-	c := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: SentinelMaster, SentinelAddrs: addrs, SentinelPassword: s.password})
+	c := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: SentinelMaster, SentinelAddrs: addrs,
+		SentinelPassword: s.sentinelPassword, Password: s.dataPassword})
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
 }

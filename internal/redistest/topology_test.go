@@ -78,22 +78,37 @@ func TestStartSentinel(t *testing.T) {
 	}
 }
 
-// TestSentinelPassword: sentinels asking for a password are reached with
-// the one URL and Client carry, and refuse a client without it.
-func TestSentinelPassword(t *testing.T) {
+// TestSentinelPasswords: sentinels, master and replica asking for two
+// different passwords are reached with the ones URL and Client carry (the
+// master's as user-info, the sentinels' as sentinel_password=), refuse a
+// client without them, and still fail over (the sentinels give the master's
+// password to the replica they promote).
+func TestSentinelPasswords(t *testing.T) {
 	t.Parallel()
-	const pw = "S3cr3t!pw"
-	s := StartSentinel(t, SentinelPassword(pw))
-	if !strings.Contains(s.URL(), ":S3cr3t%21pw@") {
-		t.Errorf("URL %q does not carry the password", s.URL())
+	const sentinelPW, dataPW = "S3nt!nel+pw", "D4ta!pw"
+	s := StartSentinel(t, SentinelPassword(sentinelPW), DataPassword(dataPW))
+	if u := s.URL(); !strings.HasPrefix(u, "redis-sentinel://:D4ta%21pw@") ||
+		!strings.HasSuffix(u, "?master="+SentinelMaster+"&sentinel_password=S3nt%21nel%2Bpw") {
+		t.Errorf("URL %q: want the master's password as user-info and the sentinels' as sentinel_password=", u)
 	}
 	ctx := context.Background()
-	if err := s.Client().Set(ctx, "k", "v", 0).Err(); err != nil {
+	c := s.Client()
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
 		t.Fatal(err)
 	}
-	plain := redis.NewClient(&redis.Options{Addr: s.Sentinels()[0].Addr})
-	defer plain.Close()
-	if err := plain.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
-		t.Errorf("a sentinel answered PING without the password: %v", err)
+	for _, addr := range []string{s.Sentinels()[0].Addr, s.Master().Addr, s.Replica().Addr} {
+		plain := redis.NewClient(&redis.Options{Addr: addr})
+		if err := plain.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+			t.Errorf("%s answered PING without a password: %v", addr, err)
+		}
+		plain.Close()
+	}
+	if n, err := s.Master().Client().Do(ctx, "WAIT", 1, 5000).Int(); err != nil || n != 1 {
+		t.Fatalf("WAIT for the replica: %d, %v", n, err)
+	}
+	s.KillMaster()
+	s.WaitForPromotion(30 * time.Second)
+	if v, err := c.Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Errorf("after the failover k = %q, %v; want v", v, err)
 	}
 }
