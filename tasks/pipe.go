@@ -16,7 +16,7 @@ import (
 // are queued by their SHA; when Redis does not know one (it restarted, or
 // never saw it), every script is loaded and the commands that failed for it
 // run again, in order, one at a time.
-func (s *Store) pipelined(ctx context.Context, build func(redis.Pipeliner)) error {
+func (s *base) pipelined(ctx context.Context, build func(redis.Pipeliner)) error {
 	pipe := s.rdb.Pipeline()
 	build(pipe)
 	cmds, _ := pipe.Exec(ctx)
@@ -43,7 +43,7 @@ func (s *Store) pipelined(ctx context.Context, build func(redis.Pipeliner)) erro
 }
 
 // loadScripts loads every Lua script the store queues in pipelines.
-func (s *Store) loadScripts(ctx context.Context) error {
+func (s *base) loadScripts(ctx context.Context) error {
 	if err := admission.LoadScript(ctx, s.rdb); err != nil {
 		return fmt.Errorf("load admission's script: %w", err)
 	}

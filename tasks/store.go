@@ -1,0 +1,70 @@
+package tasks
+
+import (
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/orgsync/orgsync/internal/admission"
+)
+
+// Store holds orgsync's own records in Redis: the per-update ledger and
+// attempt history, the dead letters, and (through admission) the updates
+// waiting to be sent and the account holds. Every key starts with
+// the prefix, and keys that one script touches share a hash tag so that Redis
+// Cluster keeps them in one slot.
+type Store struct {
+	*base
+}
+
+// base is what every part of the store shares: the client, the key prefix,
+// the retention, the clock, the admission scheduler and asynq's inspector,
+// each set once by NewStore.
+type base struct {
+	rdb         redis.UniversalClient
+	prefix      string
+	ttl         time.Duration
+	maxAttempts int
+	now         func() time.Time
+	adm         *admission.Scheduler
+	// eventsMaxLen caps the outcome stream (0: no events).
+	eventsMaxLen int64
+	// ins reads asynq's queues (built once; the operator's paths and the
+	// rare legacy checks use it).
+	ins *asynq.Inspector
+}
+
+// StoreOption configures a Store.
+type StoreOption func(*Store)
+
+// WithResultTTL sets how long results and ledger entries live (default DefaultResultTTL).
+func WithResultTTL(d time.Duration) StoreOption { return func(s *Store) { s.ttl = d } }
+
+// WithKeyPrefix sets the Redis key prefix (default "orgsync").
+func WithKeyPrefix(p string) StoreOption { return func(s *Store) { s.prefix = p } }
+
+// WithClock injects the clock (tests).
+func WithClock(now func() time.Time) StoreOption { return func(s *Store) { s.now = now } }
+
+// WithScheduler makes the store use s for admission (the worker's, with its
+// rate limits); by default it builds one with no limits, which is all that
+// enqueueing, operator commands and status need.
+func WithScheduler(a *admission.Scheduler) StoreOption { return func(s *Store) { s.adm = a } }
+
+// WithMaxAttemptsKept bounds each update's attempt history (default DefaultMaxAttemptsKept).
+func WithMaxAttemptsKept(n int) StoreOption { return func(s *Store) { s.maxAttempts = n } }
+
+// NewStore returns a Store on rdb.
+func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
+	s := &Store{&base{rdb: rdb, prefix: "orgsync", ttl: DefaultResultTTL, maxAttempts: DefaultMaxAttemptsKept, now: time.Now,
+		eventsMaxLen: DefaultEventsMaxLen}}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.adm == nil {
+		s.adm = admission.New(rdb, admission.Config{KeyPrefix: s.prefix})
+	}
+	s.ins = asynq.NewInspectorFromRedisClient(rdb)
+	return s
+}
