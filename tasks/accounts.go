@@ -55,34 +55,38 @@ type Hold struct {
 	Until time.Time `json:"until,omitzero"`
 }
 
-// PauseAccount makes the account's updates wait until until, for every worker.
-func (s *Store) PauseAccount(ctx context.Context, account string, until time.Time, status int, reason string) error {
+// Accounts holds and lifts account holds (Store.Accounts). The holds live in
+// admission; this is their door: it checks account ids and maps AllAccounts.
+type Accounts struct{ *base }
+
+// Pause makes the account's updates wait until until, for every worker.
+func (s *Accounts) Pause(ctx context.Context, account string, until time.Time, status int, reason string) error {
 	if err := ValidateAccount(account); err != nil {
 		return err
 	}
 	return s.adm.Hold(ctx, account, until, reason, status)
 }
 
-// ParkAccount holds the account's updates (AllAccounts: every account's)
-// until ResumeAccount.
-func (s *Store) ParkAccount(ctx context.Context, account string, status int, reason string) error {
+// Park holds the account's updates (AllAccounts: every account's)
+// until Resume.
+func (s *Accounts) Park(ctx context.Context, account string, status int, reason string) error {
 	if err := checkHoldAccount(account); err != nil {
 		return err
 	}
 	return s.adm.Park(ctx, admissionAccount(account), reason, status)
 }
 
-// ResumeAccount lifts any hold on the account; it reports whether there was one.
-func (s *Store) ResumeAccount(ctx context.Context, account string) (bool, error) {
+// Resume lifts any hold on the account; it reports whether there was one.
+func (s *Accounts) Resume(ctx context.Context, account string) (bool, error) {
 	if err := checkHoldAccount(account); err != nil {
 		return false, err
 	}
 	return s.adm.Resume(ctx, admissionAccount(account))
 }
 
-// AccountHold returns the hold in force on the account (or on all
+// Hold returns the hold in force on the account (or on all
 // accounts), if any.
-func (s *Store) AccountHold(ctx context.Context, account string) (Hold, bool, error) {
+func (s *Accounts) Hold(ctx context.Context, account string) (Hold, bool, error) {
 	holds, err := s.Holds(ctx)
 	if err != nil {
 		return Hold{}, false, err
@@ -96,7 +100,7 @@ func (s *Store) AccountHold(ctx context.Context, account string) (Hold, bool, er
 }
 
 // Holds lists the holds in force, parked first.
-func (s *Store) Holds(ctx context.Context) ([]Hold, error) {
+func (s *Accounts) Holds(ctx context.Context) ([]Hold, error) {
 	hs, err := s.adm.Holds(ctx)
 	if err != nil {
 		return nil, err
@@ -121,7 +125,7 @@ func (s *Store) Holds(ctx context.Context) ([]Hold, error) {
 // MigrateLegacyHolds moves the holds a version before admission kept (a hash
 // of account -> hold) into admission, so a park made before an upgrade still
 // holds after it, and removes the hash. It returns how many it moved.
-func (s *Store) MigrateLegacyHolds(ctx context.Context) (int, error) {
+func (s *Accounts) MigrateLegacyHolds(ctx context.Context) (int, error) {
 	key := s.prefix + ":{accounts}:holds"
 	m, err := s.rdb.HGetAll(ctx, key).Result()
 	if err != nil || len(m) == 0 {
@@ -144,9 +148,9 @@ func (s *Store) MigrateLegacyHolds(ctx context.Context) (int, error) {
 		}
 		switch {
 		case h.Kind == HoldParked:
-			err = s.ParkAccount(ctx, account, h.StatusCode, h.Reason)
+			err = s.Park(ctx, account, h.StatusCode, h.Reason)
 		case h.Kind == HoldRateLimited && h.Until.After(s.now()) && account != AllAccounts:
-			err = s.PauseAccount(ctx, account, h.Until, h.StatusCode, h.Reason)
+			err = s.Pause(ctx, account, h.Until, h.StatusCode, h.Reason)
 		default:
 			continue
 		}

@@ -39,7 +39,7 @@ func TestReservedAccountCannotHoldEveryone(t *testing.T) {
 			if n := e.up.count(); n != 0 {
 				t.Errorf("upstream saw %d requests, want 0", n)
 			}
-			holds, err := e.store.Holds(context.Background())
+			holds, err := e.store.Accounts().Holds(context.Background())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,7 +59,7 @@ func TestAllAccountsHold(t *testing.T) {
 		name string
 		set  func(e *env) error
 	}{
-		{"parked by this version", func(e *env) error { return e.store.ParkAccount(ctx, AllAccounts, 401, "token rejected") }},
+		{"parked by this version", func(e *env) error { return e.store.Accounts().Park(ctx, AllAccounts, 401, "token rejected") }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,7 +76,7 @@ func TestAllAccountsHold(t *testing.T) {
 				t.Helper()
 				var got, wants []held
 				for _, a := range []string{"acct-1", "x"} {
-					_, ok, err := e.store.AccountHold(ctx, a)
+					_, ok, err := e.store.Accounts().Hold(ctx, a)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -89,15 +89,15 @@ func TestAllAccountsHold(t *testing.T) {
 			check(true)
 			// Resuming an account by any other name leaves everyone held.
 			for _, a := range []string{"acct-1", "\x00all-accounts", "all"} {
-				if ok, _ := e.store.ResumeAccount(ctx, a); ok {
+				if ok, _ := e.store.Accounts().Resume(ctx, a); ok {
 					t.Errorf("resume %q lifted a hold", a)
 				}
-				if err := e.store.ParkAccount(ctx, "\x00all-accounts", 401, "x"); err == nil {
+				if err := e.store.Accounts().Park(ctx, "\x00all-accounts", 401, "x"); err == nil {
 					t.Errorf("ParkAccount accepted an account id with a control character")
 				}
 			}
 			check(true)
-			if ok, err := e.store.ResumeAccount(ctx, AllAccounts); err != nil || !ok {
+			if ok, err := e.store.Accounts().Resume(ctx, AllAccounts); err != nil || !ok {
 				t.Fatalf("resume '*' = %v, %v; want it lifted", ok, err)
 			}
 			check(false)
@@ -110,10 +110,10 @@ func TestAccountHoldIsPerAccount(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, Policy{})
 	ctx := context.Background()
-	if err := e.store.PauseAccount(ctx, "acct-1", e.now.Add(time.Hour), 429, "slow"); err != nil {
+	if err := e.store.Accounts().Pause(ctx, "acct-1", e.now.Add(time.Hour), 429, "slow"); err != nil {
 		t.Fatal(err)
 	}
-	holds, err := e.store.Holds(ctx)
+	holds, err := e.store.Accounts().Holds(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,11 +139,11 @@ func TestMigrateLegacyHolds(t *testing.T) {
 		"acct-2", `{"account":"acct-2","kind":"rate_limited","reason":"429","status_code":429,"until":"`+until+`"}`,
 		"acct-3", `{"account":"acct-3","kind":"rate_limited","reason":"old","until":"2020-01-01T00:00:00Z"}`,
 		"\x00all-accounts", `{"account":"*","kind":"parked","reason":"token rejected","status_code":401}`)
-	n, err := e.store.MigrateLegacyHolds(ctx)
+	n, err := e.store.Accounts().MigrateLegacyHolds(ctx)
 	if err != nil || n != 3 {
 		t.Fatalf("MigrateLegacyHolds = %d, %v; want 3 moved", n, err)
 	}
-	holds, _ := e.store.Holds(ctx)
+	holds, _ := e.store.Accounts().Holds(ctx)
 	var got []string
 	for _, h := range holds {
 		got = append(got, h.Kind+" "+h.Account)

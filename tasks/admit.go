@@ -52,9 +52,6 @@ func ticketOf(t *asynq.Task) (gen int64, probe, ok bool) {
 // fixed length, free of the characters Redis keys and hash tags care about.
 func orgKey(u Update) string { return orderTag(u.IntegratedAccountID, u.ID) }
 
-// Scheduler is the store's admission state.
-func (s *Store) Scheduler() *admission.Scheduler { return s.adm }
-
 // Deliverer returns what the worker's admitter hands admitted updates to: it
 // enqueues each into asynq's pending list under its run's task id. asynq
 // keeps a completed task for retention (0: none; the worker keeps none, since

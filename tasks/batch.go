@@ -128,13 +128,13 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 	// here: see Enqueue.
 	pipe := p.store.rdb.Pipeline()
 	for _, t := range todo {
-		k := p.store.keyIndexKey(t.pl.IdempotencyKey)
+		k := p.store.ledger.keyIndexKey(t.pl.IdempotencyKey)
 		pipe.SAdd(ctx, k, t.pl.IntegratedAccountID)
 		pipe.Expire(ctx, k, p.store.ttl+DefaultMaxAge)
-		t.dead = p.store.deadIn(ctx, pipe, t.id)
-		t.legacy = p.store.deadIn(ctx, pipe, LegacyTaskID(t.pl.IdempotencyKey))
+		t.dead = p.store.dead.deadIn(ctx, pipe, t.id)
+		t.legacy = p.store.dead.deadIn(ctx, pipe, LegacyTaskID(t.pl.IdempotencyKey))
 		t.queuedOld = pipe.Exists(ctx, "asynq:{"+cfg.queue+"}:t:"+LegacyTaskID(t.pl.IdempotencyKey))
-		t.state = pipe.HGet(ctx, p.store.recKey(t.id), "state")
+		t.state = pipe.HGet(ctx, p.store.ledger.recKey(t.id), "state")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("enqueue: check %d updates: %w", len(todo), err)
@@ -185,7 +185,7 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 		results[t.i].Status = EnqueueAccepted
 	}
 	if cfg.run != "" {
-		return p.store.setRunStates(ctx, cfg.run, ended)
+		return p.store.runs.setRunStates(ctx, cfg.run, ended)
 	}
 	return nil
 }
@@ -201,7 +201,7 @@ func (p *Producer) addLinesToRun(ctx context.Context, run string, lines []Line, 
 	for j, t := range todo {
 		entries[j] = runEntry{line: lines[t.i].No, taskID: t.id, key: t.pl.IdempotencyKey}
 	}
-	places, err := p.store.addToRun(ctx, run, entries)
+	places, err := p.store.runs.addToRun(ctx, run, entries)
 	if err != nil {
 		return err
 	}
@@ -211,5 +211,5 @@ func (p *Producer) addLinesToRun(ctx context.Context, run string, lines []Line, 
 			again[todo[j].id] = runWaiting
 		}
 	}
-	return p.store.setRunStates(ctx, run, again)
+	return p.store.runs.setRunStates(ctx, run, again)
 }

@@ -80,13 +80,13 @@ func TestEnqueueLinesBatches(t *testing.T) {
 	}
 	// Line 10 completed and line 20 dead meanwhile; the same file again adds
 	// nothing and counts both at once.
-	if _, err := s.complete(ctx, res[9].TaskID, nil, Result{TaskID: res[9].TaskID, StatusCode: 200}, nil, false); err != nil {
+	if _, err := s.ledger.complete(ctx, res[9].TaskID, nil, Result{TaskID: res[9].TaskID, StatusCode: 200}, nil, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.PutDeadLetter(ctx, DeadLetter{TaskID: res[19].TaskID, Class: "permanent", StatusCode: 422}); err != nil {
+	if err := s.DeadLetters().Put(ctx, DeadLetter{TaskID: res[19].TaskID, Class: "permanent", StatusCode: 422}); err != nil {
 		t.Fatal(err)
 	}
-	_ = s.SealRun(ctx, "batch")
+	_ = s.Runs().Seal(ctx, "batch")
 	res2, errs2 := p.EnqueueLines(ctx, lines, InRun("batch"))
 	for i, err := range errs2 {
 		if i != 5 && !errors.Is(err, ErrDuplicate) {

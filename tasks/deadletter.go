@@ -64,12 +64,12 @@ func (d DeadLetter) payloadVersion() int {
 //	<prefix>:{dlq:<k>}:index    ZSET    task id -> when it died (ms), for the
 //	                                    task ids whose bucket is k
 //
-// A record is always in the index: PutDeadLetter adds the index entry before
-// it writes the record, DeleteDeadLetter removes the record before the index
+// A record is always in the index: Put adds the index entry before
+// it writes the record, Delete removes the record before the index
 // entry. A write stopped between its two steps (Redis failing, a crash) can
 // leave an index entry without a record, which the readers skip and
-// CountDeadLetters counts; never a record the index does not list.
-// (MigrateLegacyDeadLetters copies a record before its index entry, but
+// Count counts; never a record the index does not list.
+// (MigrateLegacy copies a record before its index entry, but
 // keeps the old copy until both are written.)
 
 // deadLetterBuckets is how many sorted sets the dead-letter time index is
@@ -82,14 +82,20 @@ func (d DeadLetter) payloadVersion() int {
 // bytes, spread by task id.
 const deadLetterBuckets = 16
 
+// DeadLetters is the dead-letter store (Store.DeadLetters): one record per
+// update that ended dead, and the time index that lists them.
+type DeadLetters struct{ *base }
+
 // deadKey is the key of the dead letter of taskID.
-func (s *Store) deadKey(taskID string) string { return s.prefix + ":{" + taskID + "}:dead" }
+func (s *DeadLetters) deadKey(taskID string) string { return s.prefix + ":{" + taskID + "}:dead" }
 
 // deadIndexKey is the key of index bucket k.
-func (s *Store) deadIndexKey(k int) string { return s.prefix + ":{dlq:" + strconv.Itoa(k) + "}:index" }
+func (s *DeadLetters) deadIndexKey(k int) string {
+	return s.prefix + ":{dlq:" + strconv.Itoa(k) + "}:index"
+}
 
 // deadIndexOf is the key of the index bucket that lists taskID.
-func (s *Store) deadIndexOf(taskID string) string { return s.deadIndexKey(deadBucket(taskID)) }
+func (s *DeadLetters) deadIndexOf(taskID string) string { return s.deadIndexKey(deadBucket(taskID)) }
 
 // deadBucket is taskID's index bucket: FNV-1a (32 bits) of its bytes, modulo
 // deadLetterBuckets. It must never change (see deadLetterBuckets).
@@ -104,15 +110,15 @@ func deadBucket(taskID string) int {
 
 // deadIn queues in pipe whether taskID has a dead letter (EXISTS, read as a
 // bool).
-func (s *Store) deadIn(ctx context.Context, pipe redis.Pipeliner, taskID string) *redis.BoolCmd {
+func (s *DeadLetters) deadIn(ctx context.Context, pipe redis.Pipeliner, taskID string) *redis.BoolCmd {
 	c := redis.NewBoolCmd(ctx, "exists", s.deadKey(taskID))
 	_ = pipe.Process(ctx, c) // queued; its error is the command's, read after Exec
 	return c
 }
 
-// PutDeadLetter writes (or overwrites) the dead letter of d.TaskID.
-func (s *Store) PutDeadLetter(ctx context.Context, d DeadLetter) error {
-	_, err := s.putDeadLetter(ctx, d, false)
+// Put writes (or overwrites) the dead letter of d.TaskID.
+func (s *DeadLetters) Put(ctx context.Context, d DeadLetter) error {
+	_, err := s.put(ctx, d, false)
 	return err
 }
 
@@ -120,11 +126,11 @@ func (s *Store) PutDeadLetter(ctx context.Context, d DeadLetter) error {
 // markDead) in one transaction: the record and the ledger share the update's
 // hash slot, so a later run finds both or neither. It returns the runs the
 // update is in.
-func (s *Store) deadLettered(ctx context.Context, d DeadLetter) ([]string, error) {
-	return s.putDeadLetter(ctx, d, true)
+func (s *DeadLetters) deadLettered(ctx context.Context, d DeadLetter) ([]string, error) {
+	return s.put(ctx, d, true)
 }
 
-func (s *Store) putDeadLetter(ctx context.Context, d DeadLetter, mark bool) ([]string, error) {
+func (s *DeadLetters) put(ctx context.Context, d DeadLetter, mark bool) ([]string, error) {
 	b, err := json.Marshal(d)
 	if err != nil {
 		return nil, err
@@ -139,7 +145,7 @@ func (s *Store) putDeadLetter(ctx context.Context, d DeadLetter, mark bool) ([]s
 	pipe.Set(ctx, s.deadKey(d.TaskID), b, 0)
 	var fields *redis.StringSliceCmd
 	if mark {
-		fields = s.markDeadIn(ctx, pipe, d.TaskID, d.Reason)
+		fields = s.ledger.markDeadIn(ctx, pipe, d.TaskID, d.Reason)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, fmt.Errorf("write dead letter %s: %w", d.TaskID, err)
@@ -147,7 +153,7 @@ func (s *Store) putDeadLetter(ctx context.Context, d DeadLetter, mark bool) ([]s
 	if d.IdempotencyKey != "" && d.Update.IntegratedAccountID != "" {
 		// Keeps the dead letter findable by its key alone a while longer;
 		// with the account given it is always found.
-		_ = s.noteKey(ctx, d.Update.IntegratedAccountID, d.IdempotencyKey)
+		_ = s.ledger.noteKey(ctx, d.Update.IntegratedAccountID, d.IdempotencyKey)
 	}
 	if fields == nil {
 		return nil, nil
@@ -155,8 +161,8 @@ func (s *Store) putDeadLetter(ctx context.Context, d DeadLetter, mark bool) ([]s
 	return runsOf(fields.Val()), nil
 }
 
-// DeadLetter returns one dead letter by task id, or ErrNotFound.
-func (s *Store) DeadLetter(ctx context.Context, taskID string) (DeadLetter, error) {
+// Get returns one dead letter by task id, or ErrNotFound.
+func (s *DeadLetters) Get(ctx context.Context, taskID string) (DeadLetter, error) {
 	raw, err := s.rdb.Get(ctx, s.deadKey(taskID)).Result()
 	if err == redis.Nil {
 		return DeadLetter{}, fmt.Errorf("dead letter %s: %w", taskID, ErrNotFound)
@@ -171,8 +177,8 @@ func (s *Store) DeadLetter(ctx context.Context, taskID string) (DeadLetter, erro
 	return d, nil
 }
 
-// DeleteDeadLetter removes a dead letter; it reports whether it existed.
-func (s *Store) DeleteDeadLetter(ctx context.Context, taskID string) (bool, error) {
+// Delete removes a dead letter; it reports whether it existed.
+func (s *DeadLetters) Delete(ctx context.Context, taskID string) (bool, error) {
 	// The record first, then its index entry (see the layout).
 	n, err := s.rdb.Del(ctx, s.deadKey(taskID)).Result()
 	if err != nil {
@@ -184,9 +190,9 @@ func (s *Store) DeleteDeadLetter(ctx context.Context, taskID string) (bool, erro
 	return n > 0, nil
 }
 
-// CountDeadLetters returns how many dead letters are stored: the entries of
+// Count returns how many dead letters are stored: the entries of
 // the index buckets, read in one round trip.
-func (s *Store) CountDeadLetters(ctx context.Context) (int64, error) {
+func (s *DeadLetters) Count(ctx context.Context) (int64, error) {
 	pipe := s.rdb.Pipeline()
 	cards := make([]*redis.IntCmd, deadLetterBuckets)
 	for k := range cards {
@@ -244,7 +250,7 @@ const deadLetterPage = 500
 // many dead letters there are.
 const deadIndexPage = 1000
 
-// EachDeadLetter calls fn for every dead letter that matches f, oldest first
+// Each calls fn for every dead letter that matches f, oldest first
 // (by the millisecond it died, then by task id), or in the order of f.TaskIDs
 // when it names them. It reads the index buckets in pages by score and merges
 // them, and the records in pages, so fn may delete the records it is given
@@ -252,13 +258,13 @@ const deadIndexPage = 1000
 // scan starts: an update replayed by fn that dies again is not met a second
 // time. It stops at f.Limit matches, or when fn returns an error (which it
 // returns).
-func (s *Store) EachDeadLetter(ctx context.Context, f Filter, fn func(DeadLetter) error) error {
-	return s.eachDeadLetter(ctx, f, deadIndexPage, fn)
+func (s *DeadLetters) Each(ctx context.Context, f Filter, fn func(DeadLetter) error) error {
+	return s.each(ctx, f, deadIndexPage, fn)
 }
 
-// eachDeadLetter is EachDeadLetter reading indexPage entries of a bucket at a
+// each is Each reading indexPage entries of a bucket at a
 // time (tests make it small).
-func (s *Store) eachDeadLetter(ctx context.Context, f Filter, indexPage int, fn func(DeadLetter) error) error {
+func (s *DeadLetters) each(ctx context.Context, f Filter, indexPage int, fn func(DeadLetter) error) error {
 	matched := 0
 	each := func(ids []string) (bool, error) {
 		pipe := s.rdb.Pipeline()
@@ -318,7 +324,7 @@ func (s *Store) eachDeadLetter(ctx context.Context, f Filter, indexPage int, fn 
 // deadIndexMerge reads the index buckets in pages by score and yields their
 // task ids merged, oldest first, ties by task id (the order of a sorted set).
 type deadIndexMerge struct {
-	s       *Store
+	s       *DeadLetters
 	lo      string // the lowest score, as ZRANGE BYSCORE takes it
 	until   int64  // scores below it (ms; 0: no bound)
 	buckets []*bucketScan
@@ -341,7 +347,7 @@ type bucketScan struct {
 	done     bool // nothing left to read
 }
 
-func (s *Store) newDeadIndexMerge(since, until time.Time, page int) *deadIndexMerge {
+func (s *DeadLetters) newDeadIndexMerge(since, until time.Time, page int) *deadIndexMerge {
 	m := &deadIndexMerge{s: s, lo: "-inf"}
 	if !since.IsZero() {
 		m.lo = strconv.FormatInt(since.UnixMilli(), 10)
@@ -490,11 +496,11 @@ func (b *bucketScan) took(ctx context.Context, rdb redis.UniversalClient, page [
 
 // The layout before the dead-letter store spread over the cluster: every dead
 // letter in one hash and one sorted set, under one hash tag.
-func (s *Store) legacyDeadRecords() string { return s.prefix + ":{dlq}:records" }
-func (s *Store) legacyDeadIndex() string   { return s.prefix + ":{dlq}:index" }
+func (s *DeadLetters) legacyDeadRecords() string { return s.prefix + ":{dlq}:records" }
+func (s *DeadLetters) legacyDeadIndex() string   { return s.prefix + ":{dlq}:index" }
 
 // legacyMoveBatch is how many dead letters one step of
-// MigrateLegacyDeadLetters moves.
+// MigrateLegacy moves.
 const legacyMoveBatch = 500
 
 // dropLegacyDeadLetters removes from the old layout (KEYS[1] the hash,
@@ -514,7 +520,7 @@ for i = 1, #ARGV, 2 do
 end
 return n`)
 
-// MigrateLegacyDeadLetters moves the dead letters of the old layout (one hash
+// MigrateLegacy moves the dead letters of the old layout (one hash
 // and one index under {dlq}) to the per-update records and the index buckets,
 // in batches of legacyMoveBatch, oldest first, and deletes what it moved. It
 // returns how many it moved.
@@ -530,7 +536,7 @@ return n`)
 // milliseconds between another run's read of the same batch and its copy, is
 // written back by that other run; it is listed again, and its replay finds
 // the update already back and only removes it.
-func (s *Store) MigrateLegacyDeadLetters(ctx context.Context) (int, error) {
+func (s *DeadLetters) MigrateLegacy(ctx context.Context) (int, error) {
 	recs, idx := s.legacyDeadRecords(), s.legacyDeadIndex()
 	if n, err := s.rdb.Exists(ctx, recs, idx).Result(); err != nil || n == 0 {
 		if err != nil {
@@ -578,7 +584,7 @@ func (s *Store) MigrateLegacyDeadLetters(ctx context.Context) (int, error) {
 
 // moveUnindexed moves the records of the old hash that its index does not
 // list, in one pass over the hash. It returns how many it saw and moved.
-func (s *Store) moveUnindexed(ctx context.Context) (seen, moved int, err error) {
+func (s *DeadLetters) moveUnindexed(ctx context.Context) (seen, moved int, err error) {
 	var cursor uint64
 	for {
 		kv, next, err := s.rdb.HScan(ctx, s.legacyDeadRecords(), cursor, "", legacyMoveBatch).Result()
@@ -618,7 +624,7 @@ type legacyDead struct {
 
 // moveLegacy copies batch to the new layout, records first, then removes it
 // from the old one. It returns how many old records it removed.
-func (s *Store) moveLegacy(ctx context.Context, batch []legacyDead) (int, error) {
+func (s *DeadLetters) moveLegacy(ctx context.Context, batch []legacyDead) (int, error) {
 	// Records first, then index entries: a record copied without its entry
 	// is still in the old layout, and the next run copies it again.
 	pipe := s.rdb.Pipeline()

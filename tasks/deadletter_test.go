@@ -27,18 +27,18 @@ func putDead(t *testing.T, s *Store, ids []string, at func(i int) time.Time) {
 	for i, id := range ids {
 		d := DeadLetter{TaskID: id, Class: ClassExhausted, StatusCode: 422 + i%2, DeadAt: at(i),
 			Update: Update{ID: "org-" + strconv.Itoa(i%7), IntegratedAccountID: "acct-" + strconv.Itoa(i%3)}}
-		if err := s.PutDeadLetter(context.Background(), d); err != nil {
+		if err := s.DeadLetters().Put(context.Background(), d); err != nil {
 			t.Fatal(err)
 		}
 	}
 }
 
-// visit lists the task ids EachDeadLetter gives for f, reading index pages
+// visit lists the task ids Each gives for f, reading index pages
 // of indexPage entries.
 func visit(t *testing.T, s *Store, f Filter, indexPage int) []string {
 	t.Helper()
 	var got []string
-	if err := s.eachDeadLetter(context.Background(), f, indexPage, func(d DeadLetter) error {
+	if err := s.dead.each(context.Background(), f, indexPage, func(d DeadLetter) error {
 		got = append(got, d.TaskID)
 		return nil
 	}); err != nil {
@@ -162,7 +162,7 @@ func TestEachDeadLetterFilters(t *testing.T) {
 	// The other filters select among them, oldest first.
 	var status []string
 	for _, id := range all {
-		if d, _ := s.DeadLetter(context.Background(), id); d.StatusCode == 423 && d.Update.IntegratedAccountID == "acct-1" {
+		if d, _ := s.DeadLetters().Get(context.Background(), id); d.StatusCode == 423 && d.Update.IntegratedAccountID == "acct-1" {
 			status = append(status, id)
 		}
 	}
@@ -186,15 +186,15 @@ func TestEachDeadLetterWhileDeleting(t *testing.T) {
 	putDead(t, s, ids, func(i int) time.Time { return at[ids[i]] })
 	seen := map[string]int{}
 	var order []string
-	err := s.eachDeadLetter(ctx, Filter{}, 5, func(d DeadLetter) error {
+	err := s.dead.each(ctx, Filter{}, 5, func(d DeadLetter) error {
 		seen[d.TaskID]++
 		order = append(order, d.TaskID)
-		if ok, err := s.DeleteDeadLetter(ctx, d.TaskID); err != nil || !ok {
+		if ok, err := s.DeadLetters().Delete(ctx, d.TaskID); err != nil || !ok {
 			return fmt.Errorf("delete %s: %v, %v", d.TaskID, ok, err)
 		}
 		if len(order)%50 == 0 { // replayed, and dead again at once
 			d.DeadAt = deadAtMS(20 + len(order))
-			return s.PutDeadLetter(ctx, d)
+			return s.DeadLetters().Put(ctx, d)
 		}
 		return nil
 	})
@@ -209,7 +209,7 @@ func TestEachDeadLetterWhileDeleting(t *testing.T) {
 			t.Errorf("%s given %d times", id, n)
 		}
 	}
-	if n, err := s.CountDeadLetters(ctx); err != nil || n != 8 {
+	if n, err := s.DeadLetters().Count(ctx); err != nil || n != 8 {
 		t.Errorf("CountDeadLetters = %d, %v; want the 8 that died again", n, err)
 	}
 }
@@ -222,42 +222,42 @@ func TestDeadLetterRecordAndCount(t *testing.T) {
 	ctx := context.Background()
 	ids := testIDs(50)
 	putDead(t, s, ids, func(i int) time.Time { return deadAtMS(i) })
-	if n, err := s.CountDeadLetters(ctx); err != nil || n != 50 {
+	if n, err := s.DeadLetters().Count(ctx); err != nil || n != 50 {
 		t.Fatalf("CountDeadLetters = %d, %v; want 50", n, err)
 	}
 	// Written again (a later death): one record, one index entry, moved in time.
 	putDead(t, s, ids[:1], func(int) time.Time { return deadAtMS(100) })
-	if n, _ := s.CountDeadLetters(ctx); n != 50 {
+	if n, _ := s.DeadLetters().Count(ctx); n != 50 {
 		t.Errorf("after an overwrite CountDeadLetters = %d, want 50", n)
 	}
 	if got := visit(t, s, Filter{}, 4); got[len(got)-1] != ids[0] {
 		t.Errorf("the overwritten dead letter is not the newest: %v", got)
 	}
-	d, err := s.DeadLetter(ctx, ids[0])
+	d, err := s.DeadLetters().Get(ctx, ids[0])
 	if err != nil || !d.DeadAt.Equal(deadAtMS(100)) || d.StatusCode != 422 {
 		t.Errorf("DeadLetter = %+v, %v", d, err)
 	}
-	if ttl := rdb.PTTL(ctx, s.deadKey(ids[0])).Val(); ttl != -1 {
+	if ttl := rdb.PTTL(ctx, s.dead.deadKey(ids[0])).Val(); ttl != -1 {
 		t.Errorf("the record's PTTL is %v, want none (-1)", ttl)
 	}
-	if rec, err := s.Get(ctx, ids[0]); err != nil || !rec.DeadLettered {
+	if rec, err := s.Ledger().Get(ctx, ids[0]); err != nil || !rec.DeadLettered {
 		t.Errorf("Get = %+v, %v; want DeadLettered", rec, err)
 	}
 	for i, id := range ids[:10] {
-		if ok, err := s.DeleteDeadLetter(ctx, id); err != nil || !ok {
+		if ok, err := s.DeadLetters().Delete(ctx, id); err != nil || !ok {
 			t.Fatalf("DeleteDeadLetter(%d) = %v, %v", i, ok, err)
 		}
 	}
-	if ok, err := s.DeleteDeadLetter(ctx, ids[0]); err != nil || ok {
+	if ok, err := s.DeadLetters().Delete(ctx, ids[0]); err != nil || ok {
 		t.Errorf("deleting again = %v, %v; want false", ok, err)
 	}
-	if _, err := s.DeadLetter(ctx, ids[0]); !errors.Is(err, ErrNotFound) {
+	if _, err := s.DeadLetters().Get(ctx, ids[0]); !errors.Is(err, ErrNotFound) {
 		t.Errorf("DeadLetter of a deleted one: %v, want ErrNotFound", err)
 	}
-	if n, _ := s.CountDeadLetters(ctx); n != 40 {
+	if n, _ := s.DeadLetters().Count(ctx); n != 40 {
 		t.Errorf("after 10 deletes CountDeadLetters = %d, want 40", n)
 	}
-	if rec, _ := s.Get(ctx, ids[0]); rec.DeadLettered {
+	if rec, _ := s.Ledger().Get(ctx, ids[0]); rec.DeadLettered {
 		t.Error("Get says DeadLettered after the delete")
 	}
 }
@@ -269,17 +269,17 @@ func TestDeadLetteredMarksTheLedgerInOneTransaction(t *testing.T) {
 	s, _ := realStore(t)
 	ctx := context.Background()
 	id := TaskID("acct", "k")
-	if tag(s.deadKey(id)) != tag(s.recKey(id)) {
-		t.Fatalf("%s and %s have different hash tags", s.deadKey(id), s.recKey(id))
+	if tag(s.dead.deadKey(id)) != tag(s.ledger.recKey(id)) {
+		t.Fatalf("%s and %s have different hash tags", s.dead.deadKey(id), s.ledger.recKey(id))
 	}
-	if _, err := s.addToRun(ctx, "r", []runEntry{{1, id, "k"}}); err != nil {
+	if _, err := s.runs.addToRun(ctx, "r", []runEntry{{1, id, "k"}}); err != nil {
 		t.Fatal(err)
 	}
-	runs, err := s.deadLettered(ctx, DeadLetter{TaskID: id, Reason: "gone", DeadAt: deadAtMS(0)})
+	runs, err := s.dead.deadLettered(ctx, DeadLetter{TaskID: id, Reason: "gone", DeadAt: deadAtMS(0)})
 	if err != nil || !slices.Equal(runs, []string{"r"}) {
 		t.Fatalf("deadLettered = %v, %v; want the run r", runs, err)
 	}
-	rec, err := s.Get(ctx, id)
+	rec, err := s.Ledger().Get(ctx, id)
 	if err != nil || rec.State != StatusDead || rec.LastError != "gone" || !rec.DeadLettered {
 		t.Errorf("ledger after deadLettered: %+v, %v", rec, err)
 	}
@@ -336,7 +336,7 @@ func TestDeadLetterBucketsSpreadOverMasters(t *testing.T) {
 	s := NewStore(redis.NewClient(&redis.Options{Addr: "127.0.0.1:0"}))
 	var perMaster [3]int
 	for k := range deadLetterBuckets {
-		slot := int(crc16(tag(s.deadIndexKey(k)))) % 16384
+		slot := int(crc16(tag(s.dead.deadIndexKey(k)))) % 16384
 		perMaster[min(slot*3/16384, 2)]++
 	}
 	t.Logf("index buckets per master of three: %v", perMaster)
@@ -358,11 +358,11 @@ func TestDeadLettersSpreadOverKeys(t *testing.T) {
 	ids := testIDs(n)
 	writeLegacy(t, s, rdb, ids[direct:], func(i int) time.Time { return deadAtMS(i) })
 	putDead(t, s, ids[:direct], func(i int) time.Time { return deadAtMS(n + i) })
-	moved, err := s.MigrateLegacyDeadLetters(ctx)
+	moved, err := s.DeadLetters().MigrateLegacy(ctx)
 	if err != nil || moved != n-direct {
 		t.Fatalf("MigrateLegacyDeadLetters = %d, %v; want %d", moved, err, n-direct)
 	}
-	if c, _ := s.CountDeadLetters(ctx); c != n {
+	if c, _ := s.DeadLetters().Count(ctx); c != n {
 		t.Fatalf("CountDeadLetters = %d, want %d", c, n)
 	}
 	largest, largestKey, keys := int64(0), "", 0
@@ -406,8 +406,8 @@ func writeLegacy(t *testing.T, s *Store, rdb *redis.Client, ids []string, at fun
 		pipe := rdb.Pipeline()
 		for i := start; i < min(start+1000, len(ids)); i++ {
 			b, _ := json.Marshal(DeadLetter{TaskID: ids[i], Class: ClassExhausted, StatusCode: 422, DeadAt: at(i)})
-			pipe.HSet(ctx, s.legacyDeadRecords(), ids[i], b)
-			pipe.ZAdd(ctx, s.legacyDeadIndex(), redis.Z{Score: float64(at(i).UnixMilli()), Member: ids[i]})
+			pipe.HSet(ctx, s.dead.legacyDeadRecords(), ids[i], b)
+			pipe.ZAdd(ctx, s.dead.legacyDeadIndex(), redis.Z{Score: float64(at(i).UnixMilli()), Member: ids[i]})
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			t.Fatal(err)
@@ -429,36 +429,36 @@ func TestMigrateLegacyDeadLetters(t *testing.T) {
 	}
 	writeLegacy(t, s, rdb, ids[:1200], func(i int) time.Time { return at[ids[i]] })
 	// An index entry without its record, a record without its index entry.
-	rdb.ZAdd(ctx, s.legacyDeadIndex(), redis.Z{Score: 1, Member: ids[1200]})
+	rdb.ZAdd(ctx, s.dead.legacyDeadIndex(), redis.Z{Score: 1, Member: ids[1200]})
 	b, _ := json.Marshal(DeadLetter{TaskID: ids[1201], DeadAt: at[ids[1201]]})
-	rdb.HSet(ctx, s.legacyDeadRecords(), ids[1201], b)
+	rdb.HSet(ctx, s.dead.legacyDeadRecords(), ids[1201], b)
 	// Dead again since, in the new layout: the newer record stays.
 	newer := DeadLetter{TaskID: ids[7], Reason: "newer", DeadAt: deadAtMS(500)}
-	if err := s.PutDeadLetter(ctx, newer); err != nil {
+	if err := s.DeadLetters().Put(ctx, newer); err != nil {
 		t.Fatal(err)
 	}
 	at[ids[7]] = newer.DeadAt
-	n, err := s.MigrateLegacyDeadLetters(ctx)
+	n, err := s.DeadLetters().MigrateLegacy(ctx)
 	if err != nil || n != 1201 {
 		t.Fatalf("MigrateLegacyDeadLetters = %d, %v; want 1201 (1200 indexed, 1 the index lost)", n, err)
 	}
-	if k := rdb.Exists(ctx, s.legacyDeadRecords(), s.legacyDeadIndex()).Val(); k != 0 {
+	if k := rdb.Exists(ctx, s.dead.legacyDeadRecords(), s.dead.legacyDeadIndex()).Val(); k != 0 {
 		t.Errorf("%d old keys left", k)
 	}
 	want := oldestFirst(append(slices.Clone(ids[:1200]), ids[1201]), at)
 	if got := visit(t, s, Filter{}, deadIndexPage); !slices.Equal(got, want) {
 		t.Errorf("after the move %d dead letters, want %d oldest first (first difference at %d)", len(got), len(want), firstDiff(got, want))
 	}
-	if d, _ := s.DeadLetter(ctx, ids[7]); d.Reason != "newer" {
+	if d, _ := s.DeadLetters().Get(ctx, ids[7]); d.Reason != "newer" {
 		t.Errorf("the dead letter already in the new layout was overwritten: %+v", d)
 	}
-	if d, err := s.DeadLetter(ctx, ids[1199]); err != nil || d.StatusCode != 422 || !d.DeadAt.Equal(at[ids[1199]]) {
+	if d, err := s.DeadLetters().Get(ctx, ids[1199]); err != nil || d.StatusCode != 422 || !d.DeadAt.Equal(at[ids[1199]]) {
 		t.Errorf("a moved dead letter reads %+v, %v", d, err)
 	}
-	if n, err := s.MigrateLegacyDeadLetters(ctx); err != nil || n != 0 {
+	if n, err := s.DeadLetters().MigrateLegacy(ctx); err != nil || n != 0 {
 		t.Errorf("a second run = %d, %v; want 0", n, err)
 	}
-	if c, _ := s.CountDeadLetters(ctx); c != 1201 {
+	if c, _ := s.DeadLetters().Count(ctx); c != 1201 {
 		t.Errorf("CountDeadLetters = %d, want 1201", c)
 	}
 }
@@ -480,7 +480,7 @@ func TestMigrateLegacyDeadLettersConcurrently(t *testing.T) {
 			defer wg.Done()
 			other := NewStore(redis.NewClient(&redis.Options{Addr: rdb.Options().Addr}))
 			defer other.rdb.Close()
-			counts[w], errs[w] = other.MigrateLegacyDeadLetters(ctx)
+			counts[w], errs[w] = other.DeadLetters().MigrateLegacy(ctx)
 		}()
 	}
 	wg.Wait()
@@ -495,13 +495,13 @@ func TestMigrateLegacyDeadLettersConcurrently(t *testing.T) {
 	if total != len(ids) {
 		t.Errorf("moved %d in all, want %d", total, len(ids))
 	}
-	if c, _ := s.CountDeadLetters(ctx); c != int64(len(ids)) {
+	if c, _ := s.DeadLetters().Count(ctx); c != int64(len(ids)) {
 		t.Errorf("CountDeadLetters = %d, want %d", c, len(ids))
 	}
 	if got := visit(t, s, Filter{}, deadIndexPage); len(got) != len(ids) {
 		t.Errorf("EachDeadLetter gave %d, want %d", len(got), len(ids))
 	}
-	if k := rdb.Exists(ctx, s.legacyDeadRecords(), s.legacyDeadIndex()).Val(); k != 0 {
+	if k := rdb.Exists(ctx, s.dead.legacyDeadRecords(), s.dead.legacyDeadIndex()).Val(); k != 0 {
 		t.Errorf("%d old keys left", k)
 	}
 }

@@ -77,11 +77,15 @@ func (e OutcomeEvent) InRun(name string) bool {
 // DefaultEventsMaxLen); 0 writes no events.
 func WithEventsMaxLen(n int64) StoreOption { return func(s *Store) { s.eventsMaxLen = n } }
 
-// EventsKey is the Redis key of the outcome stream.
-func (s *Store) EventsKey() string { return s.prefix + ":{events}:outcomes" }
+// Events is the outcome stream (Store.Events): the handler and the runs
+// append to it; Read, Count, LastID and NewReader read it.
+type Events struct{ *base }
+
+// Key is the Redis key of the outcome stream.
+func (s *Events) Key() string { return s.prefix + ":{events}:outcomes" }
 
 // emit appends e to the outcome stream.
-func (s *Store) emit(ctx context.Context, e OutcomeEvent) error {
+func (s *Events) emit(ctx context.Context, e OutcomeEvent) error {
 	if s.eventsMaxLen <= 0 {
 		return nil
 	}
@@ -93,15 +97,15 @@ func (s *Store) emit(ctx context.Context, e OutcomeEvent) error {
 }
 
 // eventArgs appends e to the capped outcome stream.
-func (s *Store) eventArgs(e OutcomeEvent) *redis.XAddArgs {
-	return &redis.XAddArgs{Stream: s.EventsKey(), MaxLen: s.eventsMaxLen, Approx: true, Values: e.fields()}
+func (s *Events) eventArgs(e OutcomeEvent) *redis.XAddArgs {
+	return &redis.XAddArgs{Stream: s.Key(), MaxLen: s.eventsMaxLen, Approx: true, Values: e.fields()}
 }
 
 // endIn queues in pipe what an update's end writes besides the ledger: its
 // outcome event, then its state in each of its runs. Each part is safe to
 // repeat. The returned function, once the pipeline has run, names the runs
 // the update made done (their run_done events are still to be written).
-func (s *Store) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent, runs []string) func() []string {
+func (s *Events) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent, runs []string) func() []string {
 	e.Runs = runs
 	if s.eventsMaxLen > 0 {
 		pipe.XAdd(ctx, s.eventArgs(e))
@@ -112,7 +116,7 @@ func (s *Store) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent,
 	}
 	cmds := make([]*redis.Cmd, len(runs))
 	for i, name := range runs {
-		cmds[i] = s.runCallIn(ctx, pipe, name, "set", e.TaskID, state)
+		cmds[i] = s.runs.runCallIn(ctx, pipe, name, "set", e.TaskID, state)
 	}
 	return func() []string {
 		var done []string
@@ -123,48 +127,6 @@ func (s *Store) endIn(ctx context.Context, pipe redis.Pipeliner, e OutcomeEvent,
 		}
 		return done
 	}
-}
-
-// setInRuns records the update's state in each of runs, and announces those
-// it made done.
-func (s *Store) setInRuns(ctx context.Context, taskID string, runs []string, state string) error {
-	var errs []error
-	for _, name := range runs {
-		done, err := s.setRunState(ctx, name, taskID, state)
-		if err == nil && done {
-			err = s.announceRun(ctx, name)
-		}
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// announceClaim is how long a claim to write a run's run_done event holds
-// before another reader takes it as its writer's crash.
-const announceClaim = time.Minute
-
-// announceRun writes a run's run_done event, then marks it written, unless
-// another writer has claimed it (or it is out already).
-func (s *Store) announceRun(ctx context.Context, name string) error {
-	claimed, err := s.runCall(ctx, name, "claim", announceClaim.Milliseconds()).Int64()
-	if err != nil {
-		return fmt.Errorf("run %q: claim its run_done event: %w", name, err)
-	}
-	if claimed == 0 {
-		return nil
-	}
-	m, err := s.rdb.HGetAll(ctx, s.runKeys(name)[0]).Result()
-	if err != nil {
-		return fmt.Errorf("read run %q: %w", name, err)
-	}
-	st := runStatusOf(name, m)
-	e := OutcomeEvent{Type: EventRunDone, At: s.now().UTC(), Run: name, Total: st.Total,
-		Completed: st.Completed, Dead: st.Dead, Purged: st.Purged}
-	if err := s.emit(ctx, e); err != nil {
-		return err
-	}
-	_ = s.rdb.PExpire(ctx, s.runIndex(), s.ttl).Err() // listed as long as it is kept
-	return s.runCall(ctx, name, "announced").Err()
 }
 
 func (e OutcomeEvent) fields() map[string]any {
@@ -217,16 +179,16 @@ func eventOf(m redis.XMessage) OutcomeEvent {
 	return e
 }
 
-// ReadEvents returns up to count events after position after ("" or "0":
+// Read returns up to count events after position after ("" or "0":
 // from the oldest kept). With block > 0 and nothing there yet, it waits up to
 // block for new ones ("$" as after: only events appended from now on).
-func (s *Store) ReadEvents(ctx context.Context, after string, count int64, block time.Duration) ([]OutcomeEvent, error) {
+func (s *Events) Read(ctx context.Context, after string, count int64, block time.Duration) ([]OutcomeEvent, error) {
 	if after == "" {
 		after = "0"
 	}
 	var msgs []redis.XMessage
 	if block > 0 {
-		streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{s.EventsKey(), after}, Count: count, Block: block}).Result()
+		streams, err := s.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{s.Key(), after}, Count: count, Block: block}).Result()
 		if errors.Is(err, redis.Nil) {
 			return nil, nil
 		}
@@ -242,7 +204,7 @@ func (s *Store) ReadEvents(ctx context.Context, after string, count int64, block
 			from = "-"
 		}
 		var err error
-		if msgs, err = s.rdb.XRangeN(ctx, s.EventsKey(), from, "+", count).Result(); err != nil {
+		if msgs, err = s.rdb.XRangeN(ctx, s.Key(), from, "+", count).Result(); err != nil {
 			return nil, fmt.Errorf("read outcome events: %w", err)
 		}
 	}
@@ -253,18 +215,18 @@ func (s *Store) ReadEvents(ctx context.Context, after string, count int64, block
 	return out, nil
 }
 
-// CountEvents is how many outcome events the stream holds.
-func (s *Store) CountEvents(ctx context.Context) (int64, error) {
-	n, err := s.rdb.XLen(ctx, s.EventsKey()).Result()
+// Count is how many outcome events the stream holds.
+func (s *Events) Count(ctx context.Context) (int64, error) {
+	n, err := s.rdb.XLen(ctx, s.Key()).Result()
 	if err != nil {
 		return 0, fmt.Errorf("count outcome events: %w", err)
 	}
 	return n, nil
 }
 
-// LastEventID is the id of the newest outcome event ("0-0" when there is none).
-func (s *Store) LastEventID(ctx context.Context) (string, error) {
-	msgs, err := s.rdb.XRevRangeN(ctx, s.EventsKey(), "+", "-", 1).Result()
+// LastID is the id of the newest outcome event ("0-0" when there is none).
+func (s *Events) LastID(ctx context.Context) (string, error) {
+	msgs, err := s.rdb.XRevRangeN(ctx, s.Key(), "+", "-", 1).Result()
 	if err != nil {
 		return "", fmt.Errorf("read outcome events: %w", err)
 	}
@@ -308,8 +270,8 @@ type EventReader struct {
 	created    bool
 }
 
-// NewEventReader returns a reader of the store's outcome stream.
-func (s *Store) NewEventReader(o EventReaderOptions) (*EventReader, error) {
+// NewReader returns a reader of the store's outcome stream.
+func (s *Events) NewReader(o EventReaderOptions) (*EventReader, error) {
 	if o.Group == "" || o.Consumer == "" {
 		return nil, errors.New("event reader: give a Group and a Consumer name")
 	}
@@ -325,7 +287,7 @@ func (s *Store) NewEventReader(o EventReaderOptions) (*EventReader, error) {
 	if o.ClaimIdle == 0 {
 		o.ClaimIdle = time.Minute
 	}
-	return &EventReader{rdb: s.rdb, stream: s.EventsKey(), o: o, claimStart: "0-0", ownFrom: "0"}, nil
+	return &EventReader{rdb: s.rdb, stream: s.Key(), o: o, claimStart: "0-0", ownFrom: "0"}, nil
 }
 
 // Read returns the next events for this consumer: first those it read before

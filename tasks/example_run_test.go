@@ -27,7 +27,7 @@ func runLines() []tasks.Line {
 // `enqueue bulk --run` does for a line without one, so enqueueing the same
 // lines again under the same run (a re-run after a crash) adds nothing; an
 // update without a key would get a random one, and apply twice.
-func ExampleStore_SealRun() {
+func ExampleRuns_Seal() {
 	mr := miniredis.NewMiniRedis() // in production: redis.NewClient(...) on your Redis
 	if err := mr.Start(); err != nil {
 		panic(err)
@@ -52,10 +52,10 @@ func ExampleStore_SealRun() {
 	for i, r := range results {
 		fmt.Println("line", lines[i].No, r.Status, errs[i])
 	}
-	if err := store.SealRun(ctx, run); err != nil {
+	if err := store.Runs().Seal(ctx, run); err != nil {
 		panic(err)
 	}
-	st, err := store.Run(ctx, run)
+	st, err := store.Runs().Get(ctx, run)
 	if err != nil {
 		panic(err)
 	}
@@ -65,7 +65,7 @@ func ExampleStore_SealRun() {
 	// The same file again (a re-run after a crash): nothing is enqueued twice.
 	results, _ = producer.EnqueueLines(ctx, lines, tasks.InRun(run))
 	fmt.Println("again:", results[0].Status, results[1].Status, results[2].Status)
-	st, _ = store.Run(ctx, run)
+	st, _ = store.Runs().Get(ctx, run)
 	fmt.Println("total", st.Total)
 	// Output:
 	// line 1 enqueued <nil>
@@ -80,7 +80,7 @@ func ExampleStore_SealRun() {
 // order, a page at a time whatever the run's size. With no worker running,
 // every update is still waiting in admission; a completed line carries
 // Truto's response and status, a dead one its error.
-func ExampleStore_EachRunResult() {
+func ExampleRuns_EachResult() {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.Start(); err != nil {
 		panic(err)
@@ -98,11 +98,11 @@ func ExampleStore_EachRunResult() {
 	if _, errs := producer.EnqueueLines(ctx, runLines(), tasks.InRun(run)); errs[0] != nil {
 		panic(errs[0])
 	}
-	if err := store.SealRun(ctx, run); err != nil {
+	if err := store.Runs().Seal(ctx, run); err != nil {
 		panic(err)
 	}
 
-	err := store.EachRunResult(ctx, run, tasks.ResultFilter{}, func(r tasks.RunResult) error {
+	err := store.Runs().EachResult(ctx, run, tasks.ResultFilter{}, func(r tasks.RunResult) error {
 		fmt.Println(r.Line, r.State)
 		return nil
 	})
@@ -110,7 +110,7 @@ func ExampleStore_EachRunResult() {
 
 	// Only the dead ones (none yet), as `enqueue runs results NAME --state dead` asks.
 	dead := 0
-	_ = store.EachRunResult(ctx, run, tasks.ResultFilter{State: tasks.StatusDead}, func(tasks.RunResult) error {
+	_ = store.Runs().EachResult(ctx, run, tasks.ResultFilter{State: tasks.StatusDead}, func(tasks.RunResult) error {
 		dead++
 		return nil
 	})

@@ -51,12 +51,12 @@ func ExampleProducer_Enqueue() {
 // event, then acknowledges it. An event not acknowledged (the service died
 // while handling it) is delivered again: to this consumer when it comes
 // back under the same name, or to another of the group after ClaimIdle.
-func ExampleStore_NewEventReader() {
+func ExampleEvents_NewReader() {
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
 	defer rdb.Close()
 
-	reader, err := tasks.NewStore(rdb).NewEventReader(tasks.EventReaderOptions{
+	reader, err := tasks.NewStore(rdb).Events().NewReader(tasks.EventReaderOptions{
 		Group:    "billing-service", // one group per service that wants every event
 		Consumer: "billing-1",       // stable across restarts
 	})

@@ -191,7 +191,7 @@ func (h *Handler) begin(ctx context.Context, t *asynq.Task) (*run, error) {
 	var read func() (Record, error)
 	_ = h.store.pipelined(ctx, func(pipe redis.Pipeliner) { // each command's error is read below
 		start = h.store.adm.StartIn(ctx, pipe, p.IntegratedAccountID, r.id, gen, h.leases.Owner())
-		read = h.store.getIn(ctx, pipe, r.id)
+		read = h.store.ledger.getIn(ctx, pipe, r.id)
 	})
 	place, ok, serr := start()
 	if serr != nil {
@@ -231,7 +231,7 @@ func (h *Handler) malformed(ctx context.Context, t *asynq.Task, cause error) err
 	queue, _ := asynq.GetQueueName(ctx)
 	d := DeadLetter{TaskID: taskID, Queue: queue, RawPayload: rawExcerpt(t.Payload(), 64<<10),
 		Class: ClassMalformed, Reason: cause.Error(), DeadAt: h.now().UTC()}
-	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.PutDeadLetter(ctx, d) }); err != nil {
+	if err := h.durably(ctx, func(ctx context.Context) error { return h.store.dead.Put(ctx, d) }); err != nil {
 		return err
 	}
 	_, _ = h.store.adm.Finish(context.WithoutCancel(ctx), "", taskID, admission.AnyGeneration)
@@ -279,7 +279,7 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		runs := withRun(r.rec.Runs, r.p.Run)
 		if r.rec.State != StatusDead {
 			if err := h.durably(ctx, func(ctx context.Context) (err error) {
-				runs, err = h.store.markDead(ctx, r.id, "dead-lettered")
+				runs, err = h.store.ledger.markDead(ctx, r.id, "dead-lettered")
 				runs = withRun(runs, r.p.Run)
 				return err
 			}); err != nil {
@@ -287,7 +287,7 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 			}
 		}
 		e := OutcomeEvent{Type: EventDead}
-		if d, err := h.store.DeadLetter(ctx, r.id); err == nil {
+		if d, err := h.store.dead.Get(ctx, r.id); err == nil {
 			e.StatusCode, e.Class, e.Reason, e.Attempts = d.StatusCode, d.Class, d.Reason, d.Attempts
 		}
 		if err := h.end(ctx, r, e, runs, nil); err != nil {
@@ -338,7 +338,7 @@ func (h *Handler) settle(ctx context.Context, r *run, a attempt) error {
 			// Our token is bad: every account would get the same answer.
 			account, what = AllAccounts, "all accounts parked: the API token was rejected"
 		}
-		if err := h.store.ParkAccount(ctx, account, d.StatusCode, d.Reason); err != nil {
+		if err := h.store.accounts.Park(ctx, account, d.StatusCode, d.Reason); err != nil {
 			return err
 		}
 		h.logger.Warn(what+"; its updates wait until `enqueue accounts resume "+account+"`",
@@ -405,7 +405,7 @@ func (h *Handler) requeue(ctx context.Context, r *run, d time.Duration, reason s
 		r.ev.Reason = reason
 	}
 	// Shown by `enqueue status`; failure to write it changes nothing.
-	_ = h.store.noteWaiting(ctx, r.id, reason)
+	_ = h.store.ledger.noteWaiting(ctx, r.id, reason)
 	if _, err := h.store.adm.Retry(ctx, r.p.IntegratedAccountID, r.id, r.gen, h.now().Add(d)); err != nil {
 		// Its lease runs out and admission puts it back; asynq need not keep it.
 		h.logger.Warn("could not put an update back in its lane; it goes again when its lease runs out",
@@ -432,7 +432,7 @@ func (h *Handler) finish(ctx context.Context, r *run) {
 // higher replay count in the payload than in the dead letter (and the dead
 // letter may be gone by the time it is read).
 func (h *Handler) deadLetterIsCurrent(ctx context.Context, taskID string, p Payload) bool {
-	d, err := h.store.DeadLetter(ctx, taskID)
+	d, err := h.store.dead.Get(ctx, taskID)
 	if err != nil {
 		return false // removed since (a replay finishing), or unreadable: not proof of death
 	}
@@ -527,7 +527,7 @@ func (h *Handler) try(ctx context.Context, r *run, req *trutoclient.UpdateOrgani
 // breaker's question, not the update's failure).
 func (h *Handler) record(ctx context.Context, r *run, a *attempt, rec Attempt, retryable bool) {
 	spend := a.failed() && !r.probe && ctx.Err() == nil && (!retryable || a.sent > h.policy.InCallRetries)
-	spent, err := h.store.recordAttempt(context.WithoutCancel(ctx), r.id, rec, spend, a.decision.Reason)
+	spent, err := h.store.ledger.recordAttempt(context.WithoutCancel(ctx), r.id, rec, spend, a.decision.Reason)
 	if err != nil {
 		a.storeErr = err
 		return
@@ -563,7 +563,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	}
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
-		runs, err = h.store.complete(ctx, r.id, &p.Update, result, a.applied, r.rec.Attempts+a.sent > 1)
+		runs, err = h.store.ledger.complete(ctx, r.id, &p.Update, result, a.applied, r.rec.Attempts+a.sent > 1)
 		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
@@ -576,7 +576,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	account := p.IntegratedAccountID
 	err := h.end(ctx, r, OutcomeEvent{Type: EventCompleted, StatusCode: res.StatusCode, Attempts: result.Attempts}, runs,
 		func(pipe redis.Pipeliner) {
-			h.store.noteAppliedIn(ctx, pipe, p.Update, p.origin())
+			h.store.lines.noteAppliedIn(ctx, pipe, p.Update, p.origin())
 			h.store.adm.LearnIn(ctx, pipe, account, admission.Accepted)
 			if lim, ok := statedLimit(res.RateLimit.Limit); ok {
 				h.store.adm.LearnLimitIn(ctx, pipe, account, lim)
@@ -587,7 +587,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	}
 	if a.decision.Delay > 0 {
 		// The answer said the window is used up: hold the account for everyone.
-		_ = h.store.PauseAccount(ctx, account, h.now().Add(a.decision.Delay), res.StatusCode, "ratelimit-remaining is 0")
+		_ = h.store.accounts.Pause(ctx, account, h.now().Add(a.decision.Delay), res.StatusCode, "ratelimit-remaining is 0")
 	}
 	r.ev.Outcome = OutcomeCompleted
 	h.observe(r.ev)
@@ -650,7 +650,7 @@ func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string
 	var finished func() []string
 	err := h.durably(ctx, func(ctx context.Context) error {
 		return h.store.pipelined(ctx, func(pipe redis.Pipeliner) {
-			finished = h.store.endIn(ctx, pipe, e, runs)
+			finished = h.store.events.endIn(ctx, pipe, e, runs)
 			if extra != nil {
 				extra(pipe)
 			}
@@ -663,7 +663,7 @@ func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string
 	}
 	h.finish(ctx, r)
 	for _, name := range finished() {
-		if err := h.store.announceRun(ctx, name); err != nil {
+		if err := h.store.runs.announceRun(ctx, name); err != nil {
 			h.logger.Warn("a run is done but its run_done event could not be written; the next read of its status writes it",
 				"run", name, "error", err.Error())
 		}
@@ -697,14 +697,14 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class Class, status in
 	if res != nil {
 		d.ErrorBody = rawExcerpt(res.Body, MaxDeadLetterErrorBody)
 	}
-	if rec, err := h.store.Get(ctx, r.id); err == nil {
+	if rec, err := h.store.ledger.Get(ctx, r.id); err == nil {
 		d.Attempts, d.FirstAttemptAt, d.LastAttemptAt = rec.Attempts, rec.FirstAttemptAt, rec.LastAttemptAt
 	}
 	// The dead letter and the ledger's dead mark in one transaction (they
 	// share the update's hash slot): once they exist a later run sends nothing.
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
-		runs, err = h.store.deadLettered(ctx, d)
+		runs, err = h.store.dead.deadLettered(ctx, d)
 		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {

@@ -221,7 +221,7 @@ func TestHandlerSuccessStoresResult(t *testing.T) {
 		t.Fatalf("ProcessTask: %v", err)
 	}
 	id := taskIDOf(t, task)
-	rec, err := e.store.Get(context.Background(), id)
+	rec, err := e.store.Ledger().Get(context.Background(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,11 +311,11 @@ func TestHandlerFailurePolicy(t *testing.T) {
 					t.Errorf("a failed update goes again at %v, not after a backoff", st.NotBefore)
 				}
 			}
-			_, dlqErr := e.store.DeadLetter(ctx, id)
+			_, dlqErr := e.store.DeadLetters().Get(ctx, id)
 			if gotDead := dlqErr == nil; gotDead != tc.wantDead {
 				t.Errorf("dead letter exists = %v, want %v", gotDead, tc.wantDead)
 			}
-			hold, held, err := e.store.AccountHold(ctx, "acct-1")
+			hold, held, err := e.store.Accounts().Hold(ctx, "acct-1")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -325,7 +325,7 @@ func TestHandlerFailurePolicy(t *testing.T) {
 			if tc.wantWait > 0 && !hold.Until.Equal(e.now.Add(tc.wantWait)) {
 				t.Errorf("held until %v, want %s from now", hold.Until, tc.wantWait)
 			}
-			rec, _ := e.store.Get(ctx, id)
+			rec, _ := e.store.Ledger().Get(ctx, id)
 			if rec.Spent != tc.wantSpent {
 				t.Errorf("spent = %d, want %d", rec.Spent, tc.wantSpent)
 			}
@@ -341,7 +341,7 @@ func TestHandlerDeadLetterRecord(t *testing.T) {
 	u.IdempotencyKey = "my-key-1"
 	task := e.task(u)
 	_ = e.run(task)
-	d, err := e.store.DeadLetter(context.Background(), TaskID("acct-9", "my-key-1"))
+	d, err := e.store.DeadLetters().Get(context.Background(), TaskID("acct-9", "my-key-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,13 +399,13 @@ func TestHandlerParkedUntilResumed(t *testing.T) {
 	if e.up.count() != 1 {
 		t.Fatalf("a parked account sent %d requests, want 1", e.up.count())
 	}
-	if ok, err := e.store.ResumeAccount(context.Background(), "acct-1"); err != nil || !ok {
+	if ok, err := e.store.Accounts().Resume(context.Background(), "acct-1"); err != nil || !ok {
 		t.Fatalf("resume = %v, %v", ok, err)
 	}
 	if err := e.run(task); err != nil {
 		t.Fatalf("after resume: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
+	rec, _ := e.store.Ledger().Get(context.Background(), taskIDOf(t, task))
 	if rec.Spent != 0 || rec.State != StatusCompleted {
 		t.Errorf("record %+v: want completed with no budget spent", rec)
 	}
@@ -419,7 +419,7 @@ func TestHandlerBudgetExhausted(t *testing.T) {
 		if err := e.run(task); !errors.Is(err, asynq.RevokeTask) {
 			t.Fatalf("run %d: err = %v, want the update back in admission", i, err)
 		}
-		if rec, _ := e.store.Get(context.Background(), taskIDOf(t, task)); rec.Spent != i {
+		if rec, _ := e.store.Ledger().Get(context.Background(), taskIDOf(t, task)); rec.Spent != i {
 			t.Fatalf("run %d: spent %d, want %d", i, rec.Spent, i)
 		}
 	}
@@ -427,7 +427,7 @@ func TestHandlerBudgetExhausted(t *testing.T) {
 	if !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("run 3: err = %v, want dead", err)
 	}
-	d, err := e.store.DeadLetter(context.Background(), taskIDOf(t, task))
+	d, err := e.store.DeadLetters().Get(context.Background(), taskIDOf(t, task))
 	if err != nil || d.Class != ClassExhausted || d.Attempts != 3 || d.StatusCode != 500 {
 		t.Errorf("dead letter = %+v, %v", d, err)
 	}
@@ -447,11 +447,11 @@ func TestHandlerConnectionBlipsRetriedInCall(t *testing.T) {
 	if err := e.run(task); err != nil {
 		t.Fatalf("ProcessTask: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
+	rec, _ := e.store.Ledger().Get(context.Background(), taskIDOf(t, task))
 	if e.up.count() != 3 || rec.Spent != 0 || rec.Attempts != 3 {
 		t.Errorf("requests %d, record %+v: want 3 requests, 3 attempts, nothing spent", e.up.count(), rec)
 	}
-	hist, _ := e.store.Attempts(context.Background(), rec.TaskID)
+	hist, _ := e.store.Ledger().Attempts(context.Background(), rec.TaskID)
 	if len(hist) != 3 || hist[0].Class != "possibly_applied" || hist[2].Class != "success" {
 		t.Errorf("history = %+v", hist)
 	}
@@ -465,7 +465,7 @@ func TestHandlerExpiredAndMalformed(t *testing.T) {
 	if err := e.run(task); !errors.Is(err, asynq.SkipRetry) {
 		t.Fatalf("expired: err = %v", err)
 	}
-	d, err := e.store.DeadLetter(context.Background(), taskIDOf(t, task))
+	d, err := e.store.DeadLetters().Get(context.Background(), taskIDOf(t, task))
 	if err != nil || d.Class != ClassExpired {
 		t.Errorf("expired dead letter = %+v, %v", d, err)
 	}
@@ -514,11 +514,11 @@ func TestPurgeForgetsDeadState(t *testing.T) {
 	_ = e.run(task)
 	ctx := context.Background()
 	id := taskIDOf(t, task)
-	d, err := e.store.DeadLetter(ctx, id)
+	d, err := e.store.DeadLetters().Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := e.store.Purge(ctx, d); !ok || err != nil {
+	if ok, err := e.store.Operator().Purge(ctx, d); !ok || err != nil {
 		t.Fatalf("Purge = %v, %v", ok, err)
 	}
 	e.add(mustDecode(t, task)) // the same key enqueued again
@@ -528,7 +528,7 @@ func TestPurgeForgetsDeadState(t *testing.T) {
 	if e.up.count() != 2 {
 		t.Errorf("upstream saw %d requests, want 2 (the purged update was not sent again)", e.up.count())
 	}
-	if _, err := e.store.DeadLetter(ctx, id); !errors.Is(err, ErrNotFound) {
+	if _, err := e.store.DeadLetters().Get(ctx, id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("dead letter after purge: %v, want not found", err)
 	}
 }
@@ -560,7 +560,7 @@ func TestHandlerSuccessAsContextEndsIsKept(t *testing.T) {
 	if err := h.ProcessTask(ctx, tt); err != nil {
 		t.Fatalf("ProcessTask: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
+	rec, _ := e.store.Ledger().Get(context.Background(), taskIDOf(t, task))
 	if rec.State != StatusCompleted {
 		t.Fatalf("a 2xx that arrived as the context ended was not recorded: %+v", rec)
 	}
@@ -581,7 +581,7 @@ func TestHandlerStoppingWorkerSpendsNothing(t *testing.T) {
 		t.Fatalf("err = %v, want the update back in admission", err)
 	}
 	e.waiting(taskIDOf(t, task))
-	rec, _ := e.store.Get(context.Background(), taskIDOf(t, task))
+	rec, _ := e.store.Ledger().Get(context.Background(), taskIDOf(t, task))
 	if rec.Spent != 0 {
 		t.Errorf("a run cut short by a stopping worker spent %d budget, want 0", rec.Spent)
 	}
@@ -599,7 +599,7 @@ func TestHandlerRejectedTokenHoldsEveryAccount(t *testing.T) {
 	if e.up.count() != 1 {
 		t.Fatalf("upstream saw %d requests, want 1", e.up.count())
 	}
-	if ok, _ := e.store.ResumeAccount(context.Background(), AllAccounts); !ok {
+	if ok, _ := e.store.Accounts().Resume(context.Background(), AllAccounts); !ok {
 		t.Fatal("no hold on all accounts to resume")
 	}
 	if err := e.run(other); err != nil {
@@ -613,7 +613,7 @@ func TestHandlerDeadLetterWithoutMarkSendsNothing(t *testing.T) {
 	task := e.task(sampleUpdate("acct-1"))
 	id := taskIDOf(t, task)
 	// A crash between writing the dead letter and marking the ledger.
-	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: taskKey(t, task), DeadAt: e.now}); err != nil {
+	if err := e.store.DeadLetters().Put(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: taskKey(t, task), DeadAt: e.now}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.run(task); !errors.Is(err, asynq.SkipRetry) {
@@ -622,7 +622,7 @@ func TestHandlerDeadLetterWithoutMarkSendsNothing(t *testing.T) {
 	if e.up.count() != 0 {
 		t.Errorf("upstream saw %d requests for a dead-lettered update", e.up.count())
 	}
-	if rec, _ := e.store.Get(context.Background(), id); rec.State != StatusDead {
+	if rec, _ := e.store.Ledger().Get(context.Background(), id); rec.State != StatusDead {
 		t.Errorf("ledger state %q, want dead", rec.State)
 	}
 }
@@ -656,7 +656,7 @@ func TestHandlerReplayedRunsBeforeDeadLetterRemoved(t *testing.T) {
 	u := sampleUpdate("acct-1")
 	u.IdempotencyKey = "replayed-key"
 	id := TaskID(u.IntegratedAccountID, u.IdempotencyKey)
-	if err := e.store.PutDeadLetter(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: u.IdempotencyKey, DeadAt: e.now}); err != nil {
+	if err := e.store.DeadLetters().Put(context.Background(), DeadLetter{TaskID: id, IdempotencyKey: u.IdempotencyKey, DeadAt: e.now}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.run(e.add(Payload{Version: PayloadVersion, Update: u, EnqueuedAt: e.now, Replays: 1})); err != nil {
@@ -684,7 +684,7 @@ func TestAttemptHistoryThreeFailuresThenSuccess(t *testing.T) {
 		_ = e.run(task)
 		e.now = e.now.Add(5 * time.Second) // past every backoff and the 429's hold
 	}
-	st, err := e.store.Find(context.Background(), Lookup{Ref: "history-key", Account: "acct-1"}, nil)
+	st, err := e.store.Operator().Find(context.Background(), Lookup{Ref: "history-key", Account: "acct-1"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

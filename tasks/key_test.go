@@ -67,7 +67,7 @@ func TestKeysBelongToAccounts(t *testing.T) {
 		t.Errorf("Idempotency-Keys sent (-want +got):\n%s", diff)
 	}
 
-	_, err := e.store.Status(ctx, "invoice-42", nil)
+	_, err := e.store.Operator().Status(ctx, "invoice-42", nil)
 	var ae *AmbiguousError
 	if !errors.As(err, &ae) || !errors.Is(err, ErrAmbiguous) {
 		t.Fatalf("status by a key two accounts used: %v, want an *AmbiguousError", err)
@@ -77,7 +77,7 @@ func TestKeysBelongToAccounts(t *testing.T) {
 		t.Errorf("matches (-want +got):\n%s", diff)
 	}
 	for _, acct := range []string{"acct-A", "acct-B"} {
-		st, err := e.store.Find(ctx, Lookup{Ref: "invoice-42", Account: acct}, nil)
+		st, err := e.store.Operator().Find(ctx, Lookup{Ref: "invoice-42", Account: acct}, nil)
 		if err != nil || st.TaskID != TaskID(acct, "invoice-42") || st.State != StatusCompleted || st.Result == nil {
 			t.Errorf("find invoice-42 of %s = %s %s, %v; want its own, completed", acct, st.TaskID, st.State, err)
 		}
@@ -158,11 +158,11 @@ func TestLegacyPayloadKeepsItsIdentity(t *testing.T) {
 	if diff := cmp.Diff([]string{"old-key", "old-key"}, e.up.keys); diff != "" {
 		t.Errorf("Idempotency-Keys of a version-1 update (-want +got):\n%s", diff)
 	}
-	rec, err := e.store.Get(ctx, LegacyTaskID("old-key"))
+	rec, err := e.store.Ledger().Get(ctx, LegacyTaskID("old-key"))
 	if err != nil || rec.State != StatusCompleted || rec.Attempts != 2 {
 		t.Errorf("ledger under the legacy id: %+v, %v; want completed after 2 attempts", rec, err)
 	}
-	st, err := e.store.Find(ctx, Lookup{Ref: "old-key", Account: "acct-A"}, nil)
+	st, err := e.store.Operator().Find(ctx, Lookup{Ref: "old-key", Account: "acct-A"}, nil)
 	if err != nil || st.TaskID != LegacyTaskID("old-key") {
 		t.Errorf("find old-key of acct-A = %s, %v; want the legacy task", st.TaskID, err)
 	}
@@ -185,10 +185,10 @@ func TestReplayKeepsLegacyIdentity(t *testing.T) {
 		u := sampleUpdate("acct-1")
 		u.IdempotencyKey = "dead-1"
 		d := DeadLetter{TaskID: tt.taskID, Queue: DefaultQueue, Update: u, IdempotencyKey: "dead-1", Class: "permanent", DeadAt: e.now}
-		if err := e.store.PutDeadLetter(ctx, d); err != nil {
+		if err := e.store.DeadLetters().Put(ctx, d); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := e.store.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+		if out, err := e.store.Operator().Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 			t.Fatalf("%s: replay = %+v, %v", tt.name, out, err)
 		}
 		st, ok, err := e.adm.Update(ctx, tt.taskID)
@@ -248,7 +248,7 @@ func TestStatusTellsTaskIDsFromKeys(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			st, err := store.Find(ctx, tt.lookup, nil)
+			st, err := store.Operator().Find(ctx, tt.lookup, nil)
 			if tt.ambiguous {
 				if !errors.Is(err, ErrAmbiguous) {
 					t.Errorf("Find(%+v) = %s, %v; want ambiguous", tt.lookup, st.TaskID, err)

@@ -63,11 +63,11 @@ func TestOrderingOneAtATimeInEnqueueOrder(t *testing.T) {
 	if err := e.run(second); err != nil {
 		t.Fatalf("second after first: %v", err)
 	}
-	rec, _ := e.store.Get(context.Background(), TaskID("acct-1", "k2"))
+	rec, _ := e.store.Ledger().Get(context.Background(), TaskID("acct-1", "k2"))
 	if rec.Spent != 0 {
 		t.Errorf("waiting in line spent %d budget", rec.Spent)
 	}
-	last, err := e.store.LastApplied(context.Background(), "acct-1", "org-7")
+	last, err := e.store.Lines().LastApplied(context.Background(), "acct-1", "org-7")
 	if err != nil || last != base+1 {
 		t.Errorf("LastApplied = %d, %v; want the second's place, %d", last, err, base+1)
 	}
@@ -86,15 +86,15 @@ func TestOrderingDeadDoesNotBlockAndStaleReplayRefused(t *testing.T) {
 		t.Fatalf("second after the first died: %v", err)
 	}
 	ctx := context.Background()
-	d, err := e.store.DeadLetter(ctx, TaskID("acct-1", "k1"))
+	d, err := e.store.DeadLetters().Get(ctx, TaskID("acct-1", "k1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := e.store.Replay(ctx, d, ReplayOptions{})
+	out, err := e.store.Operator().Replay(ctx, d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" {
 		t.Fatalf("replay of a stale dead letter = %+v, %v; want skipped", out, err)
 	}
-	out, err = e.store.Replay(ctx, d, ReplayOptions{Force: true})
+	out, err = e.store.Operator().Replay(ctx, d, ReplayOptions{Force: true})
 	if err != nil || out.Status != "replayed" {
 		t.Fatalf("forced replay = %+v, %v", out, err)
 	}
@@ -111,7 +111,7 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 	var ds []DeadLetter
 	for _, k := range []string{"k1", "k2"} {
 		_ = e.run(e.enqueueTask(p, orgUpdate(k, `{"name":"`+k+`"}`)))
-		d, err := e.store.DeadLetter(ctx, TaskID("acct-1", k))
+		d, err := e.store.DeadLetters().Get(ctx, TaskID("acct-1", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +121,7 @@ func TestOrderingReplayAllOfAnOrganization(t *testing.T) {
 	}
 	// Replay both, oldest first, before either runs (as `dlq replay --all` does).
 	for _, d := range ds {
-		out, err := e.store.Replay(ctx, d, ReplayOptions{})
+		out, err := e.store.Operator().Replay(ctx, d, ReplayOptions{})
 		if err != nil || out.Status != "replayed" {
 			t.Fatalf("replay %s = %+v, %v; the replay of an older update must not make a newer one stale", d.IdempotencyKey, out, err)
 		}
@@ -141,25 +141,25 @@ func TestReplayTwiceDoesNotResendCompleted(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
 	ctx := context.Background()
-	d, _ := e.store.DeadLetter(ctx, TaskID("acct-1", "k1"))
+	d, _ := e.store.DeadLetters().Get(ctx, TaskID("acct-1", "k1"))
 	d.Queue = DefaultQueue
-	if out, err := e.store.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+	if out, err := e.store.Operator().Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 		t.Fatalf("first replay = %+v, %v", out, err)
 	}
 	// The first replay "failed" to remove the dead letter; the update then completed.
-	_ = e.store.PutDeadLetter(ctx, d)
+	_ = e.store.DeadLetters().Put(ctx, d)
 	if err := e.run(e.queued(TaskID("acct-1", "k1"))); err != nil {
 		t.Fatalf("replayed run: %v", err)
 	}
 	before := e.up.count()
-	out, err := e.store.Replay(ctx, d, ReplayOptions{})
+	out, err := e.store.Operator().Replay(ctx, d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" {
 		t.Fatalf("second replay = %+v, %v; want skipped", out, err)
 	}
-	if _, err := e.store.DeadLetter(ctx, TaskID("acct-1", "k1")); !errors.Is(err, ErrNotFound) {
+	if _, err := e.store.DeadLetters().Get(ctx, TaskID("acct-1", "k1")); !errors.Is(err, ErrNotFound) {
 		t.Errorf("the leftover dead letter was not removed: %v", err)
 	}
-	if rec, _ := e.store.Get(ctx, TaskID("acct-1", "k1")); rec.State != StatusCompleted || rec.Result == nil {
+	if rec, _ := e.store.Ledger().Get(ctx, TaskID("acct-1", "k1")); rec.State != StatusCompleted || rec.Result == nil {
 		t.Errorf("the second replay reset the completed update's ledger: %+v", rec)
 	}
 	if e.up.count() != before {
@@ -175,8 +175,8 @@ func TestReplayRefusedBehindQueuedLaterUpdate(t *testing.T) {
 	p := NewProducer(e.store, WithProducerClock(func() time.Time { return e.now }))
 	_ = e.run(e.enqueueTask(p, orgUpdate("k1", `{"name":"A"}`)))
 	e.enqueueTask(p, orgUpdate("k2", `{"name":"B"}`)) // queued, not yet run
-	d, _ := e.store.DeadLetter(context.Background(), TaskID("acct-1", "k1"))
-	out, err := e.store.Replay(context.Background(), d, ReplayOptions{})
+	d, _ := e.store.DeadLetters().Get(context.Background(), TaskID("acct-1", "k1"))
+	out, err := e.store.Operator().Replay(context.Background(), d, ReplayOptions{})
 	if err != nil || out.Status != "skipped" || !strings.Contains(out.Reason, "queued") {
 		t.Errorf("replay = %+v, %v; want skipped because k2 is queued", out, err)
 	}

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-
-	"github.com/orgsync/orgsync/internal/admission"
 )
 
 // DefaultQueue is the asynq queue updates go to unless told otherwise.
@@ -81,8 +79,8 @@ func WithMaxRetry(n int) EnqueueOption { return func(c *enqueueConfig) { c.maxRe
 // At delays the update's first attempt until t.
 func At(t time.Time) EnqueueOption { return func(c *enqueueConfig) { c.processAt = t } }
 
-// InRun adds the update to run name (see Store.Run): the run records its
-// line and counts its end. A run is done once sealed (SealRun) and every
+// InRun adds the update to run name (see Runs): the run records its
+// line and counts its end. A run is done once sealed (Runs.Seal) and every
 // update in it has ended. The run records the line before admission takes the
 // update: when Enqueue fails with a Redis error, enqueue the same update again
 // (same key), or the run waits for it (its line shows as StatusNotQueued).
@@ -140,21 +138,21 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 	id := pl.TaskID()
 	out := Enqueued{TaskID: id, IdempotencyKey: pl.IdempotencyKey, Queue: cfg.queue, Status: EnqueueAccepted}
 	// Remembered so that `enqueue status KEY` finds the update by key alone.
-	if err := p.store.noteKey(ctx, pl.IntegratedAccountID, pl.IdempotencyKey); err != nil {
+	if err := p.store.ledger.noteKey(ctx, pl.IntegratedAccountID, pl.IdempotencyKey); err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
 	// The run is named in the ledger record before the update's state is
 	// read below: either the worker that ends it sees the run, or this
 	// enqueue sees it ended (and counts it in the run itself).
 	if cfg.run != "" {
-		places, err := p.store.addToRun(ctx, cfg.run, []runEntry{{line: cfg.line, taskID: id, key: pl.IdempotencyKey}})
+		places, err := p.store.runs.addToRun(ctx, cfg.run, []runEntry{{line: cfg.line, taskID: id, key: pl.IdempotencyKey}})
 		if err != nil {
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 		}
 		if places[0].prior == runPurged {
 			// Purged, and enqueued again: it waits in its run once more, from
 			// before admission can hand it to a worker.
-			if err := p.store.setInRuns(ctx, id, []string{cfg.run}, runWaiting); err != nil {
+			if err := p.store.runs.setInRuns(ctx, id, []string{cfg.run}, runWaiting); err != nil {
 				return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 			}
 		}
@@ -170,15 +168,15 @@ func (p *Producer) enqueue(ctx context.Context, pl Payload, cfg enqueueConfig) (
 
 // countEnded counts an update that already ended (completed or dead) in run.
 func (p *Producer) countEnded(ctx context.Context, id, run string) error {
-	rec, err := p.store.Get(ctx, id)
+	rec, err := p.store.ledger.Get(ctx, id)
 	if err != nil {
 		return err
 	}
 	switch {
 	case rec.State == StatusCompleted:
-		return p.store.setInRuns(ctx, id, []string{run}, runCompleted)
+		return p.store.runs.setInRuns(ctx, id, []string{run}, runCompleted)
 	case rec.State == StatusDead || rec.DeadLettered:
-		return p.store.setInRuns(ctx, id, []string{run}, runDead)
+		return p.store.runs.setInRuns(ctx, id, []string{run}, runDead)
 	}
 	return nil // still waiting or running: the worker that ends it counts it
 }
@@ -204,14 +202,14 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 	}
 	{
 		// Completed within the result retention: the ledger remembers it.
-		if rec, err := p.store.Get(ctx, id); err != nil {
+		if rec, err := p.store.ledger.Get(ctx, id); err != nil {
 			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 		} else if rec.State == StatusCompleted {
 			out.Status = EnqueueDuplicate
 			return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
 		}
 	}
-	added, err := p.store.add(ctx, pl, cfg.queue, cfg.processAt)
+	added, err := p.store.lines.add(ctx, pl, cfg.queue, cfg.processAt)
 	if err != nil {
 		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
@@ -222,20 +220,6 @@ func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out
 	return out, nil
 }
 
-// add puts the update of payload pl in admission, in its account's lane
-// behind its organization's earlier updates; false when admission holds it
-// already (waiting, admitted or running).
-func (s *Store) add(ctx context.Context, pl Payload, queue string, notBefore time.Time) (bool, error) {
-	pl.OrderSeq = 0 // admission gives the update its place in line
-	b, err := EncodePayload(pl)
-	if err != nil {
-		return false, fmt.Errorf("encode payload: %w", err)
-	}
-	seq, err := s.adm.Add(ctx, admission.Item{ID: pl.TaskID(), Account: pl.IntegratedAccountID, Org: orgKey(pl.Update),
-		Queue: queue, NotBefore: notBefore, Payload: b, Origin: pl.OriginSeq})
-	return seq != 0, err
-}
-
 // existing reports whether the update already exists outside asynq's task id
 // check: as a dead letter under its task id, or as a version-1 task (queued,
 // completed within the retention, or dead) of the same account under the
@@ -243,8 +227,8 @@ func (s *Store) add(ctx context.Context, pl Payload, queue string, notBefore tim
 func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup bool, id string, dead bool, err error) {
 	id, legacy := pl.TaskID(), LegacyTaskID(pl.IdempotencyKey)
 	pipe := p.store.rdb.Pipeline()
-	deadNow := p.store.deadIn(ctx, pipe, id)
-	deadOld := p.store.deadIn(ctx, pipe, legacy)
+	deadNow := p.store.dead.deadIn(ctx, pipe, id)
+	deadOld := p.store.dead.deadIn(ctx, pipe, legacy)
 	// asynq 0.26 keeps a task's hash at asynq:{QUEUE}:t:ID; TestLegacyPayloadKeepsItsIdentity
 	// fails if that changes.
 	queuedOld := pipe.Exists(ctx, "asynq:{"+queue+"}:t:"+legacy)
@@ -259,7 +243,7 @@ func (p *Producer) existing(ctx context.Context, pl Payload, queue string) (dup 
 	}
 	// A version-1 task has this key; it is this update only if it is the same account's.
 	if deadOld.Val() {
-		d, err := p.store.DeadLetter(ctx, legacy)
+		d, err := p.store.dead.Get(ctx, legacy)
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return false, "", false, err
 		}

@@ -80,7 +80,7 @@ func TestEnqueueDuplicateKey(t *testing.T) {
 		t.Fatalf("keyless enqueues = %+v %v, %+v %v; want two tasks", a, err1, b, err2)
 	}
 	// A dead-lettered key stays taken after asynq forgets it.
-	if err := store.PutDeadLetter(ctx, DeadLetter{TaskID: TaskID("acct", "k-dead"), IdempotencyKey: "k-dead", DeadAt: time.Now()}); err != nil {
+	if err := store.DeadLetters().Put(ctx, DeadLetter{TaskID: TaskID("acct", "k-dead"), IdempotencyKey: "k-dead", DeadAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	u.IdempotencyKey = "k-dead"

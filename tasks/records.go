@@ -75,12 +75,18 @@ type Record struct {
 	Update *Update `json:"update,omitempty"`
 }
 
-func (s *Store) recKey(taskID string) string { return s.prefix + ":{" + taskID + "}:rec" }
-func (s *Store) attKey(taskID string) string { return s.prefix + ":{" + taskID + "}:att" }
+// Ledger is the per-update ledger (Store.Ledger): each update's state,
+// retry budget, attempt history and result, kept for the result TTL, and
+// the index of idempotency keys to the accounts that used them. The handler
+// writes it; Get and Attempts read it.
+type Ledger struct{ *base }
+
+func (s *Ledger) recKey(taskID string) string { return s.prefix + ":{" + taskID + "}:rec" }
+func (s *Ledger) attKey(taskID string) string { return s.prefix + ":{" + taskID + "}:att" }
 
 // Get returns the ledger record of the update with task id taskID (State ""
 // and Attempts 0 when it has never been tried).
-func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
+func (s *Ledger) Get(ctx context.Context, taskID string) (Record, error) {
 	// Not a transaction: the two keys live in different hash slots.
 	pipe := s.rdb.Pipeline()
 	read := s.getIn(ctx, pipe, taskID)
@@ -90,9 +96,9 @@ func (s *Store) Get(ctx context.Context, taskID string) (Record, error) {
 
 // getIn queues Get's reads in pipe; the returned function reads the record
 // once the pipeline has run.
-func (s *Store) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) func() (Record, error) {
+func (s *Ledger) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) func() (Record, error) {
 	all := pipe.HGetAll(ctx, s.recKey(taskID))
-	dead := s.deadIn(ctx, pipe, taskID)
+	dead := s.dead.deadIn(ctx, pipe, taskID)
 	return func() (Record, error) {
 		if err := errors.Join(all.Err(), dead.Err()); err != nil {
 			return Record{}, fmt.Errorf("read ledger of %s: %w", taskID, err)
@@ -129,7 +135,7 @@ func recordOf(taskID string, m map[string]string, dead bool) Record {
 }
 
 // Attempts returns the attempt history of an update, oldest first.
-func (s *Store) Attempts(ctx context.Context, taskID string) ([]Attempt, error) {
+func (s *Ledger) Attempts(ctx context.Context, taskID string) ([]Attempt, error) {
 	raw, err := s.rdb.LRange(ctx, s.attKey(taskID), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read attempts of %s: %w", taskID, err)
@@ -146,7 +152,7 @@ func (s *Store) Attempts(ctx context.Context, taskID string) ([]Attempt, error) 
 
 // recordAttempt appends a to the history and updates the counters; spend says
 // whether the attempt spends retry budget. It returns the budget spent so far.
-func (s *Store) recordAttempt(ctx context.Context, taskID string, a Attempt, spend bool, lastError string) (int, error) {
+func (s *Ledger) recordAttempt(ctx context.Context, taskID string, a Attempt, spend bool, lastError string) (int, error) {
 	b, err := json.Marshal(a)
 	if err != nil {
 		return 0, err
@@ -170,7 +176,7 @@ func (s *Store) recordAttempt(ctx context.Context, taskID string, a Attempt, spe
 }
 
 // noteWaiting records why the update is waiting, for `enqueue status`.
-func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
+func (s *Ledger) noteWaiting(ctx context.Context, taskID, reason string) error {
 	rec := s.recKey(taskID)
 	pipe := s.rdb.TxPipeline()
 	pipe.HSet(ctx, rec, "last_error", "waiting: "+reason)
@@ -189,7 +195,7 @@ func (s *Store) noteWaiting(ctx context.Context, taskID, reason string) error {
 //
 // The update itself is kept beside its result, the one copy of it: asynq
 // keeps no completed task (retention 0).
-func (s *Store) complete(ctx context.Context, taskID string, u *Update, res Result, applied *Attempt, history bool) ([]string, error) {
+func (s *Ledger) complete(ctx context.Context, taskID string, u *Update, res Result, applied *Attempt, history bool) ([]string, error) {
 	b, err := json.Marshal(res)
 	if err != nil {
 		return nil, err
@@ -232,7 +238,7 @@ func (s *Store) complete(ctx context.Context, taskID string, u *Update, res Resu
 // marks alone only a dead letter found without its mark (written by a
 // version that wrote the two apart, and stopped in between).
 // It returns the runs the update is in, as complete does.
-func (s *Store) markDead(ctx context.Context, taskID, reason string) ([]string, error) {
+func (s *Ledger) markDead(ctx context.Context, taskID, reason string) ([]string, error) {
 	pipe := s.rdb.TxPipeline()
 	fields := s.markDeadIn(ctx, pipe, taskID, reason)
 	if _, err := pipe.Exec(ctx); err != nil {
@@ -243,7 +249,7 @@ func (s *Store) markDead(ctx context.Context, taskID, reason string) ([]string, 
 
 // markDeadIn queues markDead's writes in pipe (a transaction on the update's
 // slot); the runs are in the returned fields once it has run.
-func (s *Store) markDeadIn(ctx context.Context, pipe redis.Pipeliner, taskID, reason string) *redis.StringSliceCmd {
+func (s *Ledger) markDeadIn(ctx context.Context, pipe redis.Pipeliner, taskID, reason string) *redis.StringSliceCmd {
 	rec := s.recKey(taskID)
 	pipe.HSet(ctx, rec, "state", string(StatusDead), "last_error", reason)
 	pipe.PExpire(ctx, rec, s.ttl)
@@ -252,7 +258,7 @@ func (s *Store) markDeadIn(ctx context.Context, pipe redis.Pipeliner, taskID, re
 
 // resetForReplay gives the update a fresh budget and clears its final state;
 // its attempt history is kept.
-func (s *Store) resetForReplay(ctx context.Context, taskID string) error {
+func (s *Ledger) resetForReplay(ctx context.Context, taskID string) error {
 	if err := s.rdb.HDel(ctx, s.recKey(taskID), "state", "spent", "result").Err(); err != nil {
 		return fmt.Errorf("reset ledger of %s: %w", taskID, err)
 	}

@@ -34,7 +34,7 @@ type ReplayOptions struct {
 // wall-clock budget and the same idempotency key, then removes the dead letter.
 // Each step can be repeated: a crash half-way leaves either the dead letter
 // (replay it again) or the re-enqueued task (the dead letter is then removed).
-func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (ReplayOutcome, error) {
+func (s *Operator) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (ReplayOutcome, error) {
 	out := ReplayOutcome{TaskID: d.TaskID, IdempotencyKey: d.IdempotencyKey, Account: d.Update.IntegratedAccountID}
 	if d.Class == ClassMalformed || d.IdempotencyKey == "" {
 		out.Status, out.Reason = ReplaySkipped, "malformed payload: nothing to replay; see raw_payload, fix it and enqueue it again"
@@ -45,7 +45,7 @@ func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (Repl
 		origin = d.OrderSeq
 	}
 	if !o.Force && origin > 0 {
-		newer, err := s.newerThan(ctx, d.Update, d.TaskID, origin)
+		newer, err := s.lines.newerThan(ctx, d.Update, d.TaskID, origin)
 		if err != nil {
 			return out, err
 		}
@@ -66,7 +66,7 @@ func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (Repl
 			out.Status, out.Reason = ReplaySkipped, why
 			return out, nil
 		}
-		if _, err := s.DeleteDeadLetter(ctx, d.TaskID); err != nil {
+		if _, err := s.dead.Delete(ctx, d.TaskID); err != nil {
 			return out, err
 		}
 		out.Status, out.Reason = ReplaySkipped, why+"; its dead letter is removed"
@@ -87,13 +87,13 @@ func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (Repl
 	if err := s.deleteArchived(ins, d); err != nil {
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
-	if err := s.resetForReplay(ctx, d.TaskID); err != nil {
+	if err := s.ledger.resetForReplay(ctx, d.TaskID); err != nil {
 		return out, err
 	}
 	// Waiting again in its runs, before a worker can end it once more.
-	if rec, err := s.Get(ctx, d.TaskID); err != nil {
+	if rec, err := s.ledger.Get(ctx, d.TaskID); err != nil {
 		return out, err
-	} else if err := s.setInRuns(ctx, d.TaskID, rec.Runs, runWaiting); err != nil {
+	} else if err := s.runs.setInRuns(ctx, d.TaskID, rec.Runs, runWaiting); err != nil {
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
 	maxRetry := d.MaxRetry
@@ -105,16 +105,16 @@ func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (Repl
 	pl := Payload{Version: d.payloadVersion(), Update: u, EnqueuedAt: s.now().UTC(), MaxRetry: maxRetry, Run: d.Run, Replays: d.Replays + 1, OriginSeq: origin}
 	// Enqueue first, then remove the dead letter: a crash in between leaves
 	// both, and the next replay finds the task and only removes the record.
-	if err := s.noteKey(ctx, u.IntegratedAccountID, u.IdempotencyKey); err != nil {
+	if err := s.ledger.noteKey(ctx, u.IntegratedAccountID, u.IdempotencyKey); err != nil {
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	}
-	switch added, err := s.add(ctx, pl, queue, time.Time{}); {
+	switch added, err := s.lines.add(ctx, pl, queue, time.Time{}); {
 	case err != nil:
 		return out, fmt.Errorf("replay %s: %w", d.TaskID, err)
 	case !added:
 		out.Reason = "was already re-enqueued"
 	}
-	if _, err := s.DeleteDeadLetter(context.WithoutCancel(ctx), d.TaskID); err != nil {
+	if _, err := s.dead.Delete(context.WithoutCancel(ctx), d.TaskID); err != nil {
 		return out, fmt.Errorf("replay %s: re-enqueued, but removing its dead letter failed (replay it again to finish): %w", d.TaskID, err)
 	}
 	out.Status = Replayed
@@ -124,8 +124,8 @@ func (s *Store) Replay(ctx context.Context, d DeadLetter, o ReplayOptions) (Repl
 // alreadyBack reports whether the dead letter's update is back in admission
 // (or, for a task queued before admission, live in asynq), or completed per
 // the ledger: a replay that was interrupted after re-enqueueing it.
-func (s *Store) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLetter) (bool, string, error) {
-	rec, err := s.Get(ctx, d.TaskID)
+func (s *Operator) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLetter) (bool, string, error) {
+	rec, err := s.ledger.Get(ctx, d.TaskID)
 	if err != nil {
 		return false, "", err
 	}
@@ -171,24 +171,24 @@ func (s *Store) alreadyBack(ctx context.Context, ins *asynq.Inspector, d DeadLet
 // same idempotency key can be enqueued again and will be sent. A live task
 // under the same id (a replay in progress) is left alone. It reports whether
 // the record existed.
-func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
+func (s *Operator) Purge(ctx context.Context, d DeadLetter) (bool, error) {
 	if err := s.deleteArchived(s.ins, d); err != nil {
 		return false, fmt.Errorf("purge %s: %w", d.TaskID, err)
 	}
-	rec, err := s.Get(ctx, d.TaskID)
+	rec, err := s.ledger.Get(ctx, d.TaskID)
 	if err != nil {
 		return false, err
 	}
-	if err := s.resetForReplay(ctx, d.TaskID); err != nil {
+	if err := s.ledger.resetForReplay(ctx, d.TaskID); err != nil {
 		return false, err
 	}
-	existed, err := s.DeleteDeadLetter(ctx, d.TaskID)
+	existed, err := s.dead.Delete(ctx, d.TaskID)
 	if err != nil {
 		return existed, err
 	}
 	// Ended without applying: purged in its runs, which may now be done.
 	if rec.State != StatusCompleted {
-		if err := s.setInRuns(ctx, d.TaskID, rec.Runs, runPurged); err != nil {
+		if err := s.runs.setInRuns(ctx, d.TaskID, rec.Runs, runPurged); err != nil {
 			return existed, fmt.Errorf("purge %s: %w", d.TaskID, err)
 		}
 	}
@@ -197,7 +197,7 @@ func (s *Store) Purge(ctx context.Context, d DeadLetter) (bool, error) {
 
 // deleteArchived deletes asynq's archived copy of a dead letter (kept for the
 // queue UI), if it is there.
-func (s *Store) deleteArchived(ins *asynq.Inspector, d DeadLetter) error {
+func (s *Operator) deleteArchived(ins *asynq.Inspector, d DeadLetter) error {
 	if d.Queue == "" {
 		return nil
 	}

@@ -45,6 +45,10 @@ const (
 	runPurged    = "p"
 )
 
+// Runs is the runs (Store.Runs): what each line of a run became, its counts,
+// and when it is done.
+type Runs struct{ *base }
+
 // ValidateRunName checks a run's name: 1 to MaxRunNameBytes bytes of UTF-8
 // text without control characters.
 func ValidateRunName(name string) error {
@@ -66,25 +70,25 @@ func ValidateRunName(name string) error {
 
 // runKeys are the run's meta, lines and ids keys. The name is hashed into the
 // hash tag, so any name makes a well-formed key in one slot.
-func (s *Store) runKeys(name string) []string {
+func (s *Runs) runKeys(name string) []string {
 	sum := sha256.Sum256([]byte(name))
 	base := s.prefix + ":{run:" + hex.EncodeToString(sum[:16]) + "}:"
 	return []string{base + "meta", base + "lines", base + "ids"}
 }
 
 // runIndex lists the runs by name, scored by when each started.
-func (s *Store) runIndex() string { return s.prefix + ":{runs}:index" }
+func (s *Runs) runIndex() string { return s.prefix + ":{runs}:index" }
 
-func (s *Store) runCall(ctx context.Context, name, op string, args ...any) *redis.Cmd {
+func (s *Runs) runCall(ctx context.Context, name, op string, args ...any) *redis.Cmd {
 	return runScript.Run(ctx, s.rdb, s.runKeys(name), s.runArgs(op, args)...)
 }
 
 // runCallIn queues a run.lua call in pipe, by its SHA (see pipelined).
-func (s *Store) runCallIn(ctx context.Context, pipe redis.Pipeliner, name, op string, args ...any) *redis.Cmd {
+func (s *Runs) runCallIn(ctx context.Context, pipe redis.Pipeliner, name, op string, args ...any) *redis.Cmd {
 	return runScript.EvalSha(ctx, pipe, s.runKeys(name), s.runArgs(op, args)...)
 }
 
-func (s *Store) runArgs(op string, args []any) []any {
+func (s *Runs) runArgs(op string, args []any) []any {
 	return append([]any{op, s.now().UnixMilli(), s.ttl.Milliseconds()}, args...)
 }
 
@@ -104,7 +108,7 @@ type runPlace struct {
 
 // addToRun records entries in run name (creating it), and the run in each
 // entry's ledger record, so that whoever ends the update counts it in the run.
-func (s *Store) addToRun(ctx context.Context, name string, entries []runEntry) ([]runPlace, error) {
+func (s *Runs) addToRun(ctx context.Context, name string, entries []runEntry) ([]runPlace, error) {
 	args := []any{name}
 	for _, e := range entries {
 		args = append(args, e.line, e.taskID, e.key)
@@ -121,11 +125,11 @@ func (s *Store) addToRun(ctx context.Context, name string, entries []runEntry) (
 	}
 	pipe := s.rdb.Pipeline()
 	pipe.ZAddNX(ctx, s.runIndex(), redis.Z{Score: float64(s.now().UnixMilli()), Member: name})
-	// Renewed here and when a run finishes (announceRun); Runs drops the
+	// Renewed here and when a run finishes (announceRun); List drops the
 	// names of runs that expired.
 	pipe.PExpire(ctx, s.runIndex(), s.ttl)
 	for _, e := range entries {
-		rec := s.recKey(e.taskID)
+		rec := s.ledger.recKey(e.taskID)
 		pipe.HSet(ctx, rec, runFieldPrefix+name, "1")
 		// An update can wait up to its wall-clock budget before its first
 		// attempt renews the record.
@@ -139,7 +143,7 @@ func (s *Store) addToRun(ctx context.Context, name string, entries []runEntry) (
 
 // setRunState records the update's state in run name and reports whether the
 // run has just become done (and its event is still to be written).
-func (s *Store) setRunState(ctx context.Context, name, taskID, state string) (bool, error) {
+func (s *Runs) setRunState(ctx context.Context, name, taskID, state string) (bool, error) {
 	res, err := s.runCall(ctx, name, "set", taskID, state).Int64Slice()
 	if err != nil {
 		return false, fmt.Errorf("run %q: record %s: %w", name, taskID, err)
@@ -149,7 +153,7 @@ func (s *Store) setRunState(ctx context.Context, name, taskID, state string) (bo
 
 // setRunStates records several updates' states in run name in one call,
 // and announces the run if they made it done.
-func (s *Store) setRunStates(ctx context.Context, name string, states map[string]string) error {
+func (s *Runs) setRunStates(ctx context.Context, name string, states map[string]string) error {
 	if len(states) == 0 {
 		return nil
 	}
@@ -167,10 +171,52 @@ func (s *Store) setRunStates(ctx context.Context, name string, states map[string
 	return nil
 }
 
-// SealRun says every line of run name is in: once every update in it has
+// setInRuns records the update's state in each of runs, and announces those
+// it made done.
+func (s *Runs) setInRuns(ctx context.Context, taskID string, runs []string, state string) error {
+	var errs []error
+	for _, name := range runs {
+		done, err := s.setRunState(ctx, name, taskID, state)
+		if err == nil && done {
+			err = s.announceRun(ctx, name)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// announceClaim is how long a claim to write a run's run_done event holds
+// before another reader takes it as its writer's crash.
+const announceClaim = time.Minute
+
+// announceRun writes a run's run_done event, then marks it written, unless
+// another writer has claimed it (or it is out already).
+func (s *Runs) announceRun(ctx context.Context, name string) error {
+	claimed, err := s.runCall(ctx, name, "claim", announceClaim.Milliseconds()).Int64()
+	if err != nil {
+		return fmt.Errorf("run %q: claim its run_done event: %w", name, err)
+	}
+	if claimed == 0 {
+		return nil
+	}
+	m, err := s.rdb.HGetAll(ctx, s.runKeys(name)[0]).Result()
+	if err != nil {
+		return fmt.Errorf("read run %q: %w", name, err)
+	}
+	st := runStatusOf(name, m)
+	e := OutcomeEvent{Type: EventRunDone, At: s.now().UTC(), Run: name, Total: st.Total,
+		Completed: st.Completed, Dead: st.Dead, Purged: st.Purged}
+	if err := s.events.emit(ctx, e); err != nil {
+		return err
+	}
+	_ = s.rdb.PExpire(ctx, s.runIndex(), s.ttl).Err() // listed as long as it is kept
+	return s.runCall(ctx, name, "announced").Err()
+}
+
+// Seal says every line of run name is in: once every update in it has
 // ended, the run is done. Adding a new line later opens it again. It returns
 // ErrNotFound for an unknown run.
-func (s *Store) SealRun(ctx context.Context, name string) error {
+func (s *Runs) Seal(ctx context.Context, name string) error {
 	res, err := s.runCall(ctx, name, "seal").Int64Slice()
 	if err != nil {
 		return fmt.Errorf("seal run %q: %w", name, err)
@@ -200,13 +246,13 @@ type RunStatus struct {
 	Done     bool      `json:"done"`
 	Finished time.Time `json:"finished,omitzero"`
 	// DeadByStatus and DeadByClass count the run's dead letters (filled by
-	// RunDeadLetters).
+	// Runs.DeadLetters).
 	DeadByStatus map[string]int `json:"dead_by_status,omitempty"`
 	DeadByClass  map[string]int `json:"dead_by_class,omitempty"`
 }
 
-// Run returns run name's counts, or ErrNotFound.
-func (s *Store) Run(ctx context.Context, name string) (RunStatus, error) {
+// Get returns run name's counts, or ErrNotFound.
+func (s *Runs) Get(ctx context.Context, name string) (RunStatus, error) {
 	m, err := s.rdb.HGetAll(ctx, s.runKeys(name)[0]).Result()
 	if err != nil {
 		return RunStatus{}, fmt.Errorf("read run %q: %w", name, err)
@@ -240,9 +286,9 @@ func msTime(v string) time.Time {
 	return time.UnixMilli(ms).UTC()
 }
 
-// RunDeadLetters fills st's dead letters by status and by class, reading the
+// DeadLetters fills st's dead letters by status and by class, reading the
 // run's ids once (pages of runPage) and their dead letters.
-func (s *Store) RunDeadLetters(ctx context.Context, st *RunStatus) error {
+func (s *Runs) DeadLetters(ctx context.Context, st *RunStatus) error {
 	st.DeadByStatus, st.DeadByClass = map[string]int{}, map[string]int{}
 	if st.Dead == 0 {
 		return nil
@@ -256,7 +302,7 @@ func (s *Store) RunDeadLetters(ctx context.Context, st *RunStatus) error {
 		pipe := s.rdb.Pipeline()
 		raws := make([]*redis.StringCmd, len(dead))
 		for i, id := range dead {
-			raws[i] = pipe.Get(ctx, s.deadKey(id))
+			raws[i] = pipe.Get(ctx, s.dead.deadKey(id))
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("read the dead letters of run %q: %w", st.Run, err)
@@ -293,9 +339,9 @@ func (s *Store) RunDeadLetters(ctx context.Context, st *RunStatus) error {
 	}
 }
 
-// Runs lists the runs kept, oldest first. Runs whose keys have expired are
+// List lists the runs kept, oldest first. Runs whose keys have expired are
 // dropped from the index on the way.
-func (s *Store) Runs(ctx context.Context) ([]RunStatus, error) {
+func (s *Runs) List(ctx context.Context) ([]RunStatus, error) {
 	names, err := s.rdb.ZRange(ctx, s.runIndex(), 0, -1).Result()
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", err)
@@ -363,10 +409,10 @@ func (f ResultFilter) match(r RunResult) bool {
 	return (f.State == "" || f.State == r.State) && (f.StatusCode == 0 || f.StatusCode == r.StatusCode)
 }
 
-// EachRunResult calls fn for every line of run name that matches f, in line
+// EachResult calls fn for every line of run name that matches f, in line
 // order, reading runPage lines per round trip: memory stays flat whatever the
 // run's size. It returns ErrNotFound for an unknown run.
-func (s *Store) EachRunResult(ctx context.Context, name string, f ResultFilter, fn func(RunResult) error) error {
+func (s *Runs) EachResult(ctx context.Context, name string, f ResultFilter, fn func(RunResult) error) error {
 	keys := s.runKeys(name)
 	meta, err := s.rdb.HMGet(ctx, keys[0], "next_line", "total").Result()
 	if err != nil {
@@ -420,7 +466,7 @@ func denseLines(last int64) iter.Seq[[]string] {
 
 // sparseLines yields the line numbers in use, in order, runPage at a time:
 // eight bytes per line held while it runs.
-func (s *Store) sparseLines(ctx context.Context, lines string) (iter.Seq[[]string], error) {
+func (s *Runs) sparseLines(ctx context.Context, lines string) (iter.Seq[[]string], error) {
 	var nums []int64
 	var cursor uint64
 	for {
@@ -458,7 +504,7 @@ func str(v any) string { s, _ := v.(string); return s }
 // runResultPage reads the given lines of a run and what became of each: the
 // lines and their states in one round trip, then the stored results, dead
 // letters and admission states in another.
-func (s *Store) runResultPage(ctx context.Context, keys, lines []string) ([]RunResult, error) {
+func (s *Runs) runResultPage(ctx context.Context, keys, lines []string) ([]RunResult, error) {
 	raws, err := s.rdb.HMGet(ctx, keys[1], lines...).Result()
 	if err != nil {
 		return nil, err
@@ -492,10 +538,10 @@ func (s *Store) runResultPage(ctx context.Context, keys, lines []string) ([]RunR
 		switch st {
 		case runCompleted:
 			out[i].State = StatusCompleted
-			results[i] = pipe.HGet(ctx, s.recKey(out[i].TaskID), "result")
+			results[i] = pipe.HGet(ctx, s.ledger.recKey(out[i].TaskID), "result")
 		case runDead:
 			out[i].State = StatusDead
-			deads[i] = pipe.Get(ctx, s.deadKey(out[i].TaskID))
+			deads[i] = pipe.Get(ctx, s.dead.deadKey(out[i].TaskID))
 		case runPurged:
 			out[i].State = StatusPurged
 		default:

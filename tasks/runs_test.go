@@ -24,7 +24,7 @@ func realStore(t *testing.T) (*Store, *redis.Client) {
 
 func mustRun(t *testing.T, s *Store, name string) RunStatus {
 	t.Helper()
-	st, err := s.Run(context.Background(), name)
+	st, err := s.Runs().Get(context.Background(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestRunScriptCountsEachUpdateOnce(t *testing.T) {
 	s, rdb := realStore(t)
 	ctx := context.Background()
 	entries := []runEntry{{1, "u_a", "ka"}, {2, "u_b", "kb"}, {4, "u_c", "kc"}}
-	places, err := s.addToRun(ctx, "r1", entries)
+	places, err := s.runs.addToRun(ctx, "r1", entries)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestRunScriptCountsEachUpdateOnce(t *testing.T) {
 		}
 	}
 	// The same file again: nothing added, every line where it was.
-	again, err := s.addToRun(ctx, "r1", entries)
+	again, err := s.runs.addToRun(ctx, "r1", entries)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestRunScriptCountsEachUpdateOnce(t *testing.T) {
 	}
 	// The same update under another line number (an exported, edited line
 	// in a new file) keeps its first line; an unnumbered one takes the next.
-	moved, _ := s.addToRun(ctx, "r1", []runEntry{{9, "u_a", "ka"}, {0, "u_d", "kd"}})
+	moved, _ := s.runs.addToRun(ctx, "r1", []runEntry{{9, "u_a", "ka"}, {0, "u_d", "kd"}})
 	if moved[0].line != 1 || moved[1].line != 5 {
 		t.Errorf("re-added u_a at line %d (want 1), unnumbered u_d at %d (want 5)", moved[0].line, moved[1].line)
 	}
@@ -66,12 +66,12 @@ func TestRunScriptCountsEachUpdateOnce(t *testing.T) {
 	}
 	// Ending states: counted once each, whatever the repeats.
 	for range 2 {
-		if _, err := s.setRunState(ctx, "r1", "u_a", runCompleted); err != nil {
+		if _, err := s.runs.setRunState(ctx, "r1", "u_a", runCompleted); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, _ = s.setRunState(ctx, "r1", "u_b", runDead)
-	if done, _ := s.setRunState(ctx, "r1", "u_zz", runCompleted); done {
+	_, _ = s.runs.setRunState(ctx, "r1", "u_b", runDead)
+	if done, _ := s.runs.setRunState(ctx, "r1", "u_zz", runCompleted); done {
 		t.Error("an update not in the run made it done")
 	}
 	st := mustRun(t, s, "r1")
@@ -80,28 +80,28 @@ func TestRunScriptCountsEachUpdateOnce(t *testing.T) {
 	}
 	// Line 2 edited in place and enqueued again: the new update replaces the
 	// dead one in the run, which counts it once.
-	if _, err := s.addToRun(ctx, "r1", []runEntry{{2, "u_b2", "kb2"}}); err != nil {
+	if _, err := s.runs.addToRun(ctx, "r1", []runEntry{{2, "u_b2", "kb2"}}); err != nil {
 		t.Fatal(err)
 	}
 	if st := mustRun(t, s, "r1"); st.Total != 4 || st.Dead != 0 || st.Waiting != 3 {
 		t.Fatalf("after editing line 2: %+v; want 4 in all, 0 dead, 3 waiting", st)
 	}
-	if err := s.SealRun(ctx, "r1"); err != nil {
+	if err := s.Runs().Seal(ctx, "r1"); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"u_b2", "u_c"} {
-		if done, err := s.setRunState(ctx, "r1", id, runCompleted); err != nil || done {
+		if done, err := s.runs.setRunState(ctx, "r1", id, runCompleted); err != nil || done {
 			t.Fatalf("%s: done %v, %v; want not done yet", id, done, err)
 		}
 	}
-	done, err := s.setRunState(ctx, "r1", "u_d", runDead)
+	done, err := s.runs.setRunState(ctx, "r1", "u_d", runDead)
 	if err != nil || !done {
 		t.Fatalf("the last update ended: done %v, %v; want done", done, err)
 	}
-	if err := s.announceRun(ctx, "r1"); err != nil {
+	if err := s.runs.announceRun(ctx, "r1"); err != nil {
 		t.Fatal(err)
 	}
-	if done, _ := s.setRunState(ctx, "r1", "u_d", runDead); done {
+	if done, _ := s.runs.setRunState(ctx, "r1", "u_d", runDead); done {
 		t.Error("the run became done twice")
 	}
 	st = mustRun(t, s, "r1")
@@ -109,23 +109,23 @@ func TestRunScriptCountsEachUpdateOnce(t *testing.T) {
 		t.Fatalf("status %+v; want done: 3 completed, 1 dead", st)
 	}
 	// A replay makes it waiting again: the run is open until it ends again.
-	_, _ = s.setRunState(ctx, "r1", "u_d", runWaiting)
+	_, _ = s.runs.setRunState(ctx, "r1", "u_d", runWaiting)
 	if st := mustRun(t, s, "r1"); st.Done || !st.Finished.IsZero() || st.Waiting != 1 {
 		t.Fatalf("after a replay: %+v; want 1 waiting, not done", st)
 	}
-	if done, _ := s.setRunState(ctx, "r1", "u_d", runPurged); !done {
+	if done, _ := s.runs.setRunState(ctx, "r1", "u_d", runPurged); !done {
 		t.Error("purging the last waiting update did not make the run done")
 	}
 	// Every key of the run expires with the results.
-	for _, k := range s.runKeys("r1") {
+	for _, k := range s.runs.runKeys("r1") {
 		if ttl := rdb.PTTL(ctx, k).Val(); ttl <= 0 || ttl > DefaultResultTTL {
 			t.Errorf("%s: TTL %v, want at most %v", k, ttl, DefaultResultTTL)
 		}
 	}
-	if _, err := s.Run(ctx, "no-such-run"); !errors.Is(err, ErrNotFound) {
+	if _, err := s.Runs().Get(ctx, "no-such-run"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("unknown run: %v, want ErrNotFound", err)
 	}
-	if err := s.SealRun(ctx, "no-such-run"); !errors.Is(err, ErrNotFound) {
+	if err := s.Runs().Seal(ctx, "no-such-run"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("sealing an unknown run: %v, want ErrNotFound", err)
 	}
 }
@@ -173,7 +173,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 		}
 		tasks = append(tasks, got.TaskID)
 	}
-	if err := e.store.SealRun(ctx, "nightly"); err != nil {
+	if err := e.store.Runs().Seal(ctx, "nightly"); err != nil {
 		t.Fatal(err)
 	}
 	for i, id := range tasks[:3] {
@@ -203,7 +203,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 	if !st.Done || st.Completed != 3 || st.Dead != 1 {
 		t.Fatalf("status %+v; want done with 3 completed, 1 dead", st)
 	}
-	if err := e.store.RunDeadLetters(ctx, &st); err != nil {
+	if err := e.store.Runs().DeadLetters(ctx, &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.DeadByStatus["422"] != 1 || st.DeadByClass["permanent"] != 1 {
@@ -211,7 +211,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 	}
 
 	var results []RunResult
-	if err := e.store.EachRunResult(ctx, "nightly", ResultFilter{}, func(r RunResult) error {
+	if err := e.store.Runs().EachResult(ctx, "nightly", ResultFilter{}, func(r RunResult) error {
 		results = append(results, r)
 		return nil
 	}); err != nil {
@@ -233,7 +233,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 		t.Errorf("line 4: %+v (error %+v); want dead, 422, Truto's body", r, r.Error)
 	}
 	var dead []RunResult
-	_ = e.store.EachRunResult(ctx, "nightly", ResultFilter{State: StatusDead}, func(r RunResult) error {
+	_ = e.store.Runs().EachResult(ctx, "nightly", ResultFilter{State: StatusDead}, func(r RunResult) error {
 		dead = append(dead, r)
 		return nil
 	})
@@ -242,7 +242,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 	}
 
 	// The events: three completions, one dead letter, then the run done.
-	evs, err := e.store.ReadEvents(ctx, "", 100, 0)
+	evs, err := e.store.Events().Read(ctx, "", 100, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,11 +261,11 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 	}
 
 	// Replayed: dead, then waiting, then completed in its run.
-	d, err := e.store.DeadLetter(ctx, tasks[1])
+	d, err := e.store.DeadLetters().Get(ctx, tasks[1])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := e.store.Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
+	if out, err := e.store.Operator().Replay(ctx, d, ReplayOptions{}); err != nil || out.Status != "replayed" {
 		t.Fatalf("replay: %+v, %v", out, err)
 	}
 	if st := mustRun(t, e.store, "nightly"); st.Dead != 0 || st.Waiting != 1 || st.Done {
@@ -277,7 +277,7 @@ func TestRunFollowsItsUpdatesThroughTheWorker(t *testing.T) {
 	if st := mustRun(t, e.store, "nightly"); !st.Done || st.Completed != 4 {
 		t.Fatalf("after the replayed update applied: %+v; want done, 4 completed", st)
 	}
-	evs, _ = e.store.ReadEvents(ctx, evs[len(evs)-1].ID, 100, 0)
+	evs, _ = e.store.Events().Read(ctx, evs[len(evs)-1].ID, 100, 0)
 	if len(evs) != 2 || evs[0].Type != EventCompleted || evs[1].Type != EventRunDone || evs[1].Completed != 4 {
 		t.Errorf("events after the replay: %+v; want a completion, then run_done with 4 completed", evs)
 	}
@@ -295,13 +295,13 @@ func TestPurgedUpdatesEndTheirRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = e.store.SealRun(ctx, "r")
+	_ = e.store.Runs().Seal(ctx, "r")
 	_ = e.run(e.queued(got.TaskID))
-	d, err := e.store.DeadLetter(ctx, got.TaskID)
+	d, err := e.store.DeadLetters().Get(ctx, got.TaskID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.store.Purge(ctx, d); err != nil {
+	if _, err := e.store.Operator().Purge(ctx, d); err != nil {
 		t.Fatal(err)
 	}
 	st := mustRun(t, e.store, "r")
@@ -309,7 +309,7 @@ func TestPurgedUpdatesEndTheirRun(t *testing.T) {
 		t.Fatalf("after the purge: %+v; want 1 purged, done", st)
 	}
 	var states []State
-	_ = e.store.EachRunResult(ctx, "r", ResultFilter{}, func(r RunResult) error { states = append(states, r.State); return nil })
+	_ = e.store.Runs().EachResult(ctx, "r", ResultFilter{}, func(r RunResult) error { states = append(states, r.State); return nil })
 	if len(states) != 1 || states[0] != StatusPurged {
 		t.Errorf("results: %v, want [purged]", states)
 	}
@@ -318,7 +318,7 @@ func TestPurgedUpdatesEndTheirRun(t *testing.T) {
 	if _, err := p.Enqueue(ctx, u, InRun("r")); err != nil {
 		t.Fatal(err)
 	}
-	_ = e.store.SealRun(ctx, "r")
+	_ = e.store.Runs().Seal(ctx, "r")
 	if st := mustRun(t, e.store, "r"); st.Total != 1 || st.Waiting != 1 || st.Done {
 		t.Fatalf("enqueued again: %+v; want 1 waiting", st)
 	}
@@ -346,7 +346,7 @@ func TestUpdateInTwoRuns(t *testing.T) {
 		t.Fatalf("second run: %v, want a duplicate", err)
 	}
 	for _, r := range []string{"first", "second"} {
-		_ = e.store.SealRun(ctx, r)
+		_ = e.store.Runs().Seal(ctx, r)
 	}
 	if err := e.run(e.queued(got.TaskID)); err != nil {
 		t.Fatal(err)
@@ -360,11 +360,11 @@ func TestUpdateInTwoRuns(t *testing.T) {
 	if _, err := p.Enqueue(ctx, u, InRun("third")); !errors.Is(err, ErrDuplicate) {
 		t.Fatal(err)
 	}
-	_ = e.store.SealRun(ctx, "third")
+	_ = e.store.Runs().Seal(ctx, "third")
 	if st := mustRun(t, e.store, "third"); !st.Done || st.Completed != 1 {
 		t.Errorf("run third: %+v; want done with 1 completed", st)
 	}
-	runs, err := e.store.Runs(ctx)
+	runs, err := e.store.Runs().List(ctx)
 	if err != nil || len(runs) != 3 {
 		t.Fatalf("runs list: %+v, %v; want 3", runs, err)
 	}
@@ -378,7 +378,7 @@ func TestEventReaderAtLeastOnce(t *testing.T) {
 	s, _ := realStore(t)
 	ctx := context.Background()
 	newReader := func(consumer string) *EventReader {
-		r, err := s.NewEventReader(EventReaderOptions{Group: "billing", Consumer: consumer, StartAt: "0",
+		r, err := s.Events().NewReader(EventReaderOptions{Group: "billing", Consumer: consumer, StartAt: "0",
 			Block: 50 * time.Millisecond, ClaimIdle: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
@@ -386,7 +386,7 @@ func TestEventReaderAtLeastOnce(t *testing.T) {
 		return r
 	}
 	for i := range 3 {
-		if err := s.emit(ctx, OutcomeEvent{Type: EventCompleted, At: time.Now(), TaskID: fmt.Sprintf("u_%d", i)}); err != nil {
+		if err := s.events.emit(ctx, OutcomeEvent{Type: EventCompleted, At: time.Now(), TaskID: fmt.Sprintf("u_%d", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -420,7 +420,7 @@ func TestEventReaderAtLeastOnce(t *testing.T) {
 		t.Fatalf("b claimed %+v; want a's two unacknowledged events", claimed)
 	}
 	_ = b.Ack(ctx, claimed[0].ID, claimed[1].ID)
-	if err := s.emit(ctx, OutcomeEvent{Type: EventDead, At: time.Now(), TaskID: "u_3", StatusCode: 422}); err != nil {
+	if err := s.events.emit(ctx, OutcomeEvent{Type: EventDead, At: time.Now(), TaskID: "u_3", StatusCode: 422}); err != nil {
 		t.Fatal(err)
 	}
 	var fresh []OutcomeEvent
@@ -441,12 +441,12 @@ func TestRunResultsSparseAndNotQueued(t *testing.T) {
 	rt := &roundTrips{}
 	rdb.AddHook(rt)
 	ctx := context.Background()
-	if _, err := s.addToRun(ctx, "sparse", []runEntry{{1_000_000_000, "u_b", "kb"}, {3, "u_a", "ka"}}); err != nil {
+	if _, err := s.runs.addToRun(ctx, "sparse", []runEntry{{1_000_000_000, "u_b", "kb"}, {3, "u_a", "ka"}}); err != nil {
 		t.Fatal(err)
 	}
 	before := rt.n.Load()
 	var got []RunResult
-	if err := s.EachRunResult(ctx, "sparse", ResultFilter{}, func(r RunResult) error { got = append(got, r); return nil }); err != nil {
+	if err := s.Runs().EachResult(ctx, "sparse", ResultFilter{}, func(r RunResult) error { got = append(got, r); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if trips := rt.n.Load() - before; trips > 10 {
@@ -469,30 +469,30 @@ func TestRunDoneAnnouncedOnce(t *testing.T) {
 	t.Parallel()
 	s, _ := realStore(t)
 	ctx := context.Background()
-	if _, err := s.addToRun(ctx, "once", []runEntry{{1, "u_a", "ka"}}); err != nil {
+	if _, err := s.runs.addToRun(ctx, "once", []runEntry{{1, "u_a", "ka"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SealRun(ctx, "once"); err != nil {
+	if err := s.Runs().Seal(ctx, "once"); err != nil {
 		t.Fatal(err)
 	}
-	done, err := s.setRunState(ctx, "once", "u_a", runCompleted)
+	done, err := s.runs.setRunState(ctx, "once", "u_a", runCompleted)
 	if err != nil || !done {
 		t.Fatalf("done %v, %v; want the run done", done, err)
 	}
 	// The worker and several readers all find it done and not yet announced.
 	errs := make(chan error, 5)
 	for range 5 {
-		go func() { errs <- s.announceRun(ctx, "once") }()
+		go func() { errs <- s.runs.announceRun(ctx, "once") }()
 	}
 	for range 5 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := s.Run(ctx, "once"); err != nil {
+	if _, err := s.Runs().Get(ctx, "once"); err != nil {
 		t.Fatal(err)
 	}
-	evs, err := s.ReadEvents(ctx, "", 100, 0)
+	evs, err := s.Events().Read(ctx, "", 100, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

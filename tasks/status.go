@@ -12,6 +12,13 @@ import (
 	"github.com/orgsync/orgsync/internal/admission"
 )
 
+// Operator is what an operator does across the store's parts
+// (Store.Operator), as asynq's Inspector is to its queues: look an update up
+// (Status, Find), gather the overview (Stats), replay a dead letter or purge
+// it. The CLI and the admin API both use it; asynq's inspector it reads
+// through is the store's, built once.
+type Operator struct{ *base }
+
 // Status is everything known about one update.
 type Status struct {
 	TaskID         string      `json:"task_id"`
@@ -80,7 +87,7 @@ func (e *AmbiguousError) Is(target error) bool { return target == ErrAmbiguous }
 // see Find) across asynq's queues, the ledger and the dead letters. It
 // returns ErrNotFound when nothing knows it, and an *AmbiguousError when
 // several updates match.
-func (s *Store) Status(ctx context.Context, ref string, queues []string) (Status, error) {
+func (s *Operator) Status(ctx context.Context, ref string, queues []string) (Status, error) {
 	return s.Find(ctx, Lookup{Ref: ref}, queues)
 }
 
@@ -90,7 +97,7 @@ func (s *Store) Status(ctx context.Context, ref string, queues []string) (Status
 // belonged to accounts. Exactly one match is its status; none is ErrNotFound;
 // several are an *AmbiguousError listing them, to pick with l.Account,
 // l.AsKey or l.AsTaskID.
-func (s *Store) Find(ctx context.Context, l Lookup, queues []string) (Status, error) {
+func (s *Operator) Find(ctx context.Context, l Lookup, queues []string) (Status, error) {
 	type candidate struct {
 		id, as  string
 		account string // the account the id was derived from; "" for a task id or legacy id
@@ -103,7 +110,7 @@ func (s *Store) Find(ctx context.Context, l Lookup, queues []string) (Status, er
 		accounts := []string{l.Account}
 		if l.Account == "" {
 			var err error
-			if accounts, err = s.keyAccounts(ctx, l.Ref); err != nil {
+			if accounts, err = s.ledger.keyAccounts(ctx, l.Ref); err != nil {
 				return Status{}, err
 			}
 		}
@@ -150,17 +157,17 @@ func (s *Store) Find(ctx context.Context, l Lookup, queues []string) (Status, er
 }
 
 // statusByID is the status of the update with task id taskID, or ErrNotFound.
-func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) (Status, error) {
+func (s *Operator) statusByID(ctx context.Context, taskID string, queues []string) (Status, error) {
 	st := Status{TaskID: taskID}
-	rec, err := s.Get(ctx, taskID)
+	rec, err := s.ledger.Get(ctx, taskID)
 	if err != nil {
 		return st, err
 	}
 	st.Attempts, st.Spent, st.LastError, st.Result = rec.Attempts, rec.Spent, rec.LastError, rec.Result
-	if st.History, err = s.Attempts(ctx, taskID); err != nil {
+	if st.History, err = s.ledger.Attempts(ctx, taskID); err != nil {
 		return st, err
 	}
-	if d, err := s.DeadLetter(ctx, taskID); err == nil {
+	if d, err := s.dead.Get(ctx, taskID); err == nil {
 		st.State, st.DeadLetter, st.Queue = StatusDead, &d, d.Queue
 		st.IdempotencyKey, st.Why = d.IdempotencyKey, d.Reason
 		u := d.Update
@@ -256,7 +263,7 @@ func (s *Store) statusByID(ctx context.Context, taskID string, queues []string) 
 }
 
 // whyWaiting says what a waiting update waits for, and when it may go at the earliest.
-func (s *Store) whyWaiting(ctx context.Context, as admission.UpdateState, rec Record) (string, time.Time) {
+func (s *Operator) whyWaiting(ctx context.Context, as admission.UpdateState, rec Record) (string, time.Time) {
 	now := s.now()
 	if as.Ahead > 0 {
 		return fmt.Sprintf("behind %d earlier update(s) of its organization, which go first", as.Ahead), time.Time{}
@@ -315,7 +322,7 @@ type QueueStats struct {
 }
 
 // Stats gathers per-queue counts, dead letters by status and class, and account holds.
-func (s *Store) Stats(ctx context.Context) (Stats, error) {
+func (s *Operator) Stats(ctx context.Context) (Stats, error) {
 	out := Stats{DeadByStatus: map[string]int{}, DeadByClass: map[string]int{}}
 	ins := s.ins
 	queues, err := ins.Queues()
@@ -330,7 +337,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 		out.Queues = append(out.Queues, QueueStats{Queue: q, Paused: qi.Paused, Pending: qi.Pending, Active: qi.Active,
 			Scheduled: qi.Scheduled, Retry: qi.Retry, Archived: qi.Archived, Completed: qi.Completed, LatencyMS: qi.Latency.Milliseconds()})
 	}
-	err = s.EachDeadLetter(ctx, Filter{}, func(d DeadLetter) error {
+	err = s.dead.Each(ctx, Filter{}, func(d DeadLetter) error {
 		out.DeadLetters++
 		out.DeadByStatus[fmt.Sprint(d.StatusCode)]++
 		out.DeadByClass[string(d.Class)]++
@@ -342,7 +349,7 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return out, err
 	}
-	if out.Holds, err = s.Holds(ctx); err != nil {
+	if out.Holds, err = s.accounts.Holds(ctx); err != nil {
 		return out, err
 	}
 	if out.Admission, err = s.adm.Stats(ctx); err != nil {

@@ -14,9 +14,41 @@ import (
 // waiting to be sent and the account holds. Every key starts with
 // the prefix, and keys that one script touches share a hash tag so that Redis
 // Cluster keeps them in one slot.
+//
+// The records are split by what owns them, as asynq splits its Client,
+// Server and Inspector: each accessor returns one part (Ledger, Accounts,
+// DeadLetters, Runs, Events, Lines), Operator returns what an operator does
+// across them, and Scheduler the admission state. The parts share one
+// connection and configuration and cost nothing to get: each is built once,
+// by NewStore.
 type Store struct {
 	*base
 }
+
+// Ledger is the per-update ledger: state, retry budget, attempt history and result.
+func (s *Store) Ledger() *Ledger { return &s.ledger }
+
+// Accounts holds and lifts the holds on integrated accounts.
+func (s *Store) Accounts() *Accounts { return &s.accounts }
+
+// DeadLetters is the dead-letter store.
+func (s *Store) DeadLetters() *DeadLetters { return &s.dead }
+
+// Runs is the runs: named sets of updates enqueued together.
+func (s *Store) Runs() *Runs { return &s.runs }
+
+// Events is the outcome stream.
+func (s *Store) Events() *Events { return &s.events }
+
+// Lines is the organizations' lines: the order an organization's updates apply in.
+func (s *Store) Lines() *Lines { return &s.lines }
+
+// Operator is what an operator does across the parts: status, stats, replay
+// and purge (the CLI and the admin API both use it).
+func (s *Store) Operator() *Operator { return &s.op }
+
+// Scheduler is the store's admission state.
+func (s *Store) Scheduler() *admission.Scheduler { return s.adm }
 
 // base is what every part of the store shares: the client, the key prefix,
 // the retention, the clock, the admission scheduler and asynq's inspector,
@@ -33,6 +65,17 @@ type base struct {
 	// ins reads asynq's queues (built once; the operator's paths and the
 	// rare legacy checks use it).
 	ins *asynq.Inspector
+
+	// The parts, each a view of this base: a part reaches another through
+	// these (s.ledger, s.dead, ...), the handler and the producer through
+	// the Store that embeds the base.
+	ledger   Ledger
+	accounts Accounts
+	dead     DeadLetters
+	runs     Runs
+	events   Events
+	lines    Lines
+	op       Operator
 }
 
 // StoreOption configures a Store.
@@ -66,5 +109,8 @@ func NewStore(rdb redis.UniversalClient, opts ...StoreOption) *Store {
 		s.adm = admission.New(rdb, admission.Config{KeyPrefix: s.prefix})
 	}
 	s.ins = asynq.NewInspectorFromRedisClient(rdb)
+	b := s.base
+	b.ledger, b.accounts, b.dead, b.runs = Ledger{b}, Accounts{b}, DeadLetters{b}, Runs{b}
+	b.events, b.lines, b.op = Events{b}, Lines{b}, Operator{b}
 	return s
 }

@@ -98,7 +98,7 @@ func (a *app) runsListCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			runs, err := a.store.Runs(c.Context())
+			runs, err := a.store.Runs().List(c.Context())
 			if err != nil {
 				return usageError("runs list: %w", err)
 			}

@@ -267,7 +267,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			return out, nil
 		})
 		run("runs", func(ctx context.Context) ([]prometheus.Metric, error) {
-			runs, err := m.cfg.Store.Runs(ctx)
+			runs, err := m.cfg.Store.Runs().List(ctx)
 			if err != nil {
 				return nil, err
 			}

@@ -23,7 +23,7 @@ import (
 func (a *api) runs(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	runs, err := a.o.Store.Runs(ctx)
+	runs, err := a.o.Store.Runs().List(ctx)
 	if err != nil {
 		a.fail(rw, "runs", err)
 		return
