@@ -27,7 +27,7 @@ func (a *app) accountsListCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			holds, err := a.store.Holds(c.Context())
+			holds, err := a.store.Accounts().Holds(c.Context())
 			if err != nil {
 				return usageError("list account holds: %w", err)
 			}
@@ -63,7 +63,7 @@ func (a *app) accountsResumeCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			ok, err := a.store.ResumeAccount(c.Context(), args[0])
+			ok, err := a.store.Accounts().Resume(c.Context(), args[0])
 			if err != nil {
 				return usageError("resume account %q: %w", args[0], err)
 			}

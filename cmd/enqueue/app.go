@@ -237,7 +237,7 @@ func (a *app) connect(ctx context.Context) error {
 	// layout move to one record per update before the command looks for any
 	// (a listing, a replay, an enqueue's duplicate check); a worker moves them
 	// at its start too. Nothing to move costs one EXISTS.
-	if n, err := a.store.MigrateLegacyDeadLetters(ctx); err != nil {
+	if n, err := a.store.DeadLetters().MigrateLegacy(ctx); err != nil {
 		return usageError("%w (dead letters of an older worker's layout could not be moved; run the command again)", err)
 	} else if n > 0 {
 		a.logf("moved %d dead letters of an older worker's single-slot layout to one record per update", n)

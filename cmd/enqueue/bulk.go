@@ -312,7 +312,7 @@ func laneOf(u tasks.Update, lanes int) int {
 // sealRun seals run name once every line of its file is in, so that it is
 // done once its updates have ended. It reports whether the run exists.
 func (a *app) sealRun(ctx context.Context, name string) (bool, error) {
-	err := a.store.SealRun(ctx, name)
+	err := a.store.Runs().Seal(ctx, name)
 	switch {
 	case err == nil:
 		return true, nil

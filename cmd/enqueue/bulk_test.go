@@ -118,7 +118,7 @@ func TestBulkRerunSameRun(t *testing.T) {
 			t.Errorf("%s: summary (-want +got):\n%s", tt.name, diff)
 		}
 		// Each line once in its run, whatever the re-runs; sealed once read whole.
-		st, err := f.store.Run(t.Context(), tt.run)
+		st, err := f.store.Runs().Get(t.Context(), tt.run)
 		if err != nil || st.Total != 50 || st.Waiting != 50 || !st.Sealed {
 			t.Errorf("%s: run %s is %+v (%v); want 50 lines waiting, sealed", tt.name, tt.run, st, err)
 		}

@@ -96,7 +96,7 @@ func (a *app) dlqListCmd() *cobra.Command {
 				return err
 			}
 			if !a.stdoutTTY {
-				err = a.store.EachDeadLetter(c.Context(), f, func(d tasks.DeadLetter) error { return a.writeJSON(d) })
+				err = a.store.DeadLetters().Each(c.Context(), f, func(d tasks.DeadLetter) error { return a.writeJSON(d) })
 			} else {
 				err = a.deadLetterTable(c.Context(), f)
 			}
@@ -114,7 +114,7 @@ func (a *app) dlqListCmd() *cobra.Command {
 func (a *app) deadLetterTable(ctx context.Context, f tasks.Filter) error {
 	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TASK ID\tDEAD AT\tACCOUNT\tORG ID\tSTATUS\tCLASS\tREASON")
-	err := a.store.EachDeadLetter(ctx, f, func(d tasks.DeadLetter) error {
+	err := a.store.DeadLetters().Each(ctx, f, func(d tasks.DeadLetter) error {
 		_, err := fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.TaskID, d.DeadAt.UTC().Format(time.RFC3339),
 			cell(d.Update.IntegratedAccountID, 40), cell(d.Update.ID, 30), statusCell(d.StatusCode), cell(string(d.Class), 12), cell(d.Reason, 60))
 		return err
@@ -242,7 +242,7 @@ func (a *app) replay(ctx context.Context, f tasks.Filter, opts tasks.ReplayOptio
 	}
 	bar := a.startProgress(max, "replay", "records")
 	var next time.Time
-	err := a.store.EachDeadLetter(ctx, f, func(d tasks.DeadLetter) error {
+	err := a.store.DeadLetters().Each(ctx, f, func(d tasks.DeadLetter) error {
 		if len(f.TaskIDs) > 0 {
 			seen[d.TaskID] = true
 		}
@@ -252,7 +252,7 @@ func (a *app) replay(ctx context.Context, f tasks.Filter, opts tasks.ReplayOptio
 		if interval > 0 {
 			next = time.Now().Add(interval)
 		}
-		out, err := a.store.Replay(ctx, d, opts)
+		out, err := a.store.Operator().Replay(ctx, d, opts)
 		bar.add(1)
 		if err != nil {
 			sum.Failed++
@@ -320,7 +320,7 @@ func (a *app) reportMissing(ctx context.Context, cmd string, f tasks.Filter, see
 			continue
 		}
 		n++
-		_, err := a.store.DeadLetter(ctx, id)
+		_, err := a.store.DeadLetters().Get(ctx, id)
 		switch {
 		case errors.Is(err, tasks.ErrNotFound):
 			a.logf("%s: no dead letter with this task id; not %sed (see `enqueue dlq list`; `enqueue status %s` tells where it is)", id, cmd, id)
@@ -350,7 +350,7 @@ func (a *app) dlqExportCmd() *cobra.Command {
 				return err
 			}
 			skipped := 0
-			err = a.store.EachDeadLetter(c.Context(), f, func(d tasks.DeadLetter) error {
+			err = a.store.DeadLetters().Each(c.Context(), f, func(d tasks.DeadLetter) error {
 				u := d.Update
 				if d.IdempotencyKey != "" {
 					u.IdempotencyKey = d.IdempotencyKey
@@ -411,7 +411,7 @@ func (a *app) dlqPurgeCmd() *cobra.Command {
 func (a *app) purge(ctx context.Context, f tasks.Filter, yes bool) error {
 	if !yes {
 		n := 0
-		if err := a.store.EachDeadLetter(ctx, f, func(tasks.DeadLetter) error { n++; return nil }); err != nil {
+		if err := a.store.DeadLetters().Each(ctx, f, func(tasks.DeadLetter) error { n++; return nil }); err != nil {
 			return usageError("dlq purge: count dead letters: %w", err)
 		}
 		if n == 0 {
@@ -442,9 +442,9 @@ func (a *app) purge(ctx context.Context, f tasks.Filter, yes bool) error {
 	}
 	purged := 0
 	seen := map[string]bool{}
-	err := a.store.EachDeadLetter(ctx, f, func(d tasks.DeadLetter) error {
+	err := a.store.DeadLetters().Each(ctx, f, func(d tasks.DeadLetter) error {
 		seen[d.TaskID] = true
-		ok, err := a.store.Purge(ctx, d)
+		ok, err := a.store.Operator().Purge(ctx, d)
 		if err != nil {
 			return err
 		}

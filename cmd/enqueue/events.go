@@ -94,7 +94,7 @@ func (a *app) events(ctx context.Context, f eventsFlags) error {
 	after := f.after
 	switch after {
 	case "$":
-		id, err := a.store.LastEventID(ctx)
+		id, err := a.store.Events().LastID(ctx)
 		if err != nil {
 			return usageError("events: %w", err)
 		}
@@ -144,7 +144,7 @@ func (a *app) events(ctx context.Context, f eventsFlags) error {
 // ends when the connection closes, as the program exits).
 func (a *app) readEvents(ctx context.Context, after string, block time.Duration) ([]tasks.OutcomeEvent, error) {
 	if block <= 0 {
-		return a.store.ReadEvents(ctx, after, eventsPage, 0)
+		return a.store.Events().Read(ctx, after, eventsPage, 0)
 	}
 	type read struct {
 		evs []tasks.OutcomeEvent
@@ -152,7 +152,7 @@ func (a *app) readEvents(ctx context.Context, after string, block time.Duration)
 	}
 	done := make(chan read, 1)
 	go func() {
-		evs, err := a.store.ReadEvents(ctx, after, eventsPage, block)
+		evs, err := a.store.Events().Read(ctx, after, eventsPage, block)
 		done <- read{evs, err}
 	}()
 	select {
@@ -167,7 +167,7 @@ func (a *app) readEvents(ctx context.Context, after string, block time.Duration)
 // after: the stream is trimmed from its oldest end, so the events between it
 // and the oldest kept, if there were any, are gone too.
 func (a *app) warnTrimmed(ctx context.Context, after string) {
-	oldest, err := a.rdb.XRangeN(ctx, a.store.EventsKey(), "-", "+", 1).Result()
+	oldest, err := a.rdb.XRangeN(ctx, a.store.Events().Key(), "-", "+", 1).Result()
 	if err != nil || len(oldest) == 0 || !streamIDLess(after, oldest[0].ID) {
 		return
 	}

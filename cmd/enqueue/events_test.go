@@ -82,7 +82,7 @@ func TestEventsTrimmed(t *testing.T) {
 	ctx := context.Background()
 	var ids []string
 	for range 3 {
-		id, err := f.rdb.XAdd(ctx, &redis.XAddArgs{Stream: f.store.EventsKey(), Values: map[string]any{"type": "completed", "task_id": "u_1"}}).Result()
+		id, err := f.rdb.XAdd(ctx, &redis.XAddArgs{Stream: f.store.Events().Key(), Values: map[string]any{"type": "completed", "task_id": "u_1"}}).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,7 +92,7 @@ func TestEventsTrimmed(t *testing.T) {
 	if got := decodeLines[tasks.OutcomeEvent](t, r); len(got) != 1 || got[0].ID != ids[2] || r.stderr != "" {
 		t.Errorf("after a kept event: %+v, stderr %q; want the one after it, no warning", got, r.stderr)
 	}
-	if err := f.rdb.XTrimMaxLen(ctx, f.store.EventsKey(), 1).Err(); err != nil {
+	if err := f.rdb.XTrimMaxLen(ctx, f.store.Events().Key(), 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	r = cli(t, f.srv, "", "events", "--after", ids[0])

@@ -206,7 +206,7 @@ func deadLetter(key, account, org string, status int, class tasks.Class, deadAt 
 func (f *fixture) putDeadLetters(t *testing.T, ds ...tasks.DeadLetter) {
 	t.Helper()
 	for _, d := range ds {
-		if err := f.store.PutDeadLetter(context.Background(), d); err != nil {
+		if err := f.store.DeadLetters().Put(context.Background(), d); err != nil {
 			t.Fatalf("put dead letter: %v", err)
 		}
 	}
@@ -216,7 +216,7 @@ func (f *fixture) putDeadLetters(t *testing.T, ds ...tasks.DeadLetter) {
 func (f *fixture) deadIDs(t *testing.T) []string {
 	t.Helper()
 	var ids []string
-	err := f.store.EachDeadLetter(context.Background(), tasks.Filter{}, func(d tasks.DeadLetter) error {
+	err := f.store.DeadLetters().Each(context.Background(), tasks.Filter{}, func(d tasks.DeadLetter) error {
 		ids = append(ids, d.TaskID)
 		return nil
 	})

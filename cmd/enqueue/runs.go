@@ -208,7 +208,7 @@ func (a *app) runStatus(ctx context.Context, name string, w waitFlags) error {
 	if w.wait {
 		st, waitErr = a.waitRun(ctx, name, w)
 	} else {
-		st, waitErr = a.store.Run(ctx, name)
+		st, waitErr = a.store.Runs().Get(ctx, name)
 	}
 	switch {
 	case errors.Is(waitErr, tasks.ErrNotFound):
@@ -225,7 +225,7 @@ func (a *app) runStatus(ctx context.Context, name string, w waitFlags) error {
 		dctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), pingTimeout)
 		defer cancel()
 	}
-	if err := a.store.RunDeadLetters(dctx, &st); err != nil {
+	if err := a.store.Runs().DeadLetters(dctx, &st); err != nil {
 		return usageError("runs status %s: %w", name, err)
 	}
 	if err := a.writeJSON(runStatusJSON{runRow: rowOf(st), DeadByStatus: st.DeadByStatus, DeadByClass: st.DeadByClass}); err != nil {
@@ -280,7 +280,7 @@ func (a *app) waitRun(ctx context.Context, name string, w waitFlags) (tasks.RunS
 			return last, ctx.Err()
 		case <-timer.C:
 		}
-		st, err := a.store.Run(ctx, name)
+		st, err := a.store.Runs().Get(ctx, name)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return last, ctx.Err()
@@ -364,7 +364,7 @@ func (a *app) runResults(ctx context.Context, name string, f tasks.ResultFilter)
 	enc := json.NewEncoder(bw)
 	enc.SetEscapeHTML(false)
 	var werr error
-	err := a.store.EachRunResult(ctx, name, f, func(r tasks.RunResult) error {
+	err := a.store.Runs().EachResult(ctx, name, f, func(r tasks.RunResult) error {
 		if werr = enc.Encode(r); werr == nil && a.stdoutTTY {
 			werr = bw.Flush()
 		}

@@ -415,7 +415,7 @@ func TestInterruptedBulkLeavesTheRunOpen(t *testing.T) {
 	defer cancel()
 	in := &cancelAfter{first: validLine("o1") + "\n", cancel: cancel, ready: func() bool {
 		// In the run, and in admission (which comes after).
-		st, err := f.store.Run(context.Background(), "half")
+		st, err := f.store.Runs().Get(context.Background(), "half")
 		acct, aerr := f.store.Scheduler().Account(context.Background(), "acc1")
 		return err == nil && st.Total == 1 && aerr == nil && acct.Waiting == 1
 	}}

@@ -30,7 +30,7 @@ func (a *app) statusCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			st, err := a.store.Find(c.Context(), l, []string{a.queue})
+			st, err := a.store.Operator().Find(c.Context(), l, []string{a.queue})
 			var ae *tasks.AmbiguousError
 			switch {
 			case errors.As(err, &ae):
@@ -69,7 +69,7 @@ func (a *app) statsCmd() *cobra.Command {
 			if err := a.connect(c.Context()); err != nil {
 				return err
 			}
-			st, err := a.store.Stats(c.Context())
+			st, err := a.store.Operator().Stats(c.Context())
 			if err != nil {
 				return usageError("stats: %w", err)
 			}

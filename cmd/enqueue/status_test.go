@@ -107,23 +107,23 @@ func TestStatusFollowsAdmission(t *testing.T) {
 	check("started", first, tasks.StatusActive, "")
 
 	// A 429 holds the account; the update goes back to its lane.
-	if err := f.store.PauseAccount(ctx, "acc1", time.Now().Add(time.Hour), 429, "slow down"); err != nil {
+	if err := f.store.Accounts().Pause(ctx, "acc1", time.Now().Add(time.Hour), 429, "slow down"); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := adm.Retry(ctx, "", first, tickets[0].Gen, time.Time{}); err != nil || !ok {
 		t.Fatalf("retry %s: %v %v", first, ok, err)
 	}
 	check("held", first, tasks.StatusWaiting, "account rate limited until")
-	if err := f.store.ParkAccount(ctx, "acc1", 401, "credentials revoked"); err != nil {
+	if err := f.store.Accounts().Park(ctx, "acc1", 401, "credentials revoked"); err != nil {
 		t.Fatal(err)
 	}
 	check("parked", first, tasks.StatusWaiting, "account parked (credentials revoked)")
-	if err := f.store.ParkAccount(ctx, tasks.AllAccounts, 401, "token rejected"); err != nil {
+	if err := f.store.Accounts().Park(ctx, tasks.AllAccounts, 401, "token rejected"); err != nil {
 		t.Fatal(err)
 	}
 	check("all parked", first, tasks.StatusWaiting, "every account is parked (token rejected)")
 	for _, a := range []string{tasks.AllAccounts, "acc1"} {
-		if _, err := f.store.ResumeAccount(ctx, a); err != nil {
+		if _, err := f.store.Accounts().Resume(ctx, a); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -180,10 +180,10 @@ func TestAccounts(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
-	if err := f.store.ParkAccount(ctx, "parked-acc", 401, "token revoked"); err != nil {
+	if err := f.store.Accounts().Park(ctx, "parked-acc", 401, "token revoked"); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.store.PauseAccount(ctx, "limited-acc", time.Now().Add(time.Hour), 429, "rate limited"); err != nil {
+	if err := f.store.Accounts().Pause(ctx, "limited-acc", time.Now().Add(time.Hour), 429, "rate limited"); err != nil {
 		t.Fatal(err)
 	}
 	list := func(t *testing.T) []string {
@@ -231,7 +231,7 @@ func TestAccountsTable(t *testing.T) {
 	if err := f.store.Scheduler().Park(ctx, "acc\x1b[31m", "bad\ntoken", 401); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.store.PauseAccount(ctx, "acc2", time.Now().Add(time.Hour), 429, "slow\x1b[0m down"); err != nil {
+	if err := f.store.Accounts().Pause(ctx, "acc2", time.Now().Add(time.Hour), 429, "slow\x1b[0m down"); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb strings.Builder

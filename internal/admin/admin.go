@@ -228,7 +228,7 @@ func (a *api) status(rw http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	st, err := a.o.Store.Status(ctx, ref, a.o.Queues)
+	st, err := a.o.Store.Operator().Status(ctx, ref, a.o.Queues)
 	if errors.Is(err, tasks.ErrNotFound) {
 		writeError(rw, http.StatusNotFound, fmt.Sprintf("no update with task id or idempotency key %q", ref))
 		return
@@ -255,7 +255,7 @@ func (a *api) deadLetters(rw http.ResponseWriter, r *http.Request) {
 	rw.Header().Set("X-Content-Type-Options", "nosniff")
 	enc := json.NewEncoder(rw)
 	n := 0
-	err = a.o.Store.EachDeadLetter(ctx, f, func(d tasks.DeadLetter) error {
+	err = a.o.Store.DeadLetters().Each(ctx, f, func(d tasks.DeadLetter) error {
 		n++
 		return enc.Encode(d)
 	})
@@ -326,7 +326,7 @@ func parseWhen(name, s string, now time.Time) (time.Time, error) {
 func (a *api) stats(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	st, err := a.o.Store.Stats(ctx)
+	st, err := a.o.Store.Operator().Stats(ctx)
 	if err != nil {
 		a.fail(rw, "stats", err)
 		return
@@ -337,7 +337,7 @@ func (a *api) stats(rw http.ResponseWriter, r *http.Request) {
 func (a *api) accounts(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	holds, err := a.o.Store.Holds(ctx)
+	holds, err := a.o.Store.Accounts().Holds(ctx)
 	if err != nil {
 		a.fail(rw, "account holds", err)
 		return

@@ -255,15 +255,15 @@ func TestAdminJSONAPIAndGauges(t *testing.T) {
 		d := tasks.DeadLetter{TaskID: tasks.TaskID(account, key), Queue: tasks.DefaultQueue, IdempotencyKey: key,
 			Update: tasks.Update{ID: fmt.Sprintf("org-%d", i%4), IntegratedAccountID: account, Body: json.RawMessage(`{"n":1}`), IdempotencyKey: key},
 			Class:  class, StatusCode: status, Reason: "because", Attempts: 1, DeadAt: e.now.Add(time.Duration(i-12) * time.Hour)}
-		if err := e.store.PutDeadLetter(ctx, d); err != nil {
+		if err := e.store.DeadLetters().Put(ctx, d); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, d)
 	}
-	if err := e.store.ParkAccount(ctx, "acct-p", 401, "re-authorize"); err != nil {
+	if err := e.store.Accounts().Park(ctx, "acct-p", 401, "re-authorize"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.store.PauseAccount(ctx, "acct-r", e.now.Add(time.Hour), 429, "slow down"); err != nil {
+	if err := e.store.Accounts().Pause(ctx, "acct-r", e.now.Add(time.Hour), 429, "slow down"); err != nil {
 		t.Fatal(err)
 	}
 	pick := func(f func(tasks.DeadLetter) bool, limit int) []tasks.DeadLetter {

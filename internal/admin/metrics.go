@@ -243,14 +243,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				gauge("all_parked", boolValue(st.AllParked != ""))}, nil
 		})
 		run("dead_letters", func(ctx context.Context) ([]prometheus.Metric, error) {
-			n, err := m.cfg.Store.CountDeadLetters(ctx)
+			n, err := m.cfg.Store.DeadLetters().Count(ctx)
 			if err != nil {
 				return nil, err
 			}
 			return []prometheus.Metric{prometheus.MustNewConstMetric(descDeadLetters, prometheus.GaugeValue, float64(n))}, nil
 		})
 		run("holds", func(ctx context.Context) ([]prometheus.Metric, error) {
-			holds, err := m.cfg.Store.Holds(ctx)
+			holds, err := m.cfg.Store.Accounts().Holds(ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -283,7 +283,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				prometheus.MustNewConstMetric(descRuns, prometheus.GaugeValue, done, "done")}, nil
 		})
 		run("outcome_events", func(ctx context.Context) ([]prometheus.Metric, error) {
-			n, err := m.cfg.Store.CountEvents(ctx)
+			n, err := m.cfg.Store.Events().Count(ctx)
 			if err != nil {
 				return nil, err
 			}

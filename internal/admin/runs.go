@@ -18,7 +18,7 @@ import (
 // streams its lines. A run's name is one path segment: a name with a slash
 // or a space is path-escaped (url.PathEscape), "crm%2F2026%20nov".
 
-// runs answers the runs kept (tasks.Store.Runs), oldest first, as a JSON
+// runs answers the runs kept (tasks.Runs.List), oldest first, as a JSON
 // array: [] when there is none.
 func (a *api) runs(rw http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
@@ -46,7 +46,7 @@ func (a *api) run(rw http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	st, err := a.o.Store.Run(ctx, name)
+	st, err := a.o.Store.Runs().Get(ctx, name)
 	if errors.Is(err, tasks.ErrNotFound) {
 		a.noRun(rw, name)
 		return
@@ -55,7 +55,7 @@ func (a *api) run(rw http.ResponseWriter, r *http.Request) {
 		a.fail(rw, "run", err)
 		return
 	}
-	if err := a.o.Store.RunDeadLetters(ctx, &st); err != nil {
+	if err := a.o.Store.Runs().DeadLetters(ctx, &st); err != nil {
 		a.fail(rw, "the run's dead letters", err)
 		return
 	}
@@ -84,7 +84,7 @@ func (a *api) runResults(rw http.ResponseWriter, r *http.Request) {
 	flusher := http.NewResponseController(rw)
 	enc := json.NewEncoder(rw)
 	n := 0
-	err = a.o.Store.EachRunResult(ctx, name, f, func(res tasks.RunResult) error {
+	err = a.o.Store.Runs().EachResult(ctx, name, f, func(res tasks.RunResult) error {
 		if n == 0 {
 			rw.Header().Set("Content-Type", "application/x-ndjson")
 			rw.Header().Set("X-Content-Type-Options", "nosniff")

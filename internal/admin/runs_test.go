@@ -125,7 +125,7 @@ func TestAdminRuns(t *testing.T) {
 	}
 	r.enqueue("other", 0, "org-x1")
 	r.process("org-r6", "org-x1")
-	if err := e.store.SealRun(context.Background(), runName); err != nil {
+	if err := e.store.Runs().Seal(context.Background(), runName); err != nil {
 		t.Fatal(err)
 	}
 
