@@ -334,7 +334,7 @@ func measureMemory(ctx context.Context, s settings) (memoryFigures, error) {
 		return runOrgsync(ctx, r, fakeURL, s, updates)
 	}, func(rdb *redis.Client) error {
 		u := updates[0]
-		rec, err := tasks.NewStore(rdb).Get(ctx, tasks.TaskID(u.IntegratedAccountID, u.IdempotencyKey))
+		rec, err := tasks.NewStore(rdb).Ledger().Get(ctx, tasks.TaskID(u.IntegratedAccountID, u.IdempotencyKey))
 		if err != nil || rec.Result == nil {
 			return fmt.Errorf("read a stored result: %v", err)
 		}

@@ -250,7 +250,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	if err != nil {
 		return err
 	}
-	if err := store.SealRun(ctx, demoRun); err != nil {
+	if err := store.Runs().Seal(ctx, demoRun); err != nil {
 		return fmt.Errorf("seal run %q: %w", demoRun, err)
 	}
 	say("   enqueued %d in %.1fs", len(keys), time.Since(start).Seconds())
@@ -312,8 +312,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	say("\n3. The bad organizations are fixed upstream; replaying the dead letters (same idempotency keys, fresh budget)...")
 	fake.UpdateFaults(func(f *trutotest.Faults) { f.OrgStatus = nil })
 	replayed := 0
-	err = store.EachDeadLetter(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
-		out, err := store.Replay(ctx, d, tasks.ReplayOptions{})
+	err = store.DeadLetters().Each(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
+		out, err := store.Operator().Replay(ctx, d, tasks.ReplayOptions{})
 		if err == nil && out.Status == tasks.Replayed {
 			replayed++
 		}
@@ -411,12 +411,12 @@ func runSettled(ctx context.Context, store *tasks.Store, settled func(tasks.RunS
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		st, err := store.Run(ctx, demoRun)
+		st, err := store.Runs().Get(ctx, demoRun)
 		if err != nil {
 			return RunSummary{}, err
 		}
 		if settled(st) {
-			if err := store.RunDeadLetters(ctx, &st); err != nil {
+			if err := store.Runs().DeadLetters(ctx, &st); err != nil {
 				return RunSummary{}, err
 			}
 			return RunSummary{Total: st.Total, Completed: st.Completed, Dead: st.Dead, Purged: st.Purged, Waiting: st.Waiting,
@@ -436,7 +436,7 @@ var errShown = errors.New("enough lines")
 // firstLines reads the first n lines of the demo's run.
 func firstLines(ctx context.Context, store *tasks.Store, n int) ([]LineReport, error) {
 	var out []LineReport
-	err := store.EachRunResult(ctx, demoRun, tasks.ResultFilter{}, func(r tasks.RunResult) error {
+	err := store.Runs().EachResult(ctx, demoRun, tasks.ResultFilter{}, func(r tasks.RunResult) error {
 		l := LineReport{Line: r.Line, State: string(r.State), StatusCode: r.StatusCode}
 		switch {
 		case r.Error != nil:
@@ -496,7 +496,7 @@ func waitSettled(ctx context.Context, store *tasks.Store, breaker *circuit.Break
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		dead, err := store.CountDeadLetters(ctx)
+		dead, err := store.DeadLetters().Count(ctx)
 		if err != nil {
 			return err
 		}

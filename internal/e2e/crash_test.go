@@ -197,7 +197,7 @@ func (r *crashRig) verdict(t *testing.T) (lost, dup int, st fakeStats) {
 // budgetSpent reads every key's status from the ledger and returns how many
 // updates are not completed and how many spent retry budget, each with an
 // example, for a test to judge. It reads the way `enqueue status KEY` does
-// (tasks.Store.Find, the default queue), in this process: one command per key
+// (tasks.Operator.Find, the default queue), in this process: one command per key
 // would be thousands of process starts. The command itself is run for the
 // first, middle and last keys, and must say the same of them.
 func (r *crashRig) budgetSpent(t *testing.T) (notCompleted, spent int, example string) {
@@ -206,7 +206,7 @@ func (r *crashRig) budgetSpent(t *testing.T) (notCompleted, spent int, example s
 	store := tasks.NewStore(r.rdb)
 	ledger := make(map[string]tasks.Status, len(r.keys))
 	for _, k := range r.keys {
-		s, err := store.Find(ctx, tasks.Lookup{Ref: k}, []string{tasks.DefaultQueue})
+		s, err := store.Operator().Find(ctx, tasks.Lookup{Ref: k}, []string{tasks.DefaultQueue})
 		ledger[k] = s
 		desc, _ := json.Marshal(s)
 		switch {

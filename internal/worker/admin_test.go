@@ -264,7 +264,7 @@ func TestAdminRunWithOutcomeEventsOff(t *testing.T) {
 	}
 	// Sealing can make the run done, and then writes its event through the
 	// sealing store's own setting: here off too, as a producer's must be.
-	if err := tasks.NewStore(p.rdb, tasks.WithEventsMaxLen(0)).SealRun(ctx, run); err != nil {
+	if err := tasks.NewStore(p.rdb, tasks.WithEventsMaxLen(0)).Runs().Seal(ctx, run); err != nil {
 		t.Fatal(err)
 	}
 	// Reading a run that is done and not yet announced announces it (writes
@@ -273,7 +273,7 @@ func TestAdminRunWithOutcomeEventsOff(t *testing.T) {
 	// not (it did, now and then, between the worker's done and announced).
 	reader := tasks.NewStore(p.rdb, tasks.WithEventsMaxLen(0))
 	testrig.WaitFor(t, "the run done", time.Minute, func() (bool, string) {
-		st, err := reader.Run(ctx, run)
+		st, err := reader.Runs().Get(ctx, run)
 		return err == nil && st.Done, fmt.Sprintf("%+v %v", st, err)
 	})
 	c := &adminClient{t: t, base: p.worker.AdminURL(), bodies: map[string]string{}}
@@ -282,7 +282,7 @@ func TestAdminRunWithOutcomeEventsOff(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("metrics (-want +got):\n%s", diff)
 	}
-	if n, err := p.rdb.XLen(ctx, p.store.EventsKey()).Result(); err != nil || n != 0 {
+	if n, err := p.rdb.XLen(ctx, p.store.Events().Key()).Result(); err != nil || n != 0 {
 		t.Errorf("outcome stream holds %d entries (%v), want none with events off", n, err)
 	}
 	code, body := c.get("/api/runs/"+url.PathEscape(run), testAdminToken)

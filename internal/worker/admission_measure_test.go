@@ -361,7 +361,7 @@ func BenchmarkAdmissionParked(b *testing.B) {
 
 	idleCmds, idleCPU := idleCost(b, rdb, window)
 
-	if err := w.Store().ParkAccount(context.Background(), "acct-parked", 401, "operator park for a measurement"); err != nil {
+	if err := w.Store().Accounts().Park(context.Background(), "acct-parked", 401, "operator park for a measurement"); err != nil {
 		b.Fatalf("park: %v", err)
 	}
 	took := enqueueChunks(b, p, n, 5000, func(i int) tasks.Update { return measureUpdate("acct-parked", i) })

@@ -121,7 +121,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 	testrig.WaitFor(t, "every update completed by the survivor", 40*time.Second, func() (bool, string) {
 		c := 0
 		for _, id := range ids {
-			if rec, err := store.Get(context.Background(), id); err == nil && rec.State == tasks.StatusCompleted {
+			if rec, err := store.Ledger().Get(context.Background(), id); err == nil && rec.State == tasks.StatusCompleted {
 				c++
 			}
 		}
@@ -137,7 +137,7 @@ func TestKilledWorkerUpdatesGoAgain(t *testing.T) {
 		t.Errorf("lost %d, duplicated %d, fake %+v; want each applied once and replayed once", c.Lost, c.Duplicated, st)
 	}
 	for _, id := range ids {
-		if rec, _ := store.Get(context.Background(), id); rec.Result == nil || !rec.Result.Replayed {
+		if rec, _ := store.Ledger().Get(context.Background(), id); rec.Result == nil || !rec.Result.Replayed {
 			t.Errorf("%s: result %+v, want Truto's replayed answer", id, rec.Result)
 		}
 	}

@@ -41,7 +41,7 @@ func TestStartMovesSingleSlotDeadLetters(t *testing.T) {
 	if !strings.Contains(logs.String(), `"dead_letters":1`) {
 		t.Errorf("no log line says one dead letter moved:\n%s", logs.String())
 	}
-	got, err := tasks.NewStore(rdb).DeadLetter(ctx, d.TaskID)
+	got, err := tasks.NewStore(rdb).DeadLetters().Get(ctx, d.TaskID)
 	if err != nil || !got.DeadAt.Equal(d.DeadAt) {
 		t.Errorf("DeadLetter after the start = %+v, %v", got, err)
 	}

@@ -52,7 +52,7 @@ func Example() {
 
 	var st tasks.Status
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if st, err = w.Store().Status(context.Background(), e.TaskID, nil); err == nil && st.State == tasks.StatusCompleted {
+		if st, err = w.Store().Operator().Status(context.Background(), e.TaskID, nil); err == nil && st.State == tasks.StatusCompleted {
 			break
 		}
 	}

@@ -241,7 +241,7 @@ func appliedOnce(t *testing.T, shards, n int) {
 	if got := p.fake.OutOfOrder("seq"); got != 0 {
 		t.Errorf("out-of-order effects = %d, want 0", got)
 	}
-	if dl, _ := p.store.CountDeadLetters(context.Background()); dl != 0 {
+	if dl, _ := p.store.DeadLetters().Count(context.Background()); dl != 0 {
 		t.Errorf("dead letters = %d, want 0", dl)
 	}
 	t.Logf("fake: %d requests, %d effects, %d idempotent replays, by status %v", stats.Requests, stats.Effects, stats.Replays, stats.ByStatus)
@@ -262,7 +262,7 @@ func appliedOnce(t *testing.T, shards, n int) {
 		t.Errorf("handler runs by outcome (-want +got):\n%s\n%d runs sent nothing; runs sent %d requests, the fake saw %d", diff, idle, sent, stats.Requests)
 	}
 	// A stored result is readable by task id.
-	st, err := p.store.Status(context.Background(), p.taskID(keys[0]), nil)
+	st, err := p.store.Operator().Status(context.Background(), p.taskID(keys[0]), nil)
 	if err != nil || st.State != tasks.StatusCompleted || st.Result == nil || st.Result.StatusCode != 200 {
 		t.Errorf("status of the first update = %+v, %v", st, err)
 	}
@@ -297,7 +297,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 	keys := p.enqueue(n, func(int) string { return "acct-bad" })
 	ctx := context.Background()
 	testrig.WaitFor(t, "every update dead-lettered", 4*time.Minute, func() (bool, string) {
-		c, err := p.store.CountDeadLetters(ctx)
+		c, err := p.store.DeadLetters().Count(ctx)
 		return err == nil && c == n, fmt.Sprintf("%d dead letters, err %v", c, err)
 	})
 	ins := asynq.NewInspectorFromRedisClient(p.rdb)
@@ -309,7 +309,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 		t.Logf("asynq archive holds %d (its cap is 10,000)", qi.Archived)
 	}
 	found := map[string]bool{}
-	err = p.store.EachDeadLetter(ctx, tasks.Filter{Account: "acct-bad", StatusCode: 422}, func(d tasks.DeadLetter) error {
+	err = p.store.DeadLetters().Each(ctx, tasks.Filter{Account: "acct-bad", StatusCode: 422}, func(d tasks.DeadLetter) error {
 		found[d.IdempotencyKey] = true
 		return nil
 	})
@@ -342,7 +342,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for d := range letters {
-				switch out, err := p.store.Replay(ctx, d, tasks.ReplayOptions{}); {
+				switch out, err := p.store.Operator().Replay(ctx, d, tasks.ReplayOptions{}); {
 				case err != nil:
 					select {
 					case replayErr <- fmt.Errorf("replay %s: %w", d.TaskID, err):
@@ -354,7 +354,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 			}
 		}()
 	}
-	err = p.store.EachDeadLetter(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
+	err = p.store.DeadLetters().Each(ctx, tasks.Filter{}, func(d tasks.DeadLetter) error {
 		letters <- d
 		return nil
 	})
@@ -372,7 +372,7 @@ func TestDeadLettersBeyondAsynqArchiveCap(t *testing.T) {
 	if stats.Effects != n || stats.DuplicateEffects != 0 {
 		t.Errorf("after replay: fake stats %+v; want %d effects, no duplicates", stats, n)
 	}
-	if c, _ := p.store.CountDeadLetters(ctx); c != 0 {
+	if c, _ := p.store.DeadLetters().Count(ctx); c != 0 {
 		t.Errorf("%d dead letters left after replay, want 0", c)
 	}
 }

@@ -27,11 +27,11 @@ func (p *pipeline) verdict(keys []string) (maxSpent int) {
 	if n := p.fake.OutOfOrder("seq"); n != 0 {
 		p.t.Errorf("out-of-order effects = %d", n)
 	}
-	if dl, _ := p.store.CountDeadLetters(context.Background()); dl != 0 {
+	if dl, _ := p.store.DeadLetters().Count(context.Background()); dl != 0 {
 		p.t.Errorf("dead letters = %d, want 0", dl)
 	}
 	for _, k := range keys {
-		rec, err := p.store.Get(context.Background(), p.taskID(k))
+		rec, err := p.store.Ledger().Get(context.Background(), p.taskID(k))
 		if err != nil {
 			p.t.Fatal(err)
 		}
@@ -236,7 +236,7 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 	}
 	p.waitAllCompleted(good, time.Minute)
 	ctx := context.Background()
-	hold, held, err := p.store.AccountHold(ctx, "acct-bad")
+	hold, held, err := p.store.Accounts().Hold(ctx, "acct-bad")
 	if err != nil || !held || hold.Kind != tasks.HoldParked {
 		t.Fatalf("acct-bad hold = %+v %v %v, want parked", hold, held, err)
 	}
@@ -291,12 +291,12 @@ func TestParkedAccountAmongHealthy(t *testing.T) {
 		t.Errorf("while parked, acct-bad had %d more handler runs and %d more requests; want none",
 			runsParked-runsAtPark, sentBad()-atPark)
 	}
-	if dl, _ := p.store.CountDeadLetters(ctx); dl != 0 {
+	if dl, _ := p.store.DeadLetters().Count(ctx); dl != 0 {
 		t.Fatalf("%d dead letters for a parked account, want 0", dl)
 	}
 	// The account is re-authorized; the operator resumes it.
 	p.fake.UpdateFaults(func(f *trutotest.Faults) { f.AccountStatus = nil })
-	if ok, err := p.store.ResumeAccount(ctx, "acct-bad"); !ok || err != nil {
+	if ok, err := p.store.Accounts().Resume(ctx, "acct-bad"); !ok || err != nil {
 		t.Fatalf("resume: %v %v", ok, err)
 	}
 	p.waitAllCompleted(bad, time.Minute)

@@ -96,14 +96,14 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.store = tasks.NewStore(w.rdb, tasks.WithResultTTL(cfg.ResultTTL), tasks.WithScheduler(sched),
 		tasks.WithEventsMaxLen(eventsMaxLen(cfg.EventsMaxLen)))
 	w.leases = admission.NewLeases(sched, processID())
-	if n, err := w.store.MigrateLegacyHolds(ctx); err != nil {
+	if n, err := w.store.Accounts().MigrateLegacyHolds(ctx); err != nil {
 		w.logger.Warn("could not move account holds of the version before admission", "error", err.Error())
 	} else if n > 0 {
 		w.logger.Info("account holds of the version before admission moved into admission", "holds", n)
 	}
 	// Before any update runs: the handler and the producer look for a dead
 	// letter in the per-update layout only.
-	if n, err := w.store.MigrateLegacyDeadLetters(ctx); err != nil {
+	if n, err := w.store.DeadLetters().MigrateLegacy(ctx); err != nil {
 		w.logger.Warn("could not move the dead letters of the single-slot layout; the next start (or enqueue command) tries again", "error", err.Error())
 	} else if n > 0 {
 		w.logger.Info("dead letters moved from the single-slot layout to one record per update", "dead_letters", n)
