@@ -15,39 +15,38 @@ import (
 // the prefix, and keys that one script touches share a hash tag so that Redis
 // Cluster keeps them in one slot.
 //
-// The records are split by what owns them, as asynq splits its Client,
-// Server and Inspector: each accessor returns one part (Ledger, Accounts,
-// DeadLetters, Runs, Events, Lines), Operator returns what an operator does
-// across them, and Scheduler the admission state. The parts share one
-// connection and configuration and cost nothing to get: each is built once,
-// by NewStore.
+// Its accessors return its parts, each owning some of the records (see the
+// package doc). The parts share the store's connection and configuration,
+// and are built once, by NewStore: getting one costs nothing.
 type Store struct {
 	*base
 }
 
-// Ledger is the per-update ledger: state, retry budget, attempt history and result.
+// Ledger returns the per-update ledger: state, retry budget, attempt history
+// and result.
 func (s *Store) Ledger() *Ledger { return &s.ledger }
 
-// Accounts holds and lifts the holds on integrated accounts.
+// Accounts returns the account holds.
 func (s *Store) Accounts() *Accounts { return &s.accounts }
 
-// DeadLetters is the dead-letter store.
+// DeadLetters returns the dead-letter store.
 func (s *Store) DeadLetters() *DeadLetters { return &s.dead }
 
-// Runs is the runs: named sets of updates enqueued together.
+// Runs returns the runs: named sets of updates enqueued together.
 func (s *Store) Runs() *Runs { return &s.runs }
 
-// Events is the outcome stream.
+// Events returns the outcome stream.
 func (s *Store) Events() *Events { return &s.events }
 
-// Lines is the organizations' lines: the order an organization's updates apply in.
+// Lines returns the organizations' lines: the order an organization's
+// updates apply in.
 func (s *Store) Lines() *Lines { return &s.lines }
 
-// Operator is what an operator does across the parts: status, stats, replay
-// and purge (the CLI and the admin API both use it).
+// Operator returns what an operator does across the parts: status, stats,
+// replay and purge (the CLI and the admin API both use it).
 func (s *Store) Operator() *Operator { return &s.op }
 
-// Scheduler is the store's admission state.
+// Scheduler returns the store's admission state.
 func (s *Store) Scheduler() *admission.Scheduler { return s.adm }
 
 // base is what every part of the store shares: the client, the key prefix,
