@@ -68,10 +68,10 @@ func testIDs(n int) []string {
 	return ids
 }
 
-// TestEachDeadLetterMergesBucketsOldestFirst: dead letters over every bucket,
+// TestDeadLettersEachMergesBucketsOldestFirst: dead letters over every bucket,
 // some dying in the same millisecond (more of them than a page holds), are
 // given oldest first, ties by task id, whatever the page size.
-func TestEachDeadLetterMergesBucketsOldestFirst(t *testing.T) {
+func TestDeadLettersEachMergesBucketsOldestFirst(t *testing.T) {
 	t.Parallel()
 	s, _ := realStore(t)
 	ids := testIDs(300)
@@ -114,9 +114,9 @@ func firstDiff(a, b []string) int {
 	return min(len(a), len(b))
 }
 
-// TestEachDeadLetterFilters: Limit, Since and Until (by the millisecond: at
+// TestDeadLettersEachFilters: Limit, Since and Until (by the millisecond: at
 // or after, before), the other filters, and task ids given in their order.
-func TestEachDeadLetterFilters(t *testing.T) {
+func TestDeadLettersEachFilters(t *testing.T) {
 	t.Parallel()
 	s, _ := realStore(t)
 	ids := testIDs(100)
@@ -171,10 +171,10 @@ func TestEachDeadLetterFilters(t *testing.T) {
 	}
 }
 
-// TestEachDeadLetterWhileDeleting: fn deletes each record it is given (as a
+// TestDeadLettersEachWhileDeleting: fn deletes each record it is given (as a
 // replay or purge does), and a replayed update that dies again meanwhile is
 // not met twice; every record is given once and the store ends empty.
-func TestEachDeadLetterWhileDeleting(t *testing.T) {
+func TestDeadLettersEachWhileDeleting(t *testing.T) {
 	t.Parallel()
 	s, _ := realStore(t)
 	ctx := context.Background()
@@ -415,10 +415,10 @@ func writeLegacy(t *testing.T, s *Store, rdb *redis.Client, ids []string, at fun
 	}
 }
 
-// TestMigrateLegacyDeadLetters moves a hand-written old layout, including an
+// TestDeadLettersMigrateLegacy moves a hand-written old layout, including an
 // index entry whose record is gone, a record the index lost and a dead letter
 // already in the new layout; a second run moves nothing.
-func TestMigrateLegacyDeadLetters(t *testing.T) {
+func TestDeadLettersMigrateLegacy(t *testing.T) {
 	t.Parallel()
 	s, rdb := realStore(t)
 	ctx := context.Background()
@@ -463,9 +463,9 @@ func TestMigrateLegacyDeadLetters(t *testing.T) {
 	}
 }
 
-// TestMigrateLegacyDeadLettersConcurrently: four processes migrating at once
+// TestDeadLettersMigrateLegacyConcurrently: four processes migrating at once
 // move every dead letter once between them.
-func TestMigrateLegacyDeadLettersConcurrently(t *testing.T) {
+func TestDeadLettersMigrateLegacyConcurrently(t *testing.T) {
 	t.Parallel()
 	s, rdb := realStore(t)
 	ctx := context.Background()
