@@ -45,7 +45,7 @@ const (
 	runPurged    = "p"
 )
 
-// Runs is the runs (Store.Runs): what each line of a run became, its counts,
+// Runs keeps the runs (Store.Runs): what each line of a run became, its counts,
 // and when it is done.
 type Runs struct{ *base }
 
