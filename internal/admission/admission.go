@@ -554,7 +554,7 @@ func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Tim
 	first := int(s.turn.Add(1)-1) % len(sh)
 	for k := range sh {
 		i := (first + k) % len(sh)
-		ts, nx, err := s.admit(ctx, i, owner, s.c.Batch-len(out))
+		ts, nx, err := s.admit(ctx, i, owner, s.c.Batch-len(out), false)
 		if err != nil {
 			return out, next, err
 		}
@@ -569,10 +569,11 @@ func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Tim
 	return out, next, nil
 }
 
-// admit runs one admission pass of shard i for up to n updates. With more
-// than one shard the token's slots are taken from shard 0 first, and those
-// the pass did not use are given back.
-func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int) ([]Ticket, time.Time, error) {
+// admit runs one admission pass of shard i for up to n updates (probe: the
+// open circuit's one probe, which may come from a lane held for failures).
+// With more than one shard the token's slots are taken from shard 0 first,
+// and those the pass did not use are given back.
+func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int, probe bool) ([]Ticket, time.Time, error) {
 	all, err := s.all(ctx)
 	if err != nil {
 		return nil, time.Time{}, err
@@ -591,7 +592,7 @@ func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int) ([]Ti
 	}
 	res, err := s.call(ctx, sh, "admit", n, s.c.MaxAdmitted, s.c.Lease.Milliseconds(),
 		tiv, s.intervalMS(s.c.Account), s.c.TokenBurst, owner,
-		s.credit(s.c.Token), s.credit(s.c.Account)).Slice()
+		s.credit(s.c.Token), s.credit(s.c.Account), probeArg(probe)).Slice()
 	if err != nil {
 		if took.granted > 0 {
 			s.giveTokens(ctx, all[0], took, took.granted)
@@ -608,6 +609,13 @@ func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int) ([]Ti
 		s.giveTokens(ctx, all[0], took, unused)
 	}
 	return out, next, nil
+}
+
+func probeArg(probe bool) string {
+	if probe {
+		return "1"
+	}
+	return "0"
 }
 
 // fromPlan reads a script's "when to look next" (Never for its NEVER).

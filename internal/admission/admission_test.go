@@ -682,3 +682,35 @@ func TestClearFailuresReleasesTheLanes(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeGoesFromALaneHeldForFailures: while the circuit is open every
+// lane may be held for the failures the outage caused; the probe still finds
+// an update, and its success lifts its account's hold.
+func TestProbeGoesFromALaneHeldForFailures(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		s, _ := newTest(t, rdb, Config{AccountFailures: 1})
+		add(t, s, "a1", "A", "o1")
+		add(t, s, "a2", "A", "o2")
+		if d, err := s.Failed(ctx, "A"); err != nil || d <= 0 {
+			t.Fatalf("Failed = %v, %v; want A's lane held", d, err)
+		}
+		if got, _ := admit(t, s); len(got) != 0 {
+			t.Fatalf("a normal pass admitted %v from a lane held for failures", got)
+		}
+		tickets, _, err := s.admit(ctx, 0, "proc-1", 1, true)
+		if err != nil || len(tickets) != 1 || tickets[0].ID != "a1" {
+			t.Fatalf("the probe pass admitted %+v, %v; want a1 from the held lane", tickets, err)
+		}
+		if got, _ := admit(t, s); len(got) != 0 {
+			t.Fatalf("after the probe a normal pass admitted %v; the lane is still held", got)
+		}
+		if err := s.Learn(ctx, "A", Accepted); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := admit(t, s); !cmp.Equal(got, []string{"a2"}) {
+			t.Fatalf("after the probe's success admitted %v; want a2: a success lifts the failure hold", got)
+		}
+	})
+}

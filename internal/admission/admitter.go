@@ -213,7 +213,7 @@ func (a *Admitter) loop(ctx context.Context, i int) {
 		if probe {
 			tickets, next, err = a.probe(ctx, i)
 		} else {
-			tickets, next, err = a.s.admit(ctx, i, a.leases.Owner(), n)
+			tickets, next, err = a.s.admit(ctx, i, a.leases.Owner(), n, false)
 		}
 		a.mu.Lock()
 		a.passes++
@@ -274,7 +274,7 @@ func (a *Admitter) probe(ctx context.Context, i int) ([]Ticket, time.Time, error
 	}
 	next := Never
 	for k := range all {
-		tickets, nx, err := a.s.admit(ctx, (i+k)%len(all), a.leases.Owner(), 1)
+		tickets, nx, err := a.s.admit(ctx, (i+k)%len(all), a.leases.Owner(), 1, true)
 		if err != nil {
 			return nil, time.Time{}, err
 		}

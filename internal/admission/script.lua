@@ -169,7 +169,9 @@ elseif op == 'addmany' then
 elseif op == 'admit' then
   -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner,
   -- token_credit, account_credit (the fraction of an interval a late
-  -- admitter may make up: what the headroom leaves room for). token_iv < 0:
+  -- admitter may make up: what the headroom leaves room for), probe ('1':
+  -- the open circuit's probe, which may go from a lane held for failures
+  -- when nothing else is ready). token_iv < 0:
   -- the token's slots were taken from shard 0 for this pass (op tokens), n
   -- of them, and this pass does not pace the token itself.
   -- Returns {next, id, gen, queue, payload, ...}: next is when to look again
@@ -177,7 +179,7 @@ elseif op == 'admit' then
   -- starting an admitted update, or on an operator).
   local pass = {n = tonumber(ARGV[3]), maxAdm = tonumber(ARGV[4]), lease = tonumber(ARGV[5]),
     tiv = tonumber(ARGV[6]), civ = tonumber(ARGV[7]), burst = tonumber(ARGV[8]), owner = ARGV[9],
-    tcredit = tonumber(ARGV[10]), acredit = tonumber(ARGV[11]), count = 0, out = {}}
+    tcredit = tonumber(ARGV[10]), acredit = tonumber(ARGV[11]), probe = ARGV[12] == '1', count = 0, out = {}}
   redis.call('SET', B .. 'plan', 0) -- awake: scheduling below wakes no one
   pass.inAdm = redis.call('ZCARD', B .. 'admitted')
   pass.paced = pass.tiv >= 0
@@ -259,6 +261,26 @@ elseif op == 'admit' then
     if nxt then break end
     local at = schedule(head.a) -- its score may be stale: recompute before trusting it
     if at ~= nil and at <= now + SLACK then admitHead(head.a) end
+  end
+  -- The open circuit's probe may go from a lane held for failures in a row
+  -- when nothing else is ready: those failures were most likely the
+  -- upstream's, and a probe finding every lane so held would keep the
+  -- circuit open until the holds end (up to a minute).
+  local function probeFailingLane()
+    for _, a in ipairs(redis.call('SMEMBERS', B .. 'failing')) do
+      local st = redis.call('HMGET', akey(a), 'parked', 'until', 'tat')
+      local first = redis.call('ZRANGE', lkey(a), 0, 0, 'WITHSCORES')
+      if not st[1] and tonumber(st[2] or '0') <= now + SLACK and tonumber(st[3] or '0') <= now + SLACK
+          and #first > 0 and tonumber(first[2]) <= now + SLACK then
+        admitHead(a)
+        return pass.count > 0
+      end
+    end
+    return false
+  end
+  if pass.probe and pass.count == 0 and not everyAccountParked() and not maxAdmittedWaiting()
+      and not tokenSlotNotDue() and probeFailingLane() then
+    nxt = now
   end
   nxt = nxt or now -- stopped at n, or at the loop's bound: more may be ready
   if pass.paced and pass.tiv > 0 and pass.ttat > now then
@@ -456,8 +478,10 @@ elseif op == 'learn' then
     schedule(a)
     return math.ceil(hold)
   elseif kind == 'ok' then
+    -- A success: the account is healthy, so a lane held for its failures
+    -- goes again (the probe that just succeeded may have come from it).
     redis.call('HDEL', ak, 'fails')
-    redis.call('SREM', B .. 'failing', a)
+    if redis.call('SREM', B .. 'failing', a) == 1 and redis.call('HDEL', ak, 'funtil') == 1 then schedule(a) end
     if st[1] == false or iv <= civ then return 0 end
     local ceil = 1 / math.max(civ, base / 10)
     local r = 1 / iv
