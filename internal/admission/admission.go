@@ -103,6 +103,7 @@ type Scheduler struct {
 	mu     sync.Mutex
 	shards []shard // nil until known (Config.Shards 0: read from Redis on first use)
 	turn   atomic.Uint64
+	demand map[int]int64 // shard -> accounts its last pass left ready
 }
 
 // shard is one hash slot's admission state.
@@ -279,9 +280,9 @@ func (s *Scheduler) Shards(ctx context.Context) (int, error) {
 	return len(sh), err
 }
 
-// shardIndex places account among n shards: FNV-1a of its id. The empty
-// account (the API token) is shard 0's.
-func shardIndex(account string, n int) int {
+// ShardOf is the shard of account among n: FNV-1a of its id, mod n. The
+// empty account (the API token) is shard 0's.
+func ShardOf(account string, n int) int {
 	if n <= 1 || account == "" {
 		return 0
 	}
@@ -296,7 +297,7 @@ func (s *Scheduler) of(ctx context.Context, account string) (shard, error) {
 	if err != nil {
 		return shard{}, err
 	}
-	return sh[shardIndex(account, len(sh))], nil
+	return sh[ShardOf(account, len(sh))], nil
 }
 
 // Config returns the effective configuration.
@@ -476,7 +477,7 @@ func (s *Scheduler) addMany(ctx context.Context, items []Item) ([]int64, error) 
 	// all of one account, so of one shard.
 	groups := make([][]int, len(sh))
 	for i, it := range items {
-		k := shardIndex(it.Account, len(sh))
+		k := ShardOf(it.Account, len(sh))
 		groups[k] = append(groups[k], i)
 	}
 	call := func(ex redis.Scripter, k int, idx []int) *redis.Cmd {
@@ -582,7 +583,7 @@ func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int, probe
 	tiv := s.intervalMS(s.c.Token)
 	var took tokens
 	if len(all) > 1 {
-		if took, err = s.takeTokens(ctx, all[0], n); err != nil {
+		if took, err = s.takeTokens(ctx, all[0], i, n); err != nil {
 			return nil, time.Time{}, err
 		}
 		if took.granted == 0 {
@@ -600,8 +601,11 @@ func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int, probe
 		return nil, time.Time{}, fmt.Errorf("admission: admit: %w", err)
 	}
 	next := fromPlan(str(res[0]))
+	if ready, ok := res[1].(int64); ok {
+		s.setDemand(i, ready)
+	}
 	var out []Ticket
-	for j := 1; j+3 < len(res); j += 4 {
+	for j := 2; j+3 < len(res); j += 4 {
 		gen, _ := res[j+1].(int64)
 		out = append(out, Ticket{ID: str(res[j]), Gen: gen, Queue: str(res[j+2]), Payload: []byte(str(res[j+3])), Shard: i})
 	}
@@ -631,15 +635,22 @@ type tokens struct {
 	granted int
 	tat, iv string    // the schedule after it, to give slots back
 	next    time.Time // when a slot is due, when none was granted
+	shard   int
+	demand  int64 // the shard's accounts ready at its last pass, as told
 }
 
-func (s *Scheduler) takeTokens(ctx context.Context, home shard, n int) (tokens, error) {
-	res, err := s.call(ctx, home, "tokens", n, s.intervalMS(s.c.Token), s.c.TokenBurst, s.credit(s.c.Token)).Slice()
+// takeTokens takes up to n of the token's due slots for shard i, in its
+// fair share by the accounts its last pass left ready.
+func (s *Scheduler) takeTokens(ctx context.Context, home shard, i, n int) (tokens, error) {
+	t := tokens{shard: i, demand: s.demandOf(i)}
+	res, err := s.call(ctx, home, "tokens", n, s.intervalMS(s.c.Token), s.c.TokenBurst, s.credit(s.c.Token),
+		i, t.demand).Slice()
 	if err != nil || len(res) < 4 {
 		return tokens{}, fmt.Errorf("admission: take the token's slots: %w", err)
 	}
 	g, _ := res[0].(int64)
-	return tokens{granted: int(g), tat: str(res[1]), iv: str(res[2]), next: fromPlan(str(res[3]))}, nil
+	t.granted, t.tat, t.iv, t.next = int(g), str(res[1]), str(res[2]), fromPlan(str(res[3]))
+	return t, nil
 }
 
 // giveTokens gives back k unused slots; if it fails they are lost (the
@@ -648,7 +659,27 @@ func (s *Scheduler) giveTokens(ctx context.Context, home shard, t tokens, k int)
 	if t.iv == "0" || t.iv == "" {
 		return
 	}
-	_ = s.call(ctx, home, "untokens", k, t.tat, t.iv).Err()
+	_ = s.call(ctx, home, "untokens", k, t.tat, t.iv, t.shard, t.demand).Err()
+}
+
+// demandOf is how many accounts shard i's last pass left ready (1 before
+// its first pass: it may have some).
+func (s *Scheduler) demandOf(i int) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.demand[i]; ok {
+		return d
+	}
+	return 1
+}
+
+func (s *Scheduler) setDemand(i int, ready int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.demand == nil {
+		s.demand = map[int]int64{}
+	}
+	s.demand[i] = ready
 }
 
 // Started is a claimed update's place in its organization's order.

@@ -39,7 +39,7 @@ func (l *Leases) Owner() string { return l.owner }
 func (l *Leases) Hold(account, id string, gen int64) {
 	shard := 0
 	if n := len(l.s.known()); n > 1 {
-		shard = shardIndex(account, n)
+		shard = ShardOf(account, n)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -174,9 +174,11 @@ elseif op == 'admit' then
   -- when nothing else is ready). token_iv < 0:
   -- the token's slots were taken from shard 0 for this pass (op tokens), n
   -- of them, and this pass does not pace the token itself.
-  -- Returns {next, id, gen, queue, payload, ...}: next is when to look again
-  -- (now: more may be ready; NEVER: nothing is waiting, or only on a worker
-  -- starting an admitted update, or on an operator).
+  -- Returns {next, ready, id, gen, queue, payload, ...}: next is when to
+  -- look again (now: more may be ready; NEVER: nothing is waiting, or only
+  -- on a worker starting an admitted update, or on an operator); ready is
+  -- how many accounts are left with an update ready now (the shard's demand
+  -- for the token's slots).
   local pass = {n = tonumber(ARGV[3]), maxAdm = tonumber(ARGV[4]), lease = tonumber(ARGV[5]),
     tiv = tonumber(ARGV[6]), civ = tonumber(ARGV[7]), burst = tonumber(ARGV[8]), owner = ARGV[9],
     tcredit = tonumber(ARGV[10]), acredit = tonumber(ARGV[11]), probe = ARGV[12] == '1', count = 0, out = {}}
@@ -287,6 +289,7 @@ elseif op == 'admit' then
     redis.call('SET', B .. 'token', num(pass.ttat), 'PX', math.ceil(pass.ttat - now) + 1000)
   end
   redis.call('SET', B .. 'plan', num(nxt))
+  table.insert(pass.out, 1, redis.call('ZCOUNT', ACCTS, '-inf', now + SLACK))
   table.insert(pass.out, 1, num(nxt))
   return pass.out
 
@@ -579,31 +582,67 @@ elseif op == 'line' then
   return out
 
 elseif op == 'tokens' then
-  -- n, token_iv, token_burst, token_credit (shard 0 only): takes up to n of
-  -- the API token's slots due now, for one admission pass of a shard.
-  -- Returns {granted, tat, iv, next}: give the unused ones back with
-  -- untokens(tat, iv); next is when a slot is next due (none granted).
+  -- n, token_iv, token_burst, token_credit, shard, demand (shard 0 only):
+  -- takes up to n of the API token's slots due now, for one admission pass
+  -- of a shard whose last pass left demand accounts ready. Returns
+  -- {granted, tat, iv, next}: give the unused ones back with untokens(tat,
+  -- iv, shard, demand); next is when to ask again (none granted).
+  --
+  -- Fair shares: when the token's limit binds, the shards take its slots in
+  -- proportion to their accounts with work, as one shard's accounts take
+  -- turns. Each shard has a virtual clock (tshare v<i>); each slot it takes
+  -- moves it on by 1/demand, and it may take one only while its clock is no
+  -- more than one own step ahead of the slowest shard that asked lately
+  -- with accounts ready (d<i> > 0, s<i> recent).
   local n, tiv, burst, tcredit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  local me, demand = ARGV[7], tonumber(ARGV[8])
   if redis.call('EXISTS', B .. 'parked_all') == 1 then return {0, '0', '0', num(NEVER)} end
   local ttat = tonumber(redis.call('GET', B .. 'token') or '0')
   tiv = math.max(tiv, tonumber(redis.call('HGET', akey(''), 'iv') or '0'))
   local wait = tokenWait(ttat, tiv, burst)
   if wait or n <= 0 then return {0, '0', '0', num(wait or now)} end
   if tiv <= 0 then return {n, '0', '0', num(now)} end
+  local SH = B .. 'tshare'
+  redis.call('HSET', SH, 'd' .. me, demand, 's' .. me, num(now))
+  redis.call('PEXPIRE', SH, 60000)
+  local share = redis.call('HGETALL', SH)
+  local f = {}
+  for i = 1, #share, 2 do f[share[i]] = tonumber(share[i + 1]) end
+  local active = math.max(2000, 4 * tiv)
+  local vmin = nil
+  for k, d in pairs(f) do
+    local id = string.match(k, '^d(.*)$')
+    if id and d > 0 and (f['s' .. id] or 0) >= now - active then
+      local v = f['v' .. id] or 0
+      if vmin == nil or v < vmin then vmin = v end
+    end
+  end
+  local step = 1 / math.max(demand, 1)
+  local v = math.max(f['v' .. me] or 0, vmin or 0)
+  if vmin ~= nil and v > vmin + step + 1e-9 then
+    -- Ahead of its share: the slot is left to the others; ask again at the next.
+    return {0, '0', '0', num(math.max(ttat, now) + tiv)}
+  end
   local g = 0
   repeat
     ttat = tokenTake(ttat, tiv, tcredit)
     g = g + 1
+    v = v + step
     wait = tokenWait(ttat, tiv, burst)
-  until g >= n or wait
+  until g >= n or wait or (vmin ~= nil and v > vmin + step + 1e-9)
+  redis.call('HSET', SH, 'v' .. me, num(v))
   redis.call('SET', B .. 'token', num(ttat), 'PX', math.ceil(ttat - now) + 1000)
   return {g, num(ttat), num(tiv), num(wait or now)}
 
 elseif op == 'untokens' then
-  -- k, tat, iv: gives back k slots of a tokens call that left the token's
-  -- next slot at tat, if no one has taken one since (else they are lost:
-  -- the pass sends less, never more).
+  -- k, tat, iv, shard, demand: gives back k slots of a tokens call that
+  -- left the token's next slot at tat, if no one has taken one since (else
+  -- they are lost: the pass sends less, never more). Either way the shard's
+  -- virtual clock goes back: it did not use them.
   local k, tat, tiv = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+  local vkey = 'v' .. ARGV[6]
+  local v = tonumber(redis.call('HGET', B .. 'tshare', vkey) or '0')
+  redis.call('HSET', B .. 'tshare', vkey, num(v - k / math.max(tonumber(ARGV[7]), 1)))
   local cur = redis.call('GET', B .. 'token')
   if cur == tat and tiv > 0 then
     local back = tonumber(tat) - k * tiv

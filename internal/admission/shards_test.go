@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func accountsInShards(n int) []string {
 	found := 0
 	for i := 0; found < n; i++ {
 		a := fmt.Sprint("acct", i)
-		if k := shardIndex(a, n); out[k] == "" {
+		if k := ShardOf(a, n); out[k] == "" {
 			out[k] = a
 			found++
 		}
@@ -201,6 +202,51 @@ func TestShardCountChangesOnlyWhenDrained(t *testing.T) {
 		}
 		if err := New(rdb, Config{Shards: 1}).Configure(ctx); !errors.Is(err, ErrShards) {
 			t.Errorf("Configure(1) with w2 waiting in shard 1 = %v; want ErrShards", err)
+		}
+	})
+}
+
+// TestTokenSlotsGoToAccountsNotShards: under the token's limit, a shard
+// with two busy accounts gets twice the slots of a shard with one, so each
+// account gets its turn as it would with one shard.
+func TestTokenSlotsGoToAccountsNotShards(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		worker, producer, clk := shardTest(t, rdb, 3, Config{Token: ratelimit.Limit{Requests: 5, Window: time.Second}})
+		// Two accounts in shard 0, one in each of the others.
+		var accts []string
+		for i := 0; len(accts) < 4; i++ {
+			a := fmt.Sprint("acct", i)
+			k := ShardOf(a, 3)
+			inZero := 0
+			for _, b := range accts {
+				if ShardOf(b, 3) == 0 {
+					inZero++
+				}
+			}
+			if (k == 0 && inZero < 2) || (k != 0 && !slices.ContainsFunc(accts, func(b string) bool { return ShardOf(b, 3) == k })) {
+				accts = append(accts, a)
+			}
+		}
+		const each = 30
+		for _, a := range accts {
+			for i := range each {
+				add(t, producer, fmt.Sprint(a, "-", i), a, fmt.Sprint("o", i))
+			}
+		}
+		order := oneAtATime(t, worker, clk, 60)
+		got := map[string]int{}
+		for _, id := range order {
+			a, _, _ := strings.Cut(id, "-")
+			got[a]++
+		}
+		for _, a := range accts {
+			if got[a] < 12 || got[a] > 18 {
+				t.Errorf("slots per account over 60: %v; want about 15 each (shard %d's %s got %d)", got, ShardOf(a, 3), a, got[a])
+			}
+		}
+		if got := clk.now().Sub(t0); got != 59*200*time.Millisecond {
+			t.Errorf("60 admissions took %v; want 59 intervals of 200ms", got)
 		}
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/internal/admission"
+	"github.com/orgsync/orgsync/internal/ratelimit"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
@@ -406,4 +407,71 @@ func TestShardCountChangeRefusedWhileUpdatesWait(t *testing.T) {
 	if err != nil || st.Scheduled != 1 {
 		t.Errorf("the waiting update: admission stats %+v, %v; want it still scheduled", st, err)
 	}
+}
+
+// TestShardsShareTheTokenByAccount: four busy accounts over three shards
+// (two in one), the API token's limit binding: half-way, every account has
+// had about a quarter of the requests (a shard's share follows its accounts
+// with work), nothing was answered 429, nothing applied twice.
+func TestShardsShareTheTokenByAccount(t *testing.T) {
+	t.Parallel()
+	// Two accounts in shard 0, one in each other shard.
+	var accts []string
+	for i := 0; len(accts) < 4; i++ {
+		a := fmt.Sprintf("acct-%02d", i)
+		k, n0 := admission.ShardOf(a, 3), 0
+		taken := false
+		for _, b := range accts {
+			if kb := admission.ShardOf(b, 3); kb == 0 {
+				n0++
+			} else if kb == k {
+				taken = true
+			}
+		}
+		if (k == 0 && n0 < 2) || (k != 0 && !taken) {
+			accts = append(accts, a)
+		}
+	}
+	faults := trutotest.Faults{TokenLimit: trutotest.Limit{Requests: 60, Window: trutotest.Duration(time.Second)}}
+	p := startPipeline(t, faults, func(c *Config) {
+		c.Shards = 3
+		c.TokenRate = ratelimit.Limit{Requests: 40, Window: time.Second}
+	})
+	const each = 60
+	keys := p.enqueue(4*each, func(i int) string { return accts[i%4] })
+	var mid map[string]int
+	testrig.WaitFor(t, "half the updates applied", time.Minute, func() (bool, string) {
+		mid = p.effectsByAccount()
+		total := 0
+		for _, n := range mid {
+			total += n
+		}
+		return total >= 2*each, fmt.Sprint(mid)
+	})
+	p.waitAllCompleted(keys, 2*time.Minute)
+	st := p.fake.Stats()
+	c := p.fake.CountEffects(p.sentKeys(keys))
+	t.Logf("half-way, effects by account %v (shards: %d %d %d %d); fake: %d requests, by status %v",
+		mid, admission.ShardOf(accts[0], 3), admission.ShardOf(accts[1], 3), admission.ShardOf(accts[2], 3), admission.ShardOf(accts[3], 3),
+		st.Requests, st.ByStatus)
+	if c.Lost != 0 || c.Duplicated != 0 || st.DuplicateEffects != 0 || st.ByStatus[429] != 0 {
+		t.Errorf("lost %d, duplicated %d, 429s %d; want 0 each", c.Lost, c.Duplicated, st.ByStatus[429])
+	}
+	for _, a := range accts {
+		// A fair share half-way is 30 of 120; by shard it would be 20 or 40.
+		if mid[a] < 24 || mid[a] > 36 {
+			t.Errorf("half-way %s (shard %d) had %d of 120 requests; want about 30 (a shard's share by its accounts)", a, admission.ShardOf(a, 3), mid[a])
+		}
+	}
+}
+
+// effectsByAccount counts the fake's applied requests per account so far.
+func (p *pipeline) effectsByAccount() map[string]int {
+	out := map[string]int{}
+	for _, r := range p.fake.Requests() {
+		if r.Status == 200 {
+			out[r.Account]++
+		}
+	}
+	return out
 }
