@@ -264,10 +264,15 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
 		// Its outcome event may not have been written before the crash: at least once.
 		e := OutcomeEvent{Type: EventCompleted}
+		var record func(context.Context) ([]string, error)
 		if res := r.rec.Result; res != nil {
 			e.StatusCode, e.Attempts = res.StatusCode, res.Attempts
+			record = func(ctx context.Context) ([]string, error) {
+				runs, err := h.store.ledger.complete(ctx, r.id, r.rec.Update, *res, nil, false)
+				return withRun(runs, r.p.Run), err
+			}
 		}
-		if err := h.end(ctx, r, e, withRun(r.rec.Runs, r.p.Run), nil); err != nil {
+		if err := h.end(ctx, r, e, withRun(r.rec.Runs, r.p.Run), nil, record); err != nil {
 			return true, err
 		}
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, ClassSkipped, "already completed"
@@ -290,7 +295,8 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		if d, err := h.store.dead.Get(ctx, r.id); err == nil {
 			e.StatusCode, e.Class, e.Reason, e.Attempts = d.StatusCode, d.Class, d.Reason, d.Attempts
 		}
-		if err := h.end(ctx, r, e, runs, nil); err != nil {
+		// Its dead letter is not written again: this run has only what it read.
+		if err := h.end(ctx, r, e, runs, nil, nil); err != nil {
 			return true, err
 		}
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, ClassSkipped, "already dead-lettered"
@@ -413,18 +419,6 @@ func (h *Handler) requeue(ctx context.Context, r *run, d time.Duration, reason s
 	}
 	h.observe(r.ev)
 	return asynq.RevokeTask
-}
-
-// finish takes the update out of admission; its organization's next update
-// becomes ready.
-func (h *Handler) finish(ctx context.Context, r *run) {
-	if err := h.durably(ctx, func(ctx context.Context) error {
-		_, err := h.store.adm.Finish(ctx, r.p.IntegratedAccountID, r.id, r.gen)
-		return err
-	}); err != nil {
-		// Its lease runs out, it is run again, and the ledger finishes it then.
-		h.logger.Warn("could not take a finished update out of admission", "task_id", r.id, "error", err.Error())
-	}
 }
 
 // deadLetterIsCurrent tells a dead update whose ledger was not marked from a
@@ -581,6 +575,12 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 			if lim, ok := statedLimit(res.RateLimit.Limit); ok {
 				h.store.adm.LearnLimitIn(ctx, pipe, account, lim)
 			}
+		},
+		func(ctx context.Context) ([]string, error) {
+			// The attempt history already holds the applied attempt, on
+			// this master or on the one that died with it.
+			runs, err := h.store.ledger.complete(ctx, r.id, &p.Update, result, a.applied, false)
+			return withRun(runs, p.Run), err
 		})
 	if err != nil {
 		return err // run again: the ledger knows it applied, and the next run ends it
@@ -642,26 +642,57 @@ func withRun(runs []string, run string) []string {
 // failure before the update leaves admission is returned: asynq runs it
 // again, the ledger knows the end, and the next run ends it again (events
 // are written at least once).
-func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string, extra func(redis.Pipeliner)) error {
+//
+// record writes the ledger's end again (nil: nothing to write). The caller
+// wrote it before; end writes it again, before the rest, once any of its
+// writes failed. A failed write may mean the master changed (a Sentinel
+// failover), and replication is asynchronous: the new master may lack the
+// end the old one acknowledged just before it died. Taken out of admission
+// there without it, the update would be neither waiting nor ended: never
+// run again, and its runs never done. Written again first, the ledger's end
+// is on the master that takes the update out of admission.
+func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string, extra func(redis.Pipeliner),
+	record func(context.Context) ([]string, error)) error {
 	ctx = context.WithoutCancel(ctx)
 	p := r.p
 	e.At, e.TaskID, e.IdempotencyKey = h.now().UTC(), r.id, p.IdempotencyKey
 	e.Account, e.Organization, e.EnqueuedAt = p.IntegratedAccountID, p.ID, p.EnqueuedAt
 	var finished func() []string
+	failed, finishing := false, false
 	err := h.durably(ctx, func(ctx context.Context) error {
-		return h.store.pipelined(ctx, func(pipe redis.Pipeliner) {
+		finishing = false
+		if failed && record != nil {
+			again, err := record(ctx)
+			if err != nil {
+				return err
+			}
+			runs = again
+		}
+		failed = true // until every write of this attempt succeeds
+		if err := h.store.pipelined(ctx, func(pipe redis.Pipeliner) {
 			finished = h.store.events.endIn(ctx, pipe, e, runs)
 			if extra != nil {
 				extra(pipe)
 			}
-		})
+		}); err != nil {
+			return err
+		}
+		finishing = true
+		if _, err := h.store.adm.Finish(ctx, p.IntegratedAccountID, r.id, r.gen); err != nil {
+			return err
+		}
+		failed = false
+		return nil
 	})
-	if err != nil {
+	switch {
+	case err != nil && !finishing:
 		h.logger.Warn("could not write the update's outcome event or count it in its runs; it is run again to retry",
 			"task_id", r.id, "error", err.Error())
 		return err
+	case err != nil:
+		// Its lease runs out, it is run again, and the ledger finishes it then.
+		h.logger.Warn("could not take a finished update out of admission", "task_id", r.id, "error", err.Error())
 	}
-	h.finish(ctx, r)
 	for _, name := range finished() {
 		if err := h.store.runs.announceRun(ctx, name); err != nil {
 			h.logger.Warn("a run is done but its run_done event could not be written; the next read of its status writes it",
@@ -712,7 +743,11 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class Class, status in
 	}
 	// Out of admission: a dead update must not hold back its organization's later updates.
 	e := OutcomeEvent{Type: EventDead, StatusCode: d.StatusCode, Class: d.Class, Reason: d.Reason, Attempts: d.Attempts}
-	if err := h.end(ctx, r, e, runs, nil); err != nil {
+	record := func(ctx context.Context) ([]string, error) {
+		runs, err := h.store.dead.deadLettered(ctx, d)
+		return withRun(runs, p.Run), err
+	}
+	if err := h.end(ctx, r, e, runs, nil, record); err != nil {
 		return err // run again: the dead letter stops any send, and the next run ends it
 	}
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,
