@@ -1,20 +1,25 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/internal/testrig"
 	"github.com/orgsync/orgsync/tasks"
-	"github.com/orgsync/orgsync/trutoclient/trutotest"
 )
 
 // The topology tests run the binaries on the Redis set-ups orgsync accepts
@@ -133,20 +138,46 @@ func testCluster(t *testing.T, shards int) {
 }
 
 // TestSentinelFailover kills the master (kill -9) of a master, a replica
-// and three sentinels when about a third of the run is applied. The workers
-// and a CLI following the run ride out the failover and finish on the
-// promoted replica. Replication is asynchronous, so acknowledged writes may
-// be lost: the test counts at the fake what is missing once nothing is
-// left to run, re-runs the file under the same run name, and then wants
-// every update applied exactly once and in order.
+// and three sentinels when about a third of the run is applied, in a way
+// that loses enqueues the master acknowledged. The workers and a CLI
+// following the run ride out the failover and finish on the promoted
+// replica; the same file, re-run under the same run name, enqueues exactly
+// the lines the promoted replica never heard of; then every update is
+// applied exactly once and in order.
+//
+// Replication is asynchronous, but on loopback a replica is a fraction of
+// a millisecond behind, so a plain kill loses nothing. The loss is made
+// certain instead: the file's first lines are enqueued and replicated; at
+// the kill the replica is stopped (SIGSTOP), its link cut on the master
+// (CLIENT KILL TYPE replica: what follows is never sent to it), the file's
+// last lostN lines enqueued, acknowledged by the master alone, the master
+// killed, and the replica continued at once, well within the sentinels'
+// down-after, so they still take it for healthy. Its link to the master
+// has been down only since it was continued, far within what a sentinel
+// accepts of a replica it promotes (ten times down-after, plus the time
+// the master has been down), so it is promoted as after a plain kill.
 func TestSentinelFailover(t *testing.T) {
 	t.Parallel()
-	const n, workers = 1200, 2
+	const n, workers, lostN = 1200, 2, 100
 	const lease = 3 * time.Second
+	ctx := context.Background()
 	s := redistest.StartSentinel(t, redistest.DataOptions(redistest.WithAOF()))
 	r := newRig(t, s.URL(), s.Client(), workload{n: n, accounts: 10, perOrg: 4},
 		"--account-limit", "0", "--token-limit", "0", "--latency", "10ms", "--jitter", "10ms")
-	r.enqueue(t)
+	// The lines to lose are the file's last: each its organization's
+	// fourth update, behind its three others in its account's line, so the
+	// workers are far from them at a third of the run.
+	if sum, res, err := r.bulkLines(t, 0, n-lostN); err != nil || res.code != 0 || sum.Enqueued != n-lostN {
+		t.Fatalf("bulk of lines 1-%d: exit %d, stdout %q, stderr %q (%v): want exit 0 and %d enqueued", n-lostN, res.code, res.stdout, res.stderr, err, n-lostN)
+	}
+	master, replica := s.Master(), s.Replica()
+	mc, rc := master.Client(), replica.Client()
+	// The replica has them all before anything else happens.
+	offset := infoInt(t, mc, "replication", "master_repl_offset")
+	waitFor(t, "the replica to have the first lines", 10*time.Second, func() (bool, string) {
+		got := infoInt(t, rc, "replication", "slave_repl_offset")
+		return got >= offset, fmt.Sprintf("replica at offset %d, the master was at %d", got, offset)
+	})
 
 	// Someone follows the run through the failover.
 	follower, followOut := start(t, r.env, "enqueue", "runs", "status", r.run, "--wait", "--timeout", "2m", "--poll", "200ms")
@@ -163,45 +194,155 @@ func TestSentinelFailover(t *testing.T) {
 		st := r.stats(t)
 		return st.Effects >= n/3, fmt.Sprintf("%+v", st)
 	})
+
+	// The cut: from here on the master writes what the replica never gets.
+	replica.Pause()
+	paused := time.Now()
+	if cut, err := mc.ClientKillByFilter(ctx, "TYPE", "replica").Result(); err != nil || cut != 1 {
+		t.Fatalf("CLIENT KILL TYPE replica on the master: %d (%v); want its one replica's link cut", cut, err)
+	}
+	late, lateRes, lateErr := r.bulkLines(t, n-lostN, n)
+	atMaster, runErr := tasks.NewStore(mc).Runs().Get(ctx, r.run)
 	old := s.KillMaster()
+	replica.Resume()
 	killedAt := time.Now()
+	pausedFor := killedAt.Sub(paused)
 	atKill := r.stats(t)
+	if lateErr != nil || lateRes.code != 0 || late.Enqueued != lostN {
+		t.Fatalf("bulk of lines %d-%d on the cut-off master: exit %d, stdout %q, stderr %q (%v): want exit 0 and %d enqueued",
+			n-lostN+1, n, lateRes.code, lateRes.stdout, lateRes.stderr, lateErr, lostN)
+	}
+	if runErr != nil || atMaster.Total != n {
+		t.Fatalf("the run on the master before the kill: %+v (%v); want all %d lines in it", atMaster, runErr, n)
+	}
+	if pausedFor >= redistest.SentinelDownAfter {
+		t.Logf("the replica was stopped for %s, not within the sentinels' down-after %s (a loaded machine): they may have seen it down until it answered again",
+			pausedFor.Round(time.Millisecond), redistest.SentinelDownAfter)
+	}
+	// Continued, the replica finds its link closed and the master gone. A
+	// sentinel promotes a replica whose link has been down at most ten
+	// times down-after plus the time the master has been down: what one of
+	// them last saw of it before the promotion.
+	sen := redis.NewSentinelClient(&redis.Options{Addr: s.Sentinels()[0].Addr})
+	defer sen.Close()
+	var seen map[string]string
+	waitFor(t, "the continued replica to be promoted", 30*time.Second, func() (bool, string) {
+		if role := info(t, rc, "replication")["role"]; role == "master" {
+			return true, ""
+		}
+		if reps, err := sen.Replicas(ctx, redistest.SentinelMaster).Result(); err == nil && len(reps) == 1 {
+			seen = reps[0]
+		}
+		return false, fmt.Sprintf("a sentinel sees it as %v", seen)
+	})
 	promoted := s.WaitForPromotion(30 * time.Second)
 	promotedAfter := time.Since(killedAt)
 
+	// The promoted replica never heard of the late lines: not in its
+	// ledger, queue or run.
+	store := tasks.NewStore(promoted.Client())
+	known := 0
+	for i := n - lostN; i < n; i++ {
+		_, err := store.Operator().Find(ctx, tasks.Lookup{Ref: r.keys[i], Account: r.accounts[i], AsKey: true}, []string{tasks.DefaultQueue})
+		switch {
+		case err == nil:
+			known++
+		case !errors.Is(err, tasks.ErrNotFound):
+			t.Fatalf("line %d on the promoted replica: %v", i+1, err)
+		}
+	}
+	onPromoted, err := store.Runs().Get(ctx, r.run)
+	if err != nil || known != 0 || onPromoted.Total != n-lostN {
+		t.Fatalf("the promoted replica knows %d of the %d lines enqueued after its link was cut, and its run holds %d lines (%v); want none of them, and %d: the failover lost nothing",
+			known, lostN, onPromoted.Total, err, n-lostN)
+	}
+
 	// Nothing left to run: every update the promoted replica knows of has
-	// ended (those the kill caught in flight went again once their leases
-	// ran out).
+	// ended (those the kill caught in flight, or whose end the cut-off
+	// master alone recorded, went again once their leases ran out).
 	waitFor(t, "admission to hold no update after the failover", 2*time.Minute, func() (bool, string) {
 		st, ok, desc := r.enqueueStats(t)
 		a := st.Admission
 		return ok && a.Scheduled+a.Admitted+a.Running+a.Parked == 0 && a.AllParked == "", desc
 	})
 	quietAfter := time.Since(killedAt)
+	// Each of them ended in the ledger: one whose end the cut-off master
+	// alone recorded went again, and the worker that ended it on the cut-off
+	// master wrote the end again before letting it out of admission on the
+	// promoted one (a re-run would have to enqueue it again otherwise).
+	for i := range n - lostN {
+		st, err := store.Operator().Find(ctx, tasks.Lookup{Ref: r.keys[i], Account: r.accounts[i], AsKey: true}, []string{tasks.DefaultQueue})
+		if err != nil || st.State != tasks.StatusCompleted {
+			b, _ := json.Marshal(st)
+			t.Errorf("line %d, enqueued before the cut: %s (%v) once nothing was left to run; want completed", i+1, b, err)
+		}
+	}
+	if t.Failed() {
+		t.FailNow() // the run cannot be done: the follower would wait for nothing
+	}
+
+	// The follower rode out the failover, and saw the run end as the
+	// promoted replica knows it: done, without the lines it lost. Only the
+	// re-run can tell.
+	select {
+	case out := <-followed:
+		err := <-follower.done
+		follower.done <- err // for the cleanup
+		var runSt tasks.RunStatus
+		if jerr := json.Unmarshal(out, &runSt); jerr != nil || err != nil || !runSt.Done || runSt.Total != n-lostN || runSt.Completed != n-lostN {
+			t.Errorf("runs status --wait through the failover: %v, %q (%v); want exit 0, done, %d of %d completed (the lines the promoted replica knows)", err, out, jerr, n-lostN, n-lostN)
+		}
+		if e := follower.stderr.String(); !strings.Contains(e, "Redis unreachable") || !strings.Contains(e, "Redis reachable again") {
+			t.Errorf("runs status --wait's stderr %q; want a line when Redis went and one when it came back", e)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("runs status --wait did not return within a minute of the failover's run ending")
+	}
+
+	// What is missing at the fake: only late lines, those the workers had
+	// not sent before the kill.
 	var byKey map[string]int
 	getJSON(t, r.fake+"/_fake/keys", &byKey)
-	lostBefore := trutotest.CountEffects(byKey, r.sent).Lost
+	missing, lateSent := 0, 0
+	for i, k := range r.sent {
+		switch {
+		case byKey[k] == 0 && i < n-lostN:
+			t.Errorf("line %d, enqueued before the cut, was not applied once nothing was left to run", i+1)
+		case byKey[k] == 0:
+			missing++
+		case i >= n-lostN:
+			lateSent++
+		}
+	}
+	if missing == 0 {
+		t.Errorf("no update missing at the fake after the failover: the workers sent all %d lost lines before the kill, and the re-run proves less than it claims", lostN)
+	}
 
-	// The same file under the same run name: lines whose updates the
-	// promoted replica never heard of go again, the rest are duplicates.
+	// The same file under the same run name: the lines the promoted
+	// replica never heard of go again, the rest are duplicates.
 	sum, res, err := r.bulk(t)
-	if err != nil || res.code != 0 || sum.Enqueued+sum.Duplicates != n || sum.Invalid+sum.Failed != 0 {
-		t.Fatalf("bulk re-run: exit %d, stdout %q, stderr %q (%v): want exit 0 and all %d lines enqueued or duplicates", res.code, res.stdout, res.stderr, err, n)
+	if err != nil || res.code != 0 || sum.Enqueued != lostN || sum.Duplicates != n-lostN || sum.Invalid+sum.Failed != 0 {
+		t.Fatalf("bulk re-run: exit %d, stdout %q, stderr %q (%v): want exit 0, the %d lost lines enqueued and the %d others duplicates", res.code, res.stdout, res.stderr, err, lostN, n-lostN)
 	}
 	st := r.waitDone(t, time.Minute)
 	done := time.Since(killedAt)
 	lost, dup, st := r.verdict(t)
 	ooo := r.outOfOrder(t)
-	t.Logf("%d updates, %d workers; master %s killed at %d effects (%d requests), %s after the start; replica %s promoted %s after the kill; nothing left to run %s after it, %d updates lost then; the re-run enqueued %d (%d duplicates); all applied %s after the kill",
-		n, workers, old.Addr, atKill.Effects, atKill.Requests, killedAt.Sub(began).Round(10*time.Millisecond), promoted.Addr,
-		promotedAfter.Round(10*time.Millisecond), quietAfter.Round(10*time.Millisecond), lostBefore, sum.Enqueued, sum.Duplicates, done.Round(10*time.Millisecond))
+	t.Logf("%d updates, %d workers; lines 1-%d enqueued and replicated; master %s killed at %d effects (%d requests), %s after the start, after it alone acknowledged lines %d-%d (replica stopped for %s); replica %s promoted %s after the kill (a sentinel last saw it %s, its link down for %s ms); it lacked the %d late lines",
+		n, workers, n-lostN, old.Addr, atKill.Effects, atKill.Requests, killedAt.Sub(began).Round(10*time.Millisecond), n-lostN+1, n, pausedFor.Round(time.Millisecond),
+		promoted.Addr, promotedAfter.Round(10*time.Millisecond), seen["flags"], seen["master-link-down-time"], lostN)
+	t.Logf("nothing left to run %s after the kill: %d updates missing at the fake (%d late lines sent before the kill); the follower saw the run done at %d lines; the re-run enqueued %d (%d duplicates); all applied %s after the kill",
+		quietAfter.Round(10*time.Millisecond), missing, lateSent, n-lostN, sum.Enqueued, sum.Duplicates, done.Round(10*time.Millisecond))
 	t.Logf("fake: %d requests, %d effects, %d replays (re-sends of applied keys, answered from the idempotency cache), by status %v; lost %d, duplicate effects %d, out of order %d",
 		st.Requests, st.Effects, st.Replays, st.ByStatus, lost, dup, ooo)
 	if ooo != 0 {
 		t.Errorf("%d updates applied out of order; want 0", ooo)
 	}
-	if sum.Enqueued > lostBefore {
-		t.Errorf("the re-run enqueued %d lines, more than the %d updates missing at the fake", sum.Enqueued, lostBefore)
+	// The run, re-sealed by the re-run, holds the whole file, all done.
+	stRes := runCmd(t, r.env, "", "enqueue", "runs", "status", r.run, "--wait", "--timeout", "30s")
+	var runSt tasks.RunStatus
+	if err := json.Unmarshal([]byte(stRes.stdout), &runSt); err != nil || stRes.code != 0 || !runSt.Done || runSt.Total != n || runSt.Completed != n {
+		t.Errorf("runs status %s after the re-run: exit %d, %q, %q (%v); want done, %d of %d completed", r.run, stRes.code, stRes.stdout, stRes.stderr, err, n, n)
 	}
 
 	// The workers rode out the failover: still running, and each said
@@ -214,21 +355,56 @@ func TestSentinelFailover(t *testing.T) {
 			t.Errorf("worker %d's log does not say Redis came back; by message:\n%s", i, msgSummary(logs))
 		}
 	}
-	// So did the follower, and it saw the run end.
-	select {
-	case out := <-followed:
-		err := <-follower.done
-		follower.done <- err // for the cleanup
-		var runSt tasks.RunStatus
-		if jerr := json.Unmarshal(out, &runSt); jerr != nil || err != nil || !runSt.Done || runSt.Completed != int64(n) {
-			t.Errorf("runs status --wait through the failover: %v, %q (%v); want exit 0, done, %d completed", err, out, jerr, n)
+}
+
+// bulkLines runs enqueue bulk, under the rig's run, of a file holding the
+// input's lines from to to at their own line numbers (the lines before
+// them blank), so that they get the keys the whole file's run gives them.
+func (r *crashRig) bulkLines(t *testing.T, from, to int) (bulkSummary, result, error) {
+	t.Helper()
+	var b bytes.Buffer
+	for i := range to {
+		if i >= from {
+			b.Write(r.lines[i])
 		}
-		if e := follower.stderr.String(); !strings.Contains(e, "Redis unreachable") || !strings.Contains(e, "Redis reachable again") {
-			t.Errorf("runs status --wait's stderr %q; want a line when Redis went and one when it came back", e)
-		}
-	case <-time.After(time.Minute):
-		t.Error("runs status --wait did not return within a minute of the run ending")
+		b.WriteByte('\n')
 	}
+	path := filepath.Join(t.TempDir(), fmt.Sprintf("lines-%d-%d.ndjson", from+1, to))
+	if err := os.WriteFile(path, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	res := runCmd(t, r.env, "", "enqueue", "bulk", path, "--run", r.run)
+	var sum bulkSummary
+	err := json.Unmarshal([]byte(strings.SplitN(res.stdout, "\n", 2)[0]), &sum)
+	return sum, res, err
+}
+
+// info reads an INFO section of one server into its fields.
+func info(t *testing.T, c *redis.Client, section string) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	text, err := c.Info(ctx, section).Result()
+	if err != nil {
+		t.Fatalf("INFO %s: %v", section, err)
+	}
+	f := map[string]string{}
+	for _, line := range strings.Split(text, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && !strings.HasPrefix(k, "#") {
+			f[k] = v
+		}
+	}
+	return f
+}
+
+// infoInt reads one numeric field of an INFO section.
+func infoInt(t *testing.T, c *redis.Client, section, field string) int64 {
+	t.Helper()
+	v, err := strconv.ParseInt(info(t, c, section)[field], 10, 64)
+	if err != nil {
+		t.Fatalf("INFO %s: %s: %v", section, field, err)
+	}
+	return v
 }
 
 // TestFiveWorkersShareLimits runs five workers on one Redis against a fake
