@@ -179,13 +179,16 @@ func addManyBatch() []Item {
 func addOne(t *testing.T, s *Scheduler, it Item) int64 {
 	t.Helper()
 	ctx := context.Background()
-	sh, err := s.all(ctx)
+	n, err := s.Shards(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := shardIndex(it.Account, len(sh))
-	seq, err := script.Run(ctx, s.rdb, []string{sh[k].key}, s.args("add",
-		[]any{len(sh), it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin})...).Int64()
+	home, err := s.of(ctx, it.Account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, err := script.Run(ctx, s.rdb, []string{home.key}, s.args("add",
+		[]any{n, it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin})...).Int64()
 	if err != nil {
 		t.Fatalf("add %s: %v", it.ID, err)
 	}
