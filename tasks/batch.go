@@ -85,8 +85,9 @@ type pending struct {
 
 // enqueueBatch enqueues one batch: validation and hashing first, then (with
 // a run) the run's lines in one script call, then one pipelined round trip
-// for the key index and the duplicate checks, then admission in one script
-// call. It fills results and errs, and returns a Redis error that stopped it.
+// for the run's name in the ledger records, the key index and the duplicate
+// checks, then admission in one script call. It fills results and errs, and
+// returns a Redis error that stopped it.
 func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueConfig, results []Enqueued, errs []error) error {
 	start := p.now().UTC()
 	if cfg.processAt.After(start) {
@@ -119,14 +120,16 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 	if len(todo) == 0 {
 		return nil
 	}
+	pipe := p.store.rdb.Pipeline()
 	if cfg.run != "" {
-		if err := p.addLinesToRun(ctx, cfg.run, lines, todo); err != nil {
+		entries, err := p.addLinesToRun(ctx, cfg.run, lines, todo)
+		if err != nil {
 			return err
 		}
+		// The run is named in each ledger record before its state is read
+		// below, in the same round trip (one key: in order): see Enqueue.
+		p.store.runs.nameRunIn(ctx, pipe, cfg.run, entries)
 	}
-	// The run is named in each ledger record (above) before its state is read
-	// here: see Enqueue.
-	pipe := p.store.rdb.Pipeline()
 	for _, t := range todo {
 		k := p.store.ledger.keyIndexKey(t.pl.IdempotencyKey)
 		pipe.SAdd(ctx, k, t.pl.IntegratedAccountID)
@@ -137,7 +140,7 @@ func (p *Producer) enqueueBatch(ctx context.Context, lines []Line, cfg enqueueCo
 		t.state = pipe.HGet(ctx, p.store.ledger.recKey(t.id), "state")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return fmt.Errorf("enqueue: check %d updates: %w", len(todo), err)
+		return fmt.Errorf("enqueue: record and check %d updates: %w", len(todo), err)
 	}
 	ended := map[string]string{} // duplicates that already ended, for the run
 	var items []admission.Item
@@ -195,15 +198,17 @@ func (p *Producer) duplicate(results []Enqueued, errs []error, t *pending, err e
 }
 
 // addLinesToRun records the batch's lines in run, in one script call, and
-// sets back to waiting those it held as purged (enqueued again after a purge).
-func (p *Producer) addLinesToRun(ctx context.Context, run string, lines []Line, todo []*pending) error {
+// sets back to waiting those it held as purged (enqueued again after a
+// purge). It returns the entries, whose ledger records the caller then names
+// the run in.
+func (p *Producer) addLinesToRun(ctx context.Context, run string, lines []Line, todo []*pending) ([]runEntry, error) {
 	entries := make([]runEntry, len(todo))
 	for j, t := range todo {
 		entries[j] = runEntry{line: lines[t.i].No, taskID: t.id, key: t.pl.IdempotencyKey}
 	}
-	places, err := p.store.runs.addToRun(ctx, run, entries)
+	places, err := p.store.runs.addRunLines(ctx, run, entries)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	again := map[string]string{}
 	for j, pl := range places {
@@ -211,5 +216,5 @@ func (p *Producer) addLinesToRun(ctx context.Context, run string, lines []Line, 
 			again[todo[j].id] = runWaiting
 		}
 	}
-	return p.store.runs.setRunStates(ctx, run, again)
+	return entries, p.store.runs.setRunStates(ctx, run, again)
 }

@@ -57,43 +57,120 @@ end
 if op == 'add' then
   -- ARGV[4] the run's name, then triples: line (0: the next free one), task id, key.
   -- Returns, per entry: its line and its state before ("new" if it was not in the run).
+  -- The same answers and state as adding the entries one at a time, with the
+  -- hashes read in one HMGET each and written once at the end: what this call
+  -- has read or written of lines and ids is kept in seen (false: absent), the
+  -- fields it changed in changed (in order); next_line and the counts here
+  -- too. Lines are numbers throughout, as Redis was always given them.
   if redis.call('EXISTS', META) == 0 then
     redis.call('HSET', META, 'name', ARGV[4], 'started', now, 'total', 0, 'next_line', 0)
   end
+  local seen = {[LINES] = {}, [IDS] = {}}
+  local changed, order = {[LINES] = {}, [IDS] = {}}, {[LINES] = {}, [IDS] = {}}
+  local function get(h, f)
+    local v = seen[h][f]
+    if v == nil then
+      v = redis.call('HGET', h, f)
+      seen[h][f] = v
+    end
+    return v
+  end
+  local function put(h, f, v)
+    if not changed[h][f] then
+      changed[h][f] = true
+      table.insert(order[h], f)
+    end
+    seen[h][f] = v
+  end
+  local function prefetch(h, fields)
+    for i = 1, #fields, 1000 do
+      local part = {unpack(fields, i, math.min(i + 999, #fields))}
+      local vs = redis.call('HMGET', h, unpack(part))
+      for j, f in ipairs(part) do
+        if seen[h][f] == nil then seen[h][f] = vs[j] end
+      end
+    end
+  end
+  local nextLine = num('next_line')
+  local nextValue = nil -- next_line's new value, as the per-entry writes would have left it
+  local delta, deltas = {}, {} -- counter -> change; counters changed, in order
+  local function count(f, d)
+    if not delta[f] then
+      delta[f] = 0
+      table.insert(deltas, f)
+    end
+    delta[f] = delta[f] + d
+  end
+  -- Read ahead: every entry's id, every line given, and the next free lines
+  -- the entries without one take unless a line given moves next_line. Any
+  -- other field (a replaced line's old id, a free line past a line given) is
+  -- read when needed.
+  local idFields, lineFields, free = {}, {}, 0
+  for i = 5, #ARGV, 3 do
+    table.insert(idFields, ARGV[i + 1])
+    local line = tonumber(ARGV[i])
+    if line <= 0 then
+      free = free + 1
+      table.insert(lineFields, nextLine + free)
+    else
+      table.insert(lineFields, line)
+    end
+  end
+  prefetch(IDS, idFields)
+  prefetch(LINES, lineFields)
   local out = {}
   local added = false
   for i = 5, #ARGV, 3 do
     local line, id, key = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
-    local cur = redis.call('HGET', IDS, id)
+    local cur = get(IDS, id)
     if cur then
       local l, st = split(cur)
       table.insert(out, tonumber(l))
       table.insert(out, st)
     else
       if line <= 0 then
-        line = redis.call('HINCRBY', META, 'next_line', 1)
-      elseif line > num('next_line') then
-        redis.call('HSET', META, 'next_line', line)
+        nextLine = nextLine + 1
+        line = nextLine
+        nextValue = string.format('%d', nextLine)
+      elseif line > nextLine then
+        nextLine = line
+        nextValue = line
       end
-      local old = redis.call('HGET', LINES, line)
+      local old = get(LINES, line)
       if old then
         local tab = string.find(old, '\t', 1, true)
         local oldid = string.sub(old, 1, tab - 1)
-        local oc = redis.call('HGET', IDS, oldid)
+        local oc = get(IDS, oldid)
         if oc then
           local _, ost = split(oc)
-          if counter[ost] then redis.call('HINCRBY', META, counter[ost], -1) end
-          redis.call('HDEL', IDS, oldid)
-          redis.call('HINCRBY', META, 'total', -1)
+          if counter[ost] then count(counter[ost], -1) end
+          put(IDS, oldid, false)
+          count('total', -1)
         end
       end
-      redis.call('HSET', LINES, line, id .. '\t' .. key)
-      redis.call('HSET', IDS, id, line .. '|')
-      redis.call('HINCRBY', META, 'total', 1)
+      put(LINES, line, id .. '\t' .. key)
+      put(IDS, id, line .. '|')
+      count('total', 1)
       added = true
       table.insert(out, line)
       table.insert(out, 'new')
     end
+  end
+  if nextValue then redis.call('HSET', META, 'next_line', nextValue) end
+  for _, f in ipairs(deltas) do redis.call('HINCRBY', META, f, delta[f]) end
+  for _, h in ipairs({LINES, IDS}) do
+    local set, del = {}, {}
+    for _, f in ipairs(order[h]) do
+      local v = seen[h][f]
+      if v then
+        table.insert(set, f)
+        table.insert(set, v)
+      else
+        table.insert(del, f)
+      end
+    end
+    for j = 1, #set, 1000 do redis.call('HSET', h, unpack(set, j, math.min(j + 999, #set))) end
+    for j = 1, #del, 1000 do redis.call('HDEL', h, unpack(del, j, math.min(j + 999, #del))) end
   end
   if added then
     redis.call('HSET', META, 'sealed', 0)

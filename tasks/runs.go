@@ -109,6 +109,22 @@ type runPlace struct {
 // addToRun records entries in run name (creating it), and the run in each
 // entry's ledger record, so that whoever ends the update counts it in the run.
 func (s *Runs) addToRun(ctx context.Context, name string, entries []runEntry) ([]runPlace, error) {
+	out, err := s.addRunLines(ctx, name, entries)
+	if err != nil {
+		return nil, err
+	}
+	pipe := s.rdb.Pipeline()
+	s.nameRunIn(ctx, pipe, name, entries)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("add to run %q: %w", name, err)
+	}
+	return out, nil
+}
+
+// addRunLines records entries in run name (creating it), in one script call.
+// The caller then names the run in each entry's ledger record (nameRunIn),
+// after this call and before it reads the update's state.
+func (s *Runs) addRunLines(ctx context.Context, name string, entries []runEntry) ([]runPlace, error) {
 	args := []any{name}
 	for _, e := range entries {
 		args = append(args, e.line, e.taskID, e.key)
@@ -123,7 +139,12 @@ func (s *Runs) addToRun(ctx context.Context, name string, entries []runEntry) ([
 		prior, _ := res[i+1].(string)
 		out = append(out, runPlace{line: line, prior: prior})
 	}
-	pipe := s.rdb.Pipeline()
+	return out, nil
+}
+
+// nameRunIn queues in pipe the run's place in the run index and the run's
+// name in each entry's ledger record.
+func (s *Runs) nameRunIn(ctx context.Context, pipe redis.Pipeliner, name string, entries []runEntry) {
 	pipe.ZAddNX(ctx, s.runIndex(), redis.Z{Score: float64(s.now().UnixMilli()), Member: name})
 	// Renewed here and when a run finishes (announceRun); List drops the
 	// names of runs that expired.
@@ -135,10 +156,6 @@ func (s *Runs) addToRun(ctx context.Context, name string, entries []runEntry) ([
 		// attempt renews the record.
 		pipe.PExpire(ctx, rec, s.ttl+DefaultMaxAge)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("add to run %q: %w", name, err)
-	}
-	return out, nil
 }
 
 // setRunState records the update's state in run name and reports whether the

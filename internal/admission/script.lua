@@ -58,8 +58,9 @@ end
 -- schedule places account a at the time it may next send: its earliest ready
 -- organization, its next rate-limit slot, the end of its hold, whichever is
 -- last. An account with nothing ready, or parked, leaves the schedule. An
--- admitter is woken when the time is sooner than any of them plans to look.
-local function schedule(a)
+-- admitter is woken when the time is sooner than any of them plans to look,
+-- unless quiet (the caller wakes one for all the accounts it scheduled).
+local function schedule(a, quiet)
   local st = redis.call('HMGET', akey(a), 'parked', 'until', 'tat', 'funtil')
   local first = redis.call('ZRANGE', lkey(a), 0, 0, 'WITHSCORES')
   if st[1] or #first == 0 then
@@ -68,7 +69,7 @@ local function schedule(a)
   end
   local at = math.max(tonumber(first[2]), tonumber(st[2] or '0'), tonumber(st[3] or '0'), tonumber(st[4] or '0'))
   redis.call('ZADD', ACCTS, at, a)
-  if at < tonumber(redis.call('GET', B .. 'plan') or NEVER) then wake() end
+  if not quiet and at < tonumber(redis.call('GET', B .. 'plan') or NEVER) then wake() end
   return at
 end
 
@@ -130,6 +131,77 @@ local function add(id, a, o, q, nb, pl, origin)
   return seq
 end
 
+-- spread runs cmd on key with args (field and value pairs) in calls of at
+-- most 1,000 arguments: Lua's unpack has a limit.
+local function spread(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
+
+-- addMany adds the updates whose arguments (those of add, seven each) start
+-- at ARGV[from], in order: the same answers and the same state as add called
+-- once per update, with what add repeats per update done once per call. The
+-- sequence counter is read and written once; each account's record is
+-- counted and persisted once; an organization's line is looked at for its
+-- first update of the call only (a later one comes after it, so never heads
+-- the line); the organizations that became ready enter their lane in one
+-- ZADD per account, each such account is scheduled once, after all of them
+-- (nothing else here moves its schedule), and at most one admitter is woken.
+local function addMany(from)
+  local out = {}
+  local seq0 = tonumber(redis.call('GET', B .. 'seq') or '0')
+  local last = seq0
+  local added = {} -- id -> true: added by this call
+  local lined = {} -- org -> true: this call added to its line
+  local accts, count, lanes = {}, {}, {} -- accounts in first-added order; updates added; {at, org, ...}
+  for i = from, #ARGV, 7 do
+    local id, a, o, nb, origin = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4], ARGV[i + 6]
+    local uk = ukey(id)
+    if added[id] or redis.call('EXISTS', uk) == 1 then
+      out[#out + 1] = 0
+    else
+      -- As in add: up from the clock's milliseconds, strictly increasing.
+      local seq = math.max(last + 1, math.floor(now))
+      last = seq
+      local og = tonumber(origin)
+      if og == 0 then og = seq end
+      redis.call('ZADD', okey(o), seq, id)
+      redis.call('HSET', uk, 'a', a, 'o', o, 'q', ARGV[i + 3], 'nb', nb, 'pl', ARGV[i + 5],
+        'seq', seq, 'og', og, 'gen', seq, 'state', 'waiting')
+      added[id] = true
+      if not count[a] then
+        count[a] = 0
+        accts[#accts + 1] = a
+      end
+      count[a] = count[a] + 1
+      if not lined[o] then
+        lined[o] = true
+        if redis.call('ZRANK', okey(o), id) == 0 then -- ready, as add's ready()
+          local l = lanes[a] or {}
+          lanes[a] = l
+          l[#l + 1] = math.max(now, tonumber(nb))
+          l[#l + 1] = o
+        end
+      end
+      out[#out + 1] = seq
+    end
+  end
+  if last ~= seq0 then redis.call('SET', B .. 'seq', string.format('%d', last)) end
+  local soonest = nil
+  for _, a in ipairs(accts) do
+    redis.call('HINCRBY', akey(a), 'n', count[a])
+    redis.call('PERSIST', akey(a))
+    if lanes[a] then
+      spread('ZADD', lkey(a), lanes[a])
+      local at = schedule(a, true)
+      if at and (not soonest or at < soonest) then soonest = at end
+    end
+  end
+  if soonest and soonest < tonumber(redis.call('GET', B .. 'plan') or NEVER) then wake() end
+  return out
+end
+
 -- sharded refuses an add routed under another shard count than the one in
 -- force (a producer that read it before an operator changed it).
 local function sharded(n)
@@ -157,14 +229,10 @@ if op == 'add' then
 
 elseif op == 'addmany' then
   -- shards, then the arguments of add, seven per update, in enqueue order;
-  -- returns the sequence number (or 0) of each.
+  -- returns the sequence number (or 0) of each: as add once per update.
   local bad = sharded(ARGV[3])
   if bad then return bad end
-  local out = {}
-  for i = 4, #ARGV, 7 do
-    table.insert(out, add(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]))
-  end
-  return out
+  return addMany(4)
 
 elseif op == 'admit' then
   -- n, max_admitted, lease_ms, token_iv, account_iv, token_burst, owner,
