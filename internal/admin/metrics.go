@@ -179,7 +179,7 @@ var (
 	descHolds = prometheus.NewDesc("orgsync_account_holds",
 		"Integrated accounts whose updates wait, by kind (parked, rate_limited).", []string{"kind"}, nil)
 	descAdmission = prometheus.NewDesc("orgsync_admission",
-		"Admission as a whole: accounts scheduled to send (scheduled_accounts), updates handed to the queue and not yet started (admitted), updates a worker runs (running), parked accounts (parked_accounts), and 1 while every account is parked (all_parked).",
+		"Admission as a whole: accounts scheduled to send (scheduled_accounts), updates handed to the queue and not yet started (admitted), updates a worker runs (running), parked accounts (parked_accounts), 1 while every account is parked (all_parked), and its shards (shards).",
 		[]string{"what"}, nil)
 	descRuns = prometheus.NewDesc("orgsync_runs",
 		"Runs kept (as long as results), by state: done (sealed, every update ended) or open (lines still coming, or updates not yet ended).",
@@ -240,7 +240,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			return []prometheus.Metric{gauge("scheduled_accounts", float64(st.Scheduled)), gauge("admitted", float64(st.Admitted)),
 				gauge("running", float64(st.Running)), gauge("parked_accounts", float64(st.Parked)),
-				gauge("all_parked", boolValue(st.AllParked != ""))}, nil
+				gauge("all_parked", boolValue(st.AllParked != "")), gauge("shards", float64(st.Shards))}, nil
 		})
 		run("dead_letters", func(ctx context.Context) ([]prometheus.Metric, error) {
 			n, err := m.cfg.Store.DeadLetters().Count(ctx)
