@@ -28,18 +28,22 @@ func shardTest(t *testing.T, rdb redis.UniversalClient, n int, c Config) (worker
 	return worker, producer, clk
 }
 
-// accountsInShards returns one account name per shard of n.
-func accountsInShards(n int) []string {
-	out := make([]string, n)
-	found := 0
-	for i := 0; found < n; i++ {
+// accountsInShards returns counts[k] account names of shard k, among
+// len(counts) shards, shard by shard.
+func accountsInShards(counts ...int) []string {
+	byShard := make([][]string, len(counts))
+	need := 0
+	for _, c := range counts {
+		need += c
+	}
+	for i := 0; need > 0; i++ {
 		a := fmt.Sprint("acct", i)
-		if k := ShardOf(a, n); out[k] == "" {
-			out[k] = a
-			found++
+		if k := ShardOf(a, len(counts)); len(byShard[k]) < counts[k] {
+			byShard[k] = append(byShard[k], a)
+			need--
 		}
 	}
-	return out
+	return slices.Concat(byShard...)
 }
 
 func TestShardsSpreadAccountsAndKeepEachOrganizationsOrder(t *testing.T) {
@@ -47,7 +51,7 @@ func TestShardsSpreadAccountsAndKeepEachOrganizationsOrder(t *testing.T) {
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		worker, producer, _ := shardTest(t, rdb, 3, Config{})
-		accts := accountsInShards(3)
+		accts := accountsInShards(1, 1, 1)
 		for _, a := range accts {
 			for i := range 3 {
 				add(t, producer, fmt.Sprint(a, "-", i), a, "o")
@@ -99,7 +103,7 @@ func TestTokenLimitSpansShards(t *testing.T) {
 	t.Parallel()
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		worker, producer, clk := shardTest(t, rdb, 3, Config{Token: ratelimit.Limit{Requests: 5, Window: time.Second}})
-		accts := accountsInShards(3)
+		accts := accountsInShards(1, 1, 1)
 		for _, a := range accts {
 			for i := range 3 {
 				add(t, producer, fmt.Sprint(a, "-", i), a, fmt.Sprint("o", i))
@@ -125,7 +129,7 @@ func TestParkAllStopsEveryShard(t *testing.T) {
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		worker, producer, _ := shardTest(t, rdb, 3, Config{})
-		accts := accountsInShards(3)
+		accts := accountsInShards(1, 1, 1)
 		if err := worker.Park(ctx, "", "the API token was rejected", 401); err != nil {
 			t.Fatal(err)
 		}
@@ -175,7 +179,7 @@ func TestShardCountChangesOnlyWhenDrained(t *testing.T) {
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		ctx := context.Background()
 		one, producer, _ := shardTest(t, rdb, 1, Config{})
-		accts := accountsInShards(3)
+		accts := accountsInShards(1, 1, 1)
 		add(t, producer, "w1", accts[1], "o")
 
 		three := New(rdb, Config{Shards: 3})
@@ -213,21 +217,7 @@ func TestTokenSlotsGoToAccountsNotShards(t *testing.T) {
 	t.Parallel()
 	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
 		worker, producer, clk := shardTest(t, rdb, 3, Config{Token: ratelimit.Limit{Requests: 5, Window: time.Second}})
-		// Two accounts in shard 0, one in each of the others.
-		var accts []string
-		for i := 0; len(accts) < 4; i++ {
-			a := fmt.Sprint("acct", i)
-			k := ShardOf(a, 3)
-			inZero := 0
-			for _, b := range accts {
-				if ShardOf(b, 3) == 0 {
-					inZero++
-				}
-			}
-			if (k == 0 && inZero < 2) || (k != 0 && !slices.ContainsFunc(accts, func(b string) bool { return ShardOf(b, 3) == k })) {
-				accts = append(accts, a)
-			}
-		}
+		accts := accountsInShards(2, 1, 1)
 		const each = 30
 		for _, a := range accts {
 			for i := range each {

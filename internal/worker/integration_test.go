@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,22 +417,14 @@ func TestShardCountChangeRefusedWhileUpdatesWait(t *testing.T) {
 func TestShardsShareTheTokenByAccount(t *testing.T) {
 	t.Parallel()
 	// Two accounts in shard 0, one in each other shard.
-	var accts []string
-	for i := 0; len(accts) < 4; i++ {
+	byShard := [][]string{nil, nil, nil}
+	for i := 0; len(byShard[0]) < 2 || len(byShard[1]) < 1 || len(byShard[2]) < 1; i++ {
 		a := fmt.Sprintf("acct-%02d", i)
-		k, n0 := admission.ShardOf(a, 3), 0
-		taken := false
-		for _, b := range accts {
-			if kb := admission.ShardOf(b, 3); kb == 0 {
-				n0++
-			} else if kb == k {
-				taken = true
-			}
-		}
-		if (k == 0 && n0 < 2) || (k != 0 && !taken) {
-			accts = append(accts, a)
+		if k := admission.ShardOf(a, 3); len(byShard[k]) < 2-min(k, 1) {
+			byShard[k] = append(byShard[k], a)
 		}
 	}
+	accts := slices.Concat(byShard...)
 	faults := trutotest.Faults{TokenLimit: trutotest.Limit{Requests: 60, Window: trutotest.Duration(time.Second)}}
 	p := startPipeline(t, faults, func(c *Config) {
 		c.Shards = 3
