@@ -659,7 +659,7 @@ func (s *Scheduler) giveTokens(ctx context.Context, home shard, t tokens, k int)
 	if t.iv == "0" || t.iv == "" {
 		return
 	}
-	_ = s.call(ctx, home, "untokens", k, t.tat, t.iv, t.shard, t.demand).Err()
+	_ = s.call(ctx, home, "untokens", k, t.tat, t.iv, t.shard, t.demand, s.demandOf(t.shard)).Err()
 }
 
 // demandOf is how many accounts shard i's last pass left ready (1 before

@@ -212,13 +212,15 @@ local function sharded(n)
   return nil
 end
 
--- empty says whether the shard holds no update at all: every update is in a
--- scheduled account's lane, admitted, running, or in a parked account's.
+-- empty says whether the shard holds no update and no hold: every update is
+-- in a scheduled account's lane, admitted, running, or in a parked
+-- account's; a 429's hold in force would be lost to an account that moves.
 local function empty()
   for _, k in ipairs({'admitted', 'running'}) do
     if redis.call('ZCARD', B .. k) > 0 then return false end
   end
   return redis.call('ZCARD', ACCTS) == 0 and redis.call('SCARD', B .. 'parked') == 0
+    and redis.call('ZCOUNT', B .. 'held', '(' .. num(now), '+inf') == 0
 end
 
 if op == 'add' then
@@ -318,7 +320,7 @@ elseif op == 'admit' then
     schedule(a)
   end
 
-  local nxt = nil
+  local nxt, stopped = nil, nil
   for _ = 1, 4 * pass.n + 4 do
     if pass.count >= pass.n then break end
     local first = redis.call('ZRANGE', ACCTS, 0, 0, 'WITHSCORES')
@@ -326,7 +328,7 @@ elseif op == 'admit' then
     if #first > 0 then head = {a = first[1], at = tonumber(first[2])} end
     for _, stop in ipairs(stops) do
       nxt = stop(head)
-      if nxt then break end
+      if nxt then stopped = stop; break end
     end
     if nxt then break end
     local at = schedule(head.a) -- its score may be stale: recompute before trusting it
@@ -343,13 +345,15 @@ elseif op == 'admit' then
       if not st[1] and tonumber(st[2] or '0') <= now + SLACK and tonumber(st[3] or '0') <= now + SLACK
           and #first > 0 and tonumber(first[2]) <= now + SLACK then
         admitHead(a)
-        return pass.count > 0
+        if pass.count > 0 then return true end
       end
     end
     return false
   end
-  if pass.probe and pass.count == 0 and not everyAccountParked() and not maxAdmittedWaiting()
-      and not tokenSlotNotDue() and probeFailingLane() then
+  -- Only when the pass found nothing ready, not when it stopped for a park,
+  -- --max-admitted or the token.
+  if pass.probe and pass.count == 0 and (stopped == nil or stopped == nothingScheduled or stopped == firstAccountNotDue)
+      and probeFailingLane() then
     nxt = now
   end
   nxt = nxt or now -- stopped at n, or at the loop's bound: more may be ready
@@ -660,8 +664,9 @@ elseif op == 'tokens' then
   -- proportion to their accounts with work, as one shard's accounts take
   -- turns. Each shard has a virtual clock (tshare v<i>); each slot it takes
   -- moves it on by 1/demand, and it may take one only while its clock is no
-  -- more than one own step ahead of the slowest shard that asked lately
-  -- with accounts ready (d<i> > 0, s<i> recent).
+  -- more than one own step ahead of the slowest other shard that asked
+  -- lately with accounts ready (d<i> > 0, s<i> recent); alone, it takes
+  -- what is due.
   local n, tiv, burst, tcredit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local me, demand = ARGV[7], tonumber(ARGV[8])
   if redis.call('EXISTS', B .. 'parked_all') == 1 then return {0, '0', '0', num(NEVER)} end
@@ -671,22 +676,26 @@ elseif op == 'tokens' then
   if wait or n <= 0 then return {0, '0', '0', num(wait or now)} end
   if tiv <= 0 then return {n, '0', '0', num(now)} end
   local SH = B .. 'tshare'
-  redis.call('HSET', SH, 'd' .. me, demand, 's' .. me, num(now))
-  redis.call('PEXPIRE', SH, 60000)
   local share = redis.call('HGETALL', SH)
   local f = {}
   for i = 1, #share, 2 do f[share[i]] = tonumber(share[i + 1]) end
   local active = math.max(2000, 4 * tiv)
+  local function isActive(id) return (f['d' .. id] or 0) > 0 and (f['s' .. id] or 0) >= now - active end
   local vmin = nil
-  for k, d in pairs(f) do
+  for k in pairs(f) do
     local id = string.match(k, '^d(.*)$')
-    if id and d > 0 and (f['s' .. id] or 0) >= now - active then
+    if id and id ~= me and isActive(id) then
       local v = f['v' .. id] or 0
       if vmin == nil or v < vmin then vmin = v end
     end
   end
   local step = 1 / math.max(demand, 1)
-  local v = math.max(f['v' .. me] or 0, vmin or 0)
+  local v = f['v' .. me] or 0
+  -- A shard that was idle starts level with the others, not with the
+  -- credit of the time it asked for nothing.
+  if vmin ~= nil and not isActive(me) then v = math.max(v, vmin) end
+  redis.call('HSET', SH, 'd' .. me, demand, 's' .. me, num(now))
+  redis.call('PEXPIRE', SH, 60000)
   if vmin ~= nil and v > vmin + step + 1e-9 then
     -- Ahead of its share: the slot is left to the others; ask again at the next.
     return {0, '0', '0', num(math.max(ttat, now) + tiv)}
@@ -703,14 +712,16 @@ elseif op == 'tokens' then
   return {g, num(ttat), num(tiv), num(wait or now)}
 
 elseif op == 'untokens' then
-  -- k, tat, iv, shard, demand: gives back k slots of a tokens call that
+  -- k, tat, iv, shard, demand, ready: gives back k slots of a tokens call that
   -- left the token's next slot at tat, if no one has taken one since (else
   -- they are lost: the pass sends less, never more). Either way the shard's
   -- virtual clock goes back: it did not use them.
   local k, tat, tiv = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
   local vkey = 'v' .. ARGV[6]
   local v = tonumber(redis.call('HGET', B .. 'tshare', vkey) or '0')
-  redis.call('HSET', B .. 'tshare', vkey, num(v - k / math.max(tonumber(ARGV[7]), 1)))
+  -- The pass's own count of ready accounts replaces the one it asked with:
+  -- a shard that found nothing ready stops counting as one with work.
+  redis.call('HSET', B .. 'tshare', vkey, num(v - k / math.max(tonumber(ARGV[7]), 1)), 'd' .. ARGV[6], ARGV[8])
   local cur = redis.call('GET', B .. 'token')
   if cur == tat and tiv > 0 then
     local back = tonumber(tat) - k * tiv

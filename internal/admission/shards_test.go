@@ -240,3 +240,19 @@ func TestTokenSlotsGoToAccountsNotShards(t *testing.T) {
 		}
 	})
 }
+
+// TestTokenBurstAloneInOneShard: a shard alone with work takes every slot
+// the token's burst allows in one pass; fair shares cap nothing then.
+func TestTokenBurstAloneInOneShard(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		worker, producer, _ := shardTest(t, rdb, 3, Config{Token: ratelimit.Limit{Requests: 100, Window: time.Second}, TokenBurst: 10})
+		a := accountsInShards(0, 1, 0)[0]
+		for i := range 20 {
+			add(t, producer, fmt.Sprint(a, "-", i), a, fmt.Sprint("o", i))
+		}
+		if got, _ := admit(t, worker); len(got) != 10 {
+			t.Errorf("one pass admitted %d; want the token's burst of 10", len(got))
+		}
+	})
+}
