@@ -37,6 +37,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/orgsync/orgsync/internal/ratelimit"
+	"github.com/orgsync/orgsync/internal/redisconn"
 )
 
 //go:embed script.lua
@@ -101,7 +102,8 @@ type Scheduler struct {
 	now    func() time.Time // nil: Redis's clock
 
 	mu     sync.Mutex
-	shards []shard // nil until known (Config.Shards 0: read from Redis on first use)
+	shards []shard   // nil until known (Config.Shards 0: read from Redis, again after recheck)
+	read   time.Time // when a count followed from Redis was read
 	turn   atomic.Uint64
 	demand map[int]int64 // shard -> accounts its last pass left ready
 }
@@ -193,33 +195,28 @@ func (s *Scheduler) Configure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if had == want {
-		return nil
-	}
-	// Every shard of both counts must be empty; each is checked and changed
-	// in one script call, so an add racing with the change is either seen
-	// (refused) or refused itself for naming the old count.
-	old := makeShards(s.prefix, had)
-	for i := range max(had, want) {
-		sh := shard{key: shardBase(s.prefix, i) + "accts", base: shardBase(s.prefix, i)}
-		if i < len(old) {
-			sh = old[i]
-		}
-		ok, err := s.call(ctx, sh, "setshards", want).Int64()
+	// Every shard of both counts is brought to want, each checked (empty, or
+	// already want) and changed in one script call, so an add racing with
+	// the change is either seen (refused) or refused itself for naming the
+	// old count. Shard 0, whose count producers read, goes last: it is the
+	// commit point, and a change cut short is completed by the next start.
+	all := makeShards(s.prefix, max(had, want))
+	for i := len(all) - 1; i >= 0; i-- {
+		ok, err := s.call(ctx, all[i], "setshards", want).Int64()
 		if err != nil {
 			return fmt.Errorf("admission: record the shard count: %w", err)
 		}
-		if ok != 1 {
-			if i > 0 {
-				// Undo: the shards changed so far hold nothing yet.
-				for j := range i {
-					_ = s.call(ctx, shard{key: shardBase(s.prefix, j) + "accts", base: shardBase(s.prefix, j)}, "setshards", had).Err()
-				}
-			}
-			return fmt.Errorf("%w: updates wait in admission under %d shard(s), and this worker was started with %d: "+
-				"start it with --shards %d (ORGSYNC_SHARDS), or let those updates finish first (stop the producers; "+
-				"enqueue stats shows 0 waiting) and then change it", ErrShards, had, want, had)
+		if ok == 1 {
+			continue
 		}
+		// Undo: the shards changed so far hold nothing yet.
+		var undo error
+		for _, sh := range all[i+1:] {
+			undo = errors.Join(undo, s.call(ctx, sh, "setshards", had).Err())
+		}
+		return errors.Join(fmt.Errorf("%w: updates wait in admission, or accounts are held, under %d shard(s), and this worker "+
+			"was started with %d: start it with --shards %d (ORGSYNC_SHARDS), or let those updates finish first (stop the "+
+			"producers; enqueue stats shows 0 waiting) and then change it", ErrShards, had, want, had), undo)
 	}
 	return nil
 }
@@ -240,19 +237,25 @@ func (s *Scheduler) recorded(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// all returns the shards, reading their count from Redis the first time
-// when the configuration left it open.
+// recheck is how long a shard count followed from Redis is trusted before
+// it is read again (an add naming an old count is refused and re-routed at
+// once; this bounds how long reads, holds and stats of a long-lived
+// producer or operator process can lag a change).
+const recheck = 30 * time.Second
+
+// all returns the shards, reading their count from Redis when the
+// configuration left it open: the first time, and every recheck after.
 func (s *Scheduler) all(ctx context.Context) ([]shard, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.shards != nil {
+	if s.shards != nil && (s.c.Shards > 0 || time.Since(s.read) < recheck) {
 		return s.shards, nil
 	}
 	n, err := s.recorded(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s.shards = makeShards(s.prefix, n)
+	s.shards, s.read = makeShards(s.prefix, n), time.Now()
 	return s.shards, nil
 }
 
@@ -289,6 +292,19 @@ func ShardOf(account string, n int) int {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(account))
 	return int(h.Sum32() % uint32(n))
+}
+
+// shardAt is shard i, or an error when there is no such shard (a ticket or
+// lease of a count no longer in force).
+func (s *Scheduler) shardAt(ctx context.Context, i int) (shard, error) {
+	all, err := s.all(ctx)
+	if err != nil {
+		return shard{}, err
+	}
+	if i < 0 || i >= len(all) {
+		return shard{}, fmt.Errorf("admission: no shard %d of %d", i, len(all))
+	}
+	return all[i], nil
 }
 
 // of is the shard of account.
@@ -334,25 +350,30 @@ func (s *Scheduler) runIn(ctx context.Context, pipe redis.Pipeliner, account, op
 	return script.EvalSha(ctx, pipe, []string{sh.key}, s.args(op, args)...)
 }
 
-// each runs op on every shard in one pipeline and returns each shard's answer.
+// each runs op on every shard in one round trip and returns each shard's answer.
 func (s *Scheduler) each(ctx context.Context, op string, args ...any) ([]*redis.Cmd, error) {
 	sh, err := s.all(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if len(sh) == 1 {
-		cmd := s.call(ctx, sh[0], op, args...)
-		return []*redis.Cmd{cmd}, nil
-	}
-	if err := LoadScript(ctx, s.rdb); err != nil {
+	return s.perShard(ctx, sh, op, func(int) ([]any, bool) { return args, true })
+}
+
+// perShard runs op on each shard for which argsOf gives arguments, all in
+// one round trip (the script by its SHA, loaded if Redis does not know it);
+// a shard given none has a nil command.
+func (s *Scheduler) perShard(ctx context.Context, sh []shard, op string, argsOf func(k int) ([]any, bool)) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, len(sh))
+	_, err := redisconn.Pipelined(ctx, s.rdb, func(pipe redis.Pipeliner) {
+		for k, x := range sh {
+			if args, ok := argsOf(k); ok {
+				cmds[k] = script.EvalSha(ctx, pipe, []string{x.key}, s.args(op, args)...)
+			}
+		}
+	}, func(ctx context.Context) error { return LoadScript(ctx, s.rdb) })
+	if err != nil {
 		return nil, fmt.Errorf("admission: load script: %w", err)
 	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(sh))
-	for i, x := range sh {
-		cmds[i] = script.EvalSha(ctx, pipe, []string{x.key}, s.args(op, args)...)
-	}
-	_, _ = pipe.Exec(ctx) // each command's error is its own
 	return cmds, nil
 }
 
@@ -438,9 +459,9 @@ type Item struct {
 // earlier updates. It returns the update's sequence number, or 0 when the id
 // is already waiting, admitted or running (nothing is changed then).
 func (s *Scheduler) Add(ctx context.Context, it Item) (int64, error) {
-	seqs, err := s.AddMany(ctx, []Item{it})
+	seqs, err := s.add(ctx, []Item{it})
 	if err != nil {
-		return 0, fmt.Errorf("admission: add %s: %w", it.ID, errors.Unwrap(err))
+		return 0, fmt.Errorf("admission: add %s: %w", it.ID, err)
 	}
 	return seqs[0], nil
 }
@@ -452,67 +473,76 @@ func (s *Scheduler) AddMany(ctx context.Context, items []Item) ([]int64, error) 
 	if len(items) == 0 {
 		return nil, nil
 	}
-	seqs, err := s.addMany(ctx, items)
-	if isShardsError(err) && s.reload() {
-		// The shard count changed since it was read: route again.
-		seqs, err = s.addMany(ctx, items)
-	}
+	seqs, err := s.add(ctx, items)
 	if err != nil {
 		return nil, fmt.Errorf("admission: add %d updates: %w", len(items), err)
 	}
 	return seqs, nil
 }
 
+// add adds items; the items a shard refused for naming an old shard count
+// (it changed since it was read) are routed again, once, under the count now
+// in force; those already added keep their answers.
+func (s *Scheduler) add(ctx context.Context, items []Item) ([]int64, error) {
+	out := make([]int64, len(items))
+	todo := make([]int, len(items))
+	for i := range todo {
+		todo[i] = i
+	}
+	for retried := false; ; retried = true {
+		refused, err := s.addGroups(ctx, items, todo, out)
+		if err == nil || !isShardsError(err) || retried || !s.reload() {
+			return out, err
+		}
+		todo = refused
+	}
+}
+
 func isShardsError(err error) bool {
 	return err != nil && strings.HasPrefix(err.Error(), "SHARDS ")
 }
 
-func (s *Scheduler) addMany(ctx context.Context, items []Item) ([]int64, error) {
+// addGroups adds items[todo] with one addmany per shard, filling out; it
+// returns the indexes a shard refused for the shard count, with that error.
+// Items of one shard keep their order: an organization's updates are all of
+// one account, so of one shard.
+func (s *Scheduler) addGroups(ctx context.Context, items []Item, todo []int, out []int64) ([]int, error) {
 	sh, err := s.all(ctx)
 	if err != nil {
 		return nil, err
 	}
 	n := strconv.Itoa(len(sh))
-	// Items of one shard keep their order: an organization's updates are
-	// all of one account, so of one shard.
 	groups := make([][]int, len(sh))
-	for i, it := range items {
-		k := ShardOf(it.Account, len(sh))
+	for _, i := range todo {
+		k := ShardOf(items[i].Account, len(sh))
 		groups[k] = append(groups[k], i)
 	}
-	call := func(ex redis.Scripter, k int, idx []int) *redis.Cmd {
-		args := make([]any, 0, 1+7*len(idx))
+	cmds, err := s.perShard(ctx, sh, "addmany", func(k int) ([]any, bool) {
+		if len(groups[k]) == 0 {
+			return nil, false
+		}
+		args := make([]any, 0, 1+7*len(groups[k]))
 		args = append(args, n)
-		for _, i := range idx {
+		for _, i := range groups[k] {
 			it := items[i]
 			args = append(args, it.ID, it.Account, it.Org, it.Queue, ms(it.NotBefore), it.Payload, it.Origin)
 		}
-		if len(sh) == 1 {
-			return script.Run(ctx, ex, []string{sh[k].key}, s.args("addmany", args)...)
-		}
-		return script.EvalSha(ctx, ex, []string{sh[k].key}, s.args("addmany", args)...)
+		return args, true
+	})
+	if err != nil {
+		return nil, err
 	}
-	cmds := make([]*redis.Cmd, len(sh))
-	if len(sh) == 1 {
-		cmds[0] = call(s.rdb, 0, groups[0])
-	} else {
-		if err := LoadScript(ctx, s.rdb); err != nil {
-			return nil, err
-		}
-		pipe := s.rdb.Pipeline()
-		for k, idx := range groups {
-			if len(idx) > 0 {
-				cmds[k] = call(pipe, k, idx)
-			}
-		}
-		_, _ = pipe.Exec(ctx) // each command's error is read below
-	}
-	out := make([]int64, len(items))
+	var refused []int
+	var refusal error
 	for k, idx := range groups {
 		if len(idx) == 0 {
 			continue
 		}
 		seqs, err := cmds[k].Int64Slice()
+		if isShardsError(err) {
+			refused, refusal = append(refused, idx...), err
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -520,7 +550,7 @@ func (s *Scheduler) addMany(ctx context.Context, items []Item) ([]int64, error) 
 			out[i] = seqs[j]
 		}
 	}
-	return out, nil
+	return refused, refusal
 }
 
 // Ticket is an admitted update: run it now.
@@ -552,7 +582,7 @@ func (s *Scheduler) Admit(ctx context.Context, owner string) ([]Ticket, time.Tim
 	next := Never
 	// Each call starts at the next shard, so that under the token's limit
 	// the shards take its slots in turn.
-	first := int(s.turn.Add(1)-1) % len(sh)
+	first := int((s.turn.Add(1) - 1) % uint64(len(sh)))
 	for k := range sh {
 		i := (first + k) % len(sh)
 		ts, nx, err := s.admit(ctx, i, owner, s.c.Batch-len(out), false)
@@ -579,7 +609,10 @@ func (s *Scheduler) admit(ctx context.Context, i int, owner string, n int, probe
 	if err != nil {
 		return nil, time.Time{}, err
 	}
-	sh := all[i]
+	sh, err := s.shardAt(ctx, i)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
 	tiv := s.intervalMS(s.c.Token)
 	var took tokens
 	if len(all) > 1 {
@@ -645,7 +678,10 @@ func (s *Scheduler) takeTokens(ctx context.Context, home shard, i, n int) (token
 	t := tokens{shard: i, demand: s.demandOf(i)}
 	res, err := s.call(ctx, home, "tokens", n, s.intervalMS(s.c.Token), s.c.TokenBurst, s.credit(s.c.Token),
 		i, t.demand).Slice()
-	if err != nil || len(res) < 4 {
+	if err == nil && len(res) < 4 {
+		err = fmt.Errorf("an answer of %d values, not 4", len(res))
+	}
+	if err != nil {
 		return tokens{}, fmt.Errorf("admission: take the token's slots: %w", err)
 	}
 	g, _ := res[0].(int64)
@@ -721,18 +757,15 @@ func (s *Scheduler) Extend(ctx context.Context, shard int, owner string, ids []s
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	all, err := s.all(ctx)
+	sh, err := s.shardAt(ctx, shard)
 	if err != nil {
 		return nil, err
-	}
-	if shard < 0 || shard >= len(all) {
-		return ids, nil // a shard that no longer exists holds nothing
 	}
 	args := []any{owner, s.c.Lease.Milliseconds()}
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	lost, err := s.call(ctx, all[shard], "extend", args...).StringSlice()
+	lost, err := s.call(ctx, sh, "extend", args...).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("admission: extend leases: %w", err)
 	}
@@ -775,11 +808,11 @@ const AnyGeneration = -1
 // the update was started meanwhile.
 func (s *Scheduler) Unadmit(ctx context.Context, t Ticket) (bool, error) {
 	id, gen := t.ID, t.Gen
-	all, err := s.all(ctx)
-	if err != nil || t.Shard >= len(all) {
-		return false, fmt.Errorf("admission: unadmit %s: shard %d: %v", id, t.Shard, err)
+	sh, err := s.shardAt(ctx, t.Shard)
+	if err != nil {
+		return false, fmt.Errorf("admission: unadmit %s: %w", id, err)
 	}
-	n, err := s.call(ctx, all[t.Shard], "unadmit", id, gen).Int64()
+	n, err := s.call(ctx, sh, "unadmit", id, gen).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: unadmit %s: %w", id, err)
 	}
@@ -988,11 +1021,11 @@ func (s *Scheduler) Reap(ctx context.Context, max int) (int, error) {
 
 // reap puts back up to max updates of shard i whose lease ran out.
 func (s *Scheduler) reap(ctx context.Context, i, max int) (int, error) {
-	all, err := s.all(ctx)
+	sh, err := s.shardAt(ctx, i)
 	if err != nil {
 		return 0, err
 	}
-	n, err := s.call(ctx, all[i], "reap", max).Int64()
+	n, err := s.call(ctx, sh, "reap", max).Int64()
 	if err != nil {
 		return 0, fmt.Errorf("admission: reap expired leases: %w", err)
 	}
@@ -1050,11 +1083,11 @@ func (s *Scheduler) Wait(ctx context.Context, i int, d time.Duration) (bool, err
 	}
 	// go-redis rounds BLPOP timeouts to whole seconds; Redis takes decimals.
 	secs := strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64)
-	all, err := s.all(ctx)
+	sh, err := s.shardAt(ctx, i)
 	if err != nil {
 		return false, err
 	}
-	err = s.rdb.Do(ctx, "BLPOP", all[min(i, len(all)-1)].base+"notify", secs).Err()
+	err = s.rdb.Do(ctx, "BLPOP", sh.base+"notify", secs).Err()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return false, nil

@@ -37,10 +37,7 @@ func (l *Leases) Owner() string { return l.owner }
 
 // Hold adds generation gen of id, an update of account, to the set.
 func (l *Leases) Hold(account, id string, gen int64) {
-	shard := 0
-	if n := len(l.s.known()); n > 1 {
-		shard = ShardOf(account, n)
-	}
+	shard := ShardOf(account, len(l.s.known()))
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.ids[id] = lease{gen: gen, shard: shard}

@@ -259,3 +259,33 @@ func TestTokenBurstAloneInOneShard(t *testing.T) {
 		}
 	})
 }
+
+// TestConfigureCompletesAChangeCutShort: shard 0, whose count producers
+// read, is written last, so a change cut short (here: shard 2 already at 3,
+// shard 0 still at 1) is completed by the next start rather than left with
+// the shards disagreeing.
+func TestConfigureCompletesAChangeCutShort(t *testing.T) {
+	t.Parallel()
+	backends(t, func(t *testing.T, rdb redis.UniversalClient) {
+		ctx := context.Background()
+		if err := rdb.Set(ctx, shardBase("orgsync", 2)+"shards", "3", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := New(rdb, Config{Shards: 3}).Configure(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			if v, _ := rdb.Get(ctx, shardBase("orgsync", i)+"shards").Result(); v != "3" {
+				t.Errorf("shard %d records %q; want 3", i, v)
+			}
+		}
+		producer := New(rdb, Config{})
+		accts := accountsInShards(1, 1, 1)
+		for _, a := range accts {
+			add(t, producer, a+"-0", a, "o")
+		}
+		if st, err := producer.Stats(ctx); err != nil || st.Shards != 3 || st.Scheduled != 3 {
+			t.Errorf("stats %+v, %v; want 3 shards, 3 accounts scheduled", st, err)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 // Package redisconn turns orgsync's REDIS_URL into a Redis connection shared
-// by asynq and orgsync's own stores, and owns the one redaction through which
-// every message, log line and error shows a Redis URL.
+// by asynq and orgsync's own stores, owns the one redaction through which
+// every message, log line and error shows a Redis URL, and the one way
+// orgsync pipelines Lua scripts by their SHA (Pipelined).
 //
 // The forms are asynq's (Forms), but for one: in a redis-sentinel:// URL the
 // user-info password (and user name, if given) is the master's and
