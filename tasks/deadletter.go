@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"time"
 
@@ -100,12 +101,9 @@ func (s *DeadLetters) deadIndexOf(taskID string) string { return s.deadIndexKey(
 // deadBucket is taskID's index bucket: FNV-1a (32 bits) of its bytes, modulo
 // deadLetterBuckets. It must never change (see deadLetterBuckets).
 func deadBucket(taskID string) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(taskID); i++ {
-		h ^= uint32(taskID[i])
-		h *= 16777619
-	}
-	return int(h % deadLetterBuckets)
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(taskID))
+	return int(h.Sum32() % deadLetterBuckets)
 }
 
 // deadIn queues in pipe whether taskID has a dead letter (EXISTS, read as a
@@ -353,7 +351,12 @@ func (s *DeadLetters) newDeadIndexMerge(since, until time.Time, page int) *deadI
 		m.lo = strconv.FormatInt(since.UnixMilli(), 10)
 	}
 	if !until.IsZero() {
+		// Scores are whole milliseconds: a bound inside one keeps that
+		// millisecond in the scan, and Filter.Match decides.
 		m.until = until.UnixMilli()
+		if until.After(time.UnixMilli(m.until)) {
+			m.until++
+		}
 	}
 	for k := range deadLetterBuckets {
 		m.buckets = append(m.buckets, &bucketScan{key: s.deadIndexKey(k), page: page})

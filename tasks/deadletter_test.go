@@ -148,6 +148,7 @@ func TestDeadLettersEachFilters(t *testing.T) {
 		{"since and until", Filter{Since: deadAtMS(50), Until: deadAtMS(120)}, between(50, 120)},
 		{"since, until and limit", Filter{Since: deadAtMS(50), Until: deadAtMS(120), Limit: 5}, between(50, 120)[:5]},
 		{"until before all", Filter{Until: deadAtMS(0)}, nil},
+		{"until inside a millisecond", Filter{Until: deadAtMS(100).Add(500 * time.Microsecond)}, between(0, 101)},
 		{"since after all", Filter{Since: deadAtMS(241)}, nil},
 		{"task ids in their order", Filter{TaskIDs: []string{ids[9], "u_none", ids[3]}}, []string{ids[9], ids[3]}},
 		{"task ids and since", Filter{TaskIDs: []string{ids[9], ids[90]}, Since: deadAtMS(100)}, []string{ids[90]}},

@@ -264,15 +264,14 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 		// Applied before (a crash after the PATCH, or a re-enqueue): never twice.
 		// Its outcome event may not have been written before the crash: at least once.
 		e := OutcomeEvent{Type: EventCompleted}
-		var record func(context.Context) ([]string, error)
+		end := ledgerEnd{state: StatusCompleted}
 		if res := r.rec.Result; res != nil {
 			e.StatusCode, e.Attempts = res.StatusCode, res.Attempts
-			record = func(ctx context.Context) ([]string, error) {
-				runs, err := h.store.ledger.complete(ctx, r.id, r.rec.Update, *res, nil, false)
-				return withRun(runs, r.p.Run), err
+			end.write = func(ctx context.Context) ([]string, error) {
+				return h.store.ledger.complete(ctx, r.id, r.rec.Update, *res, nil, false)
 			}
 		}
-		if err := h.end(ctx, r, e, withRun(r.rec.Runs, r.p.Run), nil, record); err != nil {
+		if err := h.end(ctx, r, e, withRun(r.rec.Runs, r.p.Run), nil, end); err != nil {
 			return true, err
 		}
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeCompleted, ClassSkipped, "already completed"
@@ -292,11 +291,12 @@ func (h *Handler) known(ctx context.Context, r *run) (bool, error) {
 			}
 		}
 		e := OutcomeEvent{Type: EventDead}
+		end := ledgerEnd{state: StatusDead}
 		if d, err := h.store.dead.Get(ctx, r.id); err == nil {
 			e.StatusCode, e.Class, e.Reason, e.Attempts = d.StatusCode, d.Class, d.Reason, d.Attempts
+			end.write = func(ctx context.Context) ([]string, error) { return h.store.dead.deadLettered(ctx, d) }
 		}
-		// Its dead letter is not written again: this run has only what it read.
-		if err := h.end(ctx, r, e, runs, nil, nil); err != nil {
+		if err := h.end(ctx, r, e, runs, nil, end); err != nil {
 			return true, err
 		}
 		r.ev.Outcome, r.ev.Class, r.ev.Reason = OutcomeDead, ClassSkipped, "already dead-lettered"
@@ -555,9 +555,17 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	} else {
 		result.BodyText = rawExcerpt(res.Body, MaxResultBody)
 	}
+	// The applied attempt joins the history when there is one; written again
+	// (end, after a failover) it is not appended twice.
+	history := r.rec.Attempts+a.sent > 1
+	end := ledgerEnd{state: StatusCompleted, write: func(ctx context.Context) ([]string, error) {
+		runs, err := h.store.ledger.complete(ctx, r.id, &p.Update, result, a.applied, history)
+		history = false
+		return runs, err
+	}}
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
-		runs, err = h.store.ledger.complete(ctx, r.id, &p.Update, result, a.applied, r.rec.Attempts+a.sent > 1)
+		runs, err = end.write(ctx)
 		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
@@ -575,13 +583,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 			if lim, ok := statedLimit(res.RateLimit.Limit); ok {
 				h.store.adm.LearnLimitIn(ctx, pipe, account, lim)
 			}
-		},
-		func(ctx context.Context) ([]string, error) {
-			// The attempt history already holds the applied attempt, on
-			// this master or on the one that died with it.
-			runs, err := h.store.ledger.complete(ctx, r.id, &p.Update, result, a.applied, false)
-			return withRun(runs, p.Run), err
-		})
+		}, end)
 	if err != nil {
 		return err // run again: the ledger knows it applied, and the next run ends it
 	}
@@ -643,55 +645,57 @@ func withRun(runs []string, run string) []string {
 // again, the ledger knows the end, and the next run ends it again (events
 // are written at least once).
 //
-// record writes the ledger's end again (nil: nothing to write). The caller
-// wrote it before; end writes it again, before the rest, once any of its
-// writes failed. A failed write may mean the master changed (a Sentinel
-// failover), and replication is asynchronous: the new master may lack the
-// end the old one acknowledged just before it died. Taken out of admission
-// there without it, the update would be neither waiting nor ended: never
-// run again, and its runs never done. Written again first, the ledger's end
-// is on the master that takes the update out of admission.
-func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string, extra func(redis.Pipeliner),
-	record func(context.Context) ([]string, error)) error {
+// end.state is the state the ledger holds for the update, read back in the
+// same round trip as the event; end.write writes it again (nil: it cannot).
+// A failover can lose the end the old master acknowledged just before it
+// died (replication is asynchronous), and go-redis may even retry a command
+// onto the new master without an error. Taken out of admission there without
+// it, the update would be neither waiting nor ended: never run again, and its
+// runs never done. So when the read does not show the end, or any write of
+// the chain failed, the end is written again first, and the chain repeats.
+func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string, extra func(redis.Pipeliner), end ledgerEnd) error {
 	ctx = context.WithoutCancel(ctx)
 	p := r.p
 	e.At, e.TaskID, e.IdempotencyKey = h.now().UTC(), r.id, p.IdempotencyKey
 	e.Account, e.Organization, e.EnqueuedAt = p.IntegratedAccountID, p.ID, p.EnqueuedAt
 	var finished func() []string
-	failed, finishing := false, false
+	attempt := 0
 	err := h.durably(ctx, func(ctx context.Context) error {
-		finishing = false
-		if failed && record != nil {
-			again, err := record(ctx)
+		if attempt++; attempt > 1 && end.write != nil {
+			again, err := end.write(ctx)
 			if err != nil {
 				return err
 			}
-			runs = again
+			runs = withRun(again, p.Run)
 		}
-		failed = true // until every write of this attempt succeeds
+		var state *redis.StringCmd
 		if err := h.store.pipelined(ctx, func(pipe redis.Pipeliner) {
 			finished = h.store.events.endIn(ctx, pipe, e, runs)
 			if extra != nil {
 				extra(pipe)
 			}
+			if end.write != nil {
+				state = pipe.HGet(ctx, h.store.ledger.recKey(r.id), "state")
+			}
 		}); err != nil {
 			return err
 		}
-		finishing = true
-		if _, err := h.store.adm.Finish(ctx, p.IntegratedAccountID, r.id, r.gen); err != nil {
-			return err
+		if state != nil && state.Val() != string(end.state) {
+			return errLedgerBehind
 		}
-		failed = false
+		if _, err := h.store.adm.Finish(ctx, p.IntegratedAccountID, r.id, r.gen); err != nil {
+			return fmt.Errorf("%w: %w", errFinishing, err)
+		}
 		return nil
 	})
 	switch {
-	case err != nil && !finishing:
+	case errors.Is(err, errFinishing):
+		// Its lease runs out, it is run again, and the ledger finishes it then.
+		h.logger.Warn("could not take a finished update out of admission", "task_id", r.id, "error", err.Error())
+	case err != nil:
 		h.logger.Warn("could not write the update's outcome event or count it in its runs; it is run again to retry",
 			"task_id", r.id, "error", err.Error())
 		return err
-	case err != nil:
-		// Its lease runs out, it is run again, and the ledger finishes it then.
-		h.logger.Warn("could not take a finished update out of admission", "task_id", r.id, "error", err.Error())
 	}
 	for _, name := range finished() {
 		if err := h.store.runs.announceRun(ctx, name); err != nil {
@@ -701,6 +705,18 @@ func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string
 	}
 	return nil
 }
+
+// ledgerEnd is the end an update's ledger record holds before the update
+// leaves admission, and how to write it again.
+type ledgerEnd struct {
+	state State
+	write func(context.Context) ([]string, error) // returns the runs the update is in
+}
+
+var (
+	errLedgerBehind = errors.New("the ledger does not hold the update's end on this Redis (a failover?); writing it again")
+	errFinishing    = errors.New("take the update out of admission")
+)
 
 // durably runs a ledger write that must not be lost to a passing Redis blip,
 // retrying it a few times in this run before giving up.
@@ -733,9 +749,10 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class Class, status in
 	}
 	// The dead letter and the ledger's dead mark in one transaction (they
 	// share the update's hash slot): once they exist a later run sends nothing.
+	end := ledgerEnd{state: StatusDead, write: func(ctx context.Context) ([]string, error) { return h.store.dead.deadLettered(ctx, d) }}
 	var runs []string
 	if err := h.durably(ctx, func(ctx context.Context) (err error) {
-		runs, err = h.store.dead.deadLettered(ctx, d)
+		runs, err = end.write(ctx)
 		runs = withRun(runs, p.Run)
 		return err
 	}); err != nil {
@@ -743,11 +760,7 @@ func (h *Handler) deadLetter(ctx context.Context, r *run, class Class, status in
 	}
 	// Out of admission: a dead update must not hold back its organization's later updates.
 	e := OutcomeEvent{Type: EventDead, StatusCode: d.StatusCode, Class: d.Class, Reason: d.Reason, Attempts: d.Attempts}
-	record := func(ctx context.Context) ([]string, error) {
-		runs, err := h.store.dead.deadLettered(ctx, d)
-		return withRun(runs, p.Run), err
-	}
-	if err := h.end(ctx, r, e, runs, nil, record); err != nil {
+	if err := h.end(ctx, r, e, runs, nil, end); err != nil {
 		return err // run again: the dead letter stops any send, and the next run ends it
 	}
 	h.logger.Info("update dead-lettered", "task_id", d.TaskID, "account", d.Update.IntegratedAccountID,

@@ -184,30 +184,26 @@ func (p *Producer) countEnded(ctx context.Context, id, run string) error {
 // admit puts the update in admission unless it exists already.
 func (p *Producer) admit(ctx context.Context, pl Payload, cfg enqueueConfig, out Enqueued) (Enqueued, error) {
 	id := out.TaskID
-	{
-		// A dead update keeps its identity until an operator replays or purges
-		// it, even after asynq's capped archive has forgotten it; and an update
-		// enqueued before keys belonged to accounts keeps its old identity.
-		dup, dupID, dead, err := p.existing(ctx, pl, cfg.queue)
-		if err != nil {
-			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
-		}
-		if dup {
-			out.TaskID, out.Status = dupID, EnqueueDuplicate
-			if dead {
-				return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", dupID, ErrDuplicate, dupID)
-			}
-			return out, fmt.Errorf("enqueue %s: %w", dupID, ErrDuplicate)
-		}
+	// A dead update keeps its identity until an operator replays or purges
+	// it, even after asynq's capped archive has forgotten it; and an update
+	// enqueued before keys belonged to accounts keeps its old identity.
+	dup, dupID, dead, err := p.existing(ctx, pl, cfg.queue)
+	if err != nil {
+		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
 	}
-	{
-		// Completed within the result retention: the ledger remembers it.
-		if rec, err := p.store.ledger.Get(ctx, id); err != nil {
-			return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
-		} else if rec.State == StatusCompleted {
-			out.Status = EnqueueDuplicate
-			return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
+	if dup {
+		out.TaskID, out.Status = dupID, EnqueueDuplicate
+		if dead {
+			return out, fmt.Errorf("enqueue %s: %w (it is dead-lettered: replay it with `enqueue dlq replay %s`)", dupID, ErrDuplicate, dupID)
 		}
+		return out, fmt.Errorf("enqueue %s: %w", dupID, ErrDuplicate)
+	}
+	// Completed within the result retention: the ledger remembers it.
+	if rec, err := p.store.ledger.Get(ctx, id); err != nil {
+		return Enqueued{}, fmt.Errorf("enqueue %s: %w", id, err)
+	} else if rec.State == StatusCompleted {
+		out.Status = EnqueueDuplicate
+		return out, fmt.Errorf("enqueue %s: %w (it has completed)", id, ErrDuplicate)
 	}
 	added, err := p.store.lines.add(ctx, pl, cfg.queue, cfg.processAt)
 	if err != nil {
