@@ -5,7 +5,7 @@
 #
 # Starts a private 3-master Cluster (redis-server and redis-cli on PATH, ports
 # from ORGSYNC_CLUSTER_PORT, default 17101..17103), the fake Truto and the
-# real binaries; enqueues UPDATES updates (1 KiB bodies, 100 accounts, one
+# real binaries; enqueues UPDATES updates (700-byte bodies, 100 accounts, one
 # organization each) as run "mem" while no worker runs, reads each master's
 # memory (the backlog), then runs WORKERS worker processes with --shards
 # SHARDS until the run is done and reads it again (what is retained). Prints

@@ -67,6 +67,12 @@ func (s composeService) isWorker() bool { return s.Image == "orgsync:latest" && 
 func TestComposeFile(t *testing.T) {
 	t.Parallel()
 	c := readCompose(t)
+	// One image, built once: the profiles' workers run it without building it again.
+	for name, svc := range c.Services {
+		if (svc.Build != nil) != (name == "worker") {
+			t.Errorf("service %s: build %v; only worker builds the image", name, svc.Build)
+		}
+	}
 	redis, ok := c.Services["redis"]
 	if !ok {
 		t.Fatal("no redis service")

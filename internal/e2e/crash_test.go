@@ -111,7 +111,14 @@ func (r *crashRig) bulk(t *testing.T) (bulkSummary, result, error) {
 			t.Fatal(err)
 		}
 	}
-	res := runCmd(t, r.env, "", "enqueue", "bulk", r.input, "--run", r.run)
+	return r.bulkFile(t, r.input)
+}
+
+// bulkFile runs enqueue bulk of path under the rig's run name and returns
+// its summary; err says the summary did not decode.
+func (r *crashRig) bulkFile(t *testing.T, path string) (bulkSummary, result, error) {
+	t.Helper()
+	res := runCmd(t, r.env, "", "enqueue", "bulk", path, "--run", r.run)
 	var sum bulkSummary
 	err := json.Unmarshal([]byte(strings.SplitN(res.stdout, "\n", 2)[0]), &sum)
 	return sum, res, err
@@ -156,12 +163,19 @@ func (r *crashRig) waitDone(t *testing.T, timeout time.Duration) fakeStats {
 		st = r.stats(t)
 		return st.Effects >= n, fmt.Sprintf("%+v", st)
 	})
-	waitFor(t, "admission to hold no update", max(time.Until(deadline), 10*time.Second), func() (bool, string) {
+	r.waitAdmissionEmpty(t, "admission to hold no update", max(time.Until(deadline), 10*time.Second))
+	return r.stats(t)
+}
+
+// waitAdmissionEmpty waits until `enqueue stats` says admission holds no
+// update and no park.
+func (r *crashRig) waitAdmissionEmpty(t *testing.T, what string, timeout time.Duration) {
+	t.Helper()
+	waitFor(t, what, timeout, func() (bool, string) {
 		s, ok, desc := r.enqueueStats(t)
 		a := s.Admission
 		return ok && a.Scheduled+a.Admitted+a.Running+a.Parked == 0 && a.AllParked == "", desc
 	})
-	return r.stats(t)
 }
 
 // enqueueStats runs `enqueue stats`; ok says it answered, desc is its output.
@@ -191,6 +205,7 @@ func (r *crashRig) verdict(t *testing.T) (lost, dup int, st fakeStats) {
 	if res.code != 0 || strings.TrimSpace(res.stdout) != "" {
 		t.Errorf("dlq list: exit %d, stdout %q, stderr %q: want no dead letters", res.code, tail(res.stdout, 2000), res.stderr)
 	}
+	testrig.AssertNoSecretInRedis(t, r.rdb, token)
 	return lost, dup, st
 }
 

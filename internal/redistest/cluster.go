@@ -90,7 +90,7 @@ func (c *Cluster) formed() (bool, string) {
 		if err != nil {
 			return false, fmt.Sprintf("%s: CLUSTER INFO: %v", s.Addr, err)
 		}
-		f := infoFields(info)
+		f := InfoFields(info)
 		want := map[string]string{"cluster_state": "ok", "cluster_slots_ok": strconv.Itoa(clusterSlots),
 			"cluster_known_nodes": strconv.Itoa(len(c.nodes)), "cluster_size": strconv.Itoa(len(c.nodes))}
 		for k, v := range want {

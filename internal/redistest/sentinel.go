@@ -112,7 +112,7 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		info, err := s.replica.result(ctx, "INFO", "replication")
-		f := infoFields(info)
+		f := InfoFields(info)
 		return err == nil && f["master_link_status"] == "up" && f["master_sync_in_progress"] == "0", fmt.Sprintf("%v %v", f, err)
 	})
 	testrig.WaitFor(t, "every sentinel to know the master, its replica and the two other sentinels", 30*time.Second, s.known)
@@ -237,7 +237,7 @@ func (s *Sentinel) WaitForPromotion(timeout time.Duration) *Server {
 			}
 		}
 		info, err := s.replica.result(ctx, "INFO", "replication")
-		if role := infoFields(info)["role"]; err != nil || role != "master" {
+		if role := InfoFields(info)["role"]; err != nil || role != "master" {
 			return false, fmt.Sprintf("the replica's role is %q (%v)", role, err)
 		}
 		return true, ""

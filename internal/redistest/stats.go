@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/orgsync/orgsync/internal/bench"
 )
 
 // Stats are the figures of one server a test logs and judges.
@@ -26,30 +28,22 @@ type Stats struct {
 
 // Stats reads the server's memory, key count and command counts.
 func (s *Server) Stats(ctx context.Context) (Stats, error) {
-	st := Stats{Addr: s.Addr, Calls: map[string]int64{}}
+	st := Stats{Addr: s.Addr}
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, Password: s.password})
 	defer c.Close()
-	info, err := c.Info(ctx, "memory", "stats", "commandstats").Result()
+	info, err := c.Info(ctx, "memory", "stats").Result()
 	if err != nil {
 		return st, fmt.Errorf("%s: INFO: %w", s.Addr, err)
 	}
-	f := infoFields(info)
+	f := InfoFields(info)
 	if st.UsedMemory, err = strconv.ParseInt(f["used_memory"], 10, 64); err != nil {
 		return st, fmt.Errorf("%s: used_memory %q", s.Addr, f["used_memory"])
 	}
 	if st.CommandsProcessed, err = strconv.ParseInt(f["total_commands_processed"], 10, 64); err != nil {
 		return st, fmt.Errorf("%s: total_commands_processed %q", s.Addr, f["total_commands_processed"])
 	}
-	for k, v := range f {
-		name, ok := strings.CutPrefix(k, "cmdstat_")
-		if !ok {
-			continue
-		}
-		// calls=12,usec=34,usec_per_call=2.83,rejected_calls=0,failed_calls=0
-		calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
-		if n, err := strconv.ParseInt(calls, 10, 64); err == nil {
-			st.Calls[name] = n
-		}
+	if st.Calls, err = bench.Calls(ctx, c); err != nil {
+		return st, fmt.Errorf("%s: %w", s.Addr, err)
 	}
 	if st.Keys, err = c.DBSize(ctx).Result(); err != nil {
 		return st, fmt.Errorf("%s: DBSIZE: %w", s.Addr, err)
@@ -57,8 +51,8 @@ func (s *Server) Stats(ctx context.Context) (Stats, error) {
 	return st, nil
 }
 
-// infoFields reads the key:value lines of an INFO (or CLUSTER INFO) answer.
-func infoFields(info string) map[string]string {
+// InfoFields reads the key:value lines of an INFO (or CLUSTER INFO) answer.
+func InfoFields(info string) map[string]string {
 	f := map[string]string{}
 	for _, l := range strings.Split(info, "\n") {
 		if k, v, ok := strings.Cut(strings.TrimSpace(l), ":"); ok && !strings.HasPrefix(k, "#") {

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -87,26 +88,41 @@ func TokenFile(t testing.TB, token string) string {
 func AssertNoSecretInRedis(t testing.TB, rdb redis.UniversalClient, secrets ...string) {
 	t.Helper()
 	ctx := context.Background()
-	iter := rdb.Scan(ctx, 0, "*", 1000).Iterator()
 	n := 0
-	for iter.Next(ctx) {
-		key := iter.Val()
-		n++
-		dump, err := rdb.Dump(ctx, key).Result()
-		if err != nil {
-			dump = "" // expired between SCAN and DUMP: the key is still searched
-		}
-		for _, s := range secrets {
-			if strings.Contains(key, s) {
-				t.Fatalf("a secret appears in Redis key %q", key)
+	search := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, "*", 1000).Iterator()
+		for iter.Next(ctx) {
+			key := iter.Val()
+			n++
+			dump, err := c.Dump(ctx, key).Result()
+			if err != nil {
+				dump = "" // expired between SCAN and DUMP: the key is still searched
 			}
-			if strings.Contains(dump, s) {
-				t.Fatalf("a secret appears in the value of Redis key %q", key)
+			for _, s := range secrets {
+				if strings.Contains(key, s) {
+					return fmt.Errorf("a secret appears in Redis key %q", key)
+				}
+				if strings.Contains(dump, s) {
+					return fmt.Errorf("a secret appears in the value of Redis key %q", key)
+				}
 			}
 		}
+		return iter.Err()
 	}
-	if err := iter.Err(); err != nil {
-		t.Fatalf("scan Redis for secrets: %v", err)
+	var err error
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		// A Cluster's SCAN reaches one node: search every master.
+		var mu sync.Mutex
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return search(ctx, c)
+		})
+	} else {
+		err = search(ctx, rdb)
+	}
+	if err != nil {
+		t.Fatalf("search Redis for secrets: %v", err)
 	}
 	if n == 0 {
 		t.Fatal("no keys in Redis: the search for secrets proved nothing")

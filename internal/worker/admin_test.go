@@ -142,11 +142,18 @@ func TestAdminEndpointAfterKnownRun(t *testing.T) {
 		"orgsync_outcome_events{}": good + bad,
 		"orgsync_runs{state=open}": 0,
 		"orgsync_runs{state=done}": 0,
+		// Admission drained, in the one shard the worker recorded.
+		"orgsync_admission{what=scheduled_accounts}": 0,
+		"orgsync_admission{what=admitted}":           0,
+		"orgsync_admission{what=running}":            0,
+		"orgsync_admission{what=parked_accounts}":    0,
+		"orgsync_admission{what=all_parked}":         0,
+		"orgsync_admission{what=shards}":             1,
 	}
 	checked := only(got, "orgsync_updates_total", "orgsync_attempts_total", "orgsync_waits_total",
 		"orgsync_upstream_latency_seconds", "orgsync_enqueue_to_completion_seconds", "orgsync_dead_letters",
 		"orgsync_circuit_open", "orgsync_account_holds", "orgsync_queue_tasks", "orgsync_queue_paused",
-		"orgsync_outcome_events", "orgsync_runs")
+		"orgsync_outcome_events", "orgsync_runs", "orgsync_admission")
 	if diff := cmp.Diff(want, checked); diff != "" {
 		t.Errorf("metrics after the run (-want +got):\n%s", diff)
 	}

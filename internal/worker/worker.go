@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Worker, error) {
 	w.rdb.AddHook(redisWatch{w})
 	sched := admission.New(w.rdb, admission.Config{Account: cfg.AccountRate, Token: cfg.TokenRate,
 		Headroom: cfg.RateHeadroom, MaxAdmitted: cfg.MaxAdmitted, Lease: cfg.Lease, AccountFailures: cfg.AccountFailures,
-		Shards: max(cfg.Shards, 1)})
+		Shards: cfg.Shards})
 	if err := sched.Configure(ctx); err != nil {
 		w.close()
 		return nil, err
