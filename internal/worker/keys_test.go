@@ -110,12 +110,12 @@ func TestKeysWithoutExpiryDoNotGrow(t *testing.T) {
 	}
 	round(0, 200)
 	before, shapes, deadBefore := p.persistentKeys()
-	round(200, 2000)
+	round(200, 9800)
 	after, shapesAfter, deadAfter := p.persistentKeys()
-	t.Logf("keys without expiry: %d after 200 organizations, %d after 2,200: %v; the dead-letter store's: %+v, then %+v",
+	t.Logf("keys without expiry: %d after 200 organizations, %d after 10,000: %v; the dead-letter store's: %+v, then %+v",
 		before, after, shapesAfter, deadBefore, deadAfter)
-	if deadBefore.records != 20 || deadAfter.records != 220 || deadAfter.buckets > 16 {
-		t.Errorf("dead-letter store: %+v after 20 dead updates, %+v after 220; want one record each, at most 16 index buckets",
+	if deadBefore.records != 20 || deadAfter.records != 1000 || deadAfter.buckets > 16 {
+		t.Errorf("dead-letter store: %+v after 20 dead updates, %+v after 1,000; want one record each, at most 16 index buckets",
 			deadBefore, deadAfter)
 	}
 	if after > before {
