@@ -558,7 +558,7 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	// The applied attempt joins the history when there is one; written again
 	// (end, after a failover) it is not appended twice.
 	history := r.rec.Attempts+a.sent > 1
-	end := ledgerEnd{state: StatusCompleted, write: func(ctx context.Context) ([]string, error) {
+	end := ledgerEnd{state: StatusCompleted, accepted: true, write: func(ctx context.Context) ([]string, error) {
 		runs, err := h.store.ledger.complete(ctx, r.id, &p.Update, result, a.applied, history)
 		history = false
 		return runs, err
@@ -579,7 +579,6 @@ func (h *Handler) complete(ctx context.Context, r *run, a attempt) error {
 	err := h.end(ctx, r, OutcomeEvent{Type: EventCompleted, StatusCode: res.StatusCode, Attempts: result.Attempts}, runs,
 		func(pipe redis.Pipeliner) {
 			h.store.lines.noteAppliedIn(ctx, pipe, p.Update, p.origin())
-			h.store.adm.LearnIn(ctx, pipe, account, admission.Accepted)
 			if lim, ok := statedLimit(res.RateLimit.Limit); ok {
 				h.store.adm.LearnLimitIn(ctx, pipe, account, lim)
 			}
@@ -683,7 +682,11 @@ func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string
 		if state != nil && state.Val() != string(end.state) {
 			return errLedgerBehind
 		}
-		if _, err := h.store.adm.Finish(ctx, p.IntegratedAccountID, r.id, r.gen); err != nil {
+		finish := h.store.adm.Finish
+		if end.accepted {
+			finish = h.store.adm.FinishAccepted
+		}
+		if _, err := finish(ctx, p.IntegratedAccountID, r.id, r.gen); err != nil {
 			return fmt.Errorf("%w: %w", errFinishing, err)
 		}
 		return nil
@@ -711,6 +714,10 @@ func (h *Handler) end(ctx context.Context, r *run, e OutcomeEvent, runs []string
 type ledgerEnd struct {
 	state State
 	write func(context.Context) ([]string, error) // returns the runs the update is in
+	// accepted: the update's request was accepted, and admission learns so
+	// as it lets the update go (the account's learned rate grows back, a
+	// lane held for its failures goes again).
+	accepted bool
 }
 
 var (

@@ -413,13 +413,6 @@ func (s *Scheduler) LearnLimitIn(ctx context.Context, pipe redis.Pipeliner, acco
 		s.c.MaxLearnedInterval.Milliseconds(), s.intervalMS(lim))
 }
 
-// LearnIn queues Learn in pipe.
-func (s *Scheduler) LearnIn(ctx context.Context, pipe redis.Pipeliner, account string, fb Feedback) *redis.Cmd {
-	ceiling, base := s.learnRates(account)
-	return s.runIn(ctx, pipe, account, "learn", account, fb.kind(), s.intervalMS(ceiling), s.intervalMS(base),
-		s.c.MaxLearnedInterval.Milliseconds(), 0)
-}
-
 // intervalMS is the spacing between requests under lim, headroom included,
 // in milliseconds (0 for no limit).
 func (s *Scheduler) intervalMS(lim ratelimit.Limit) float64 {
@@ -787,6 +780,19 @@ func (s *Scheduler) Finish(ctx context.Context, account, id string, gen int64) (
 		return n > 0, nil
 	}
 	n, err := s.run(ctx, account, "finish", id, genArg(gen)).Int64()
+	if err != nil {
+		return false, fmt.Errorf("admission: finish %s: %w", id, err)
+	}
+	return n == 1, nil
+}
+
+// FinishAccepted is Finish for an update of account whose request was
+// accepted, and learns that as Learn(Accepted) would, in the same call: the
+// success path of every update, one script call instead of two.
+func (s *Scheduler) FinishAccepted(ctx context.Context, account, id string, gen int64) (bool, error) {
+	ceiling, base := s.learnRates(account)
+	n, err := s.run(ctx, account, "finish", id, genArg(gen), Accepted.kind(), account,
+		s.intervalMS(ceiling), s.intervalMS(base)).Int64()
 	if err != nil {
 		return false, fmt.Errorf("admission: finish %s: %w", id, err)
 	}

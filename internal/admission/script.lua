@@ -59,9 +59,11 @@ end
 -- organization, its next rate-limit slot, the end of its hold, whichever is
 -- last. An account with nothing ready, or parked, leaves the schedule. An
 -- admitter is woken when the time is sooner than any of them plans to look,
--- unless quiet (the caller wakes one for all the accounts it scheduled).
-local function schedule(a, quiet)
-  local st = redis.call('HMGET', akey(a), 'parked', 'until', 'tat', 'funtil')
+-- unless quiet (the caller wakes one for all the accounts it scheduled, or is
+-- an admitter itself). st is the account's parked, until, tat and funtil when
+-- the caller has just read them.
+local function schedule(a, quiet, st)
+  st = st or redis.call('HMGET', akey(a), 'parked', 'until', 'tat', 'funtil')
   local first = redis.call('ZRANGE', lkey(a), 0, 0, 'WITHSCORES')
   if st[1] or #first == 0 then
     redis.call('ZREM', ACCTS, a)
@@ -91,6 +93,37 @@ local function forget(a)
     if st[5] then keep = keep + 3600000 end
     redis.call('PEXPIRE', akey(a), math.ceil(keep))
   end
+end
+
+-- accepted learns from a request of account a that was not refused for rate
+-- (civ is its ceiling's interval, base where learning starts): the account
+-- is healthy, so a lane held for its failures goes again (the probe that just
+-- succeeded may have come from it), and a learned rate grows back, quickly
+-- to 85 % of where it last hurt, slowly past it. It returns 1 when the
+-- learned rate changed.
+local function accepted(a, civ, base)
+  local ak = akey(a)
+  local st = redis.call('HMGET', ak, 'iv', 'known', 'fails', 'funtil')
+  if st[3] then redis.call('HDEL', ak, 'fails') end
+  if redis.call('SREM', B .. 'failing', a) == 1 and st[4] then
+    redis.call('HDEL', ak, 'funtil')
+    schedule(a)
+  end
+  local iv = math.max(tonumber(st[1] or '0'), civ)
+  if st[1] == false or iv <= civ then return 0 end
+  local known = tonumber(st[2] or '0')
+  local ceil = 1 / math.max(civ, base / 10)
+  local r = 1 / iv
+  local target = 0
+  if known > 0 then target = 0.85 / known end
+  if r < target then r = math.min(r + ceil / 32, target) else r = r + ceil / 1024 end
+  iv = 1 / r
+  if iv <= civ then
+    redis.call('HDEL', ak, 'iv', 'known')
+  else
+    redis.call('HSET', ak, 'iv', num(iv))
+  end
+  return 1
 end
 
 -- tokenWait says when the API token's next slot (tat, at interval tiv,
@@ -266,8 +299,10 @@ elseif op == 'admit' then
   -- What stops a pass, checked in this order before each admission. Each
   -- returns when to look again (NEVER: only an event can change it), or
   -- nil to go on; head is the schedule's first account and its time.
+  -- Nothing in a pass parks every account: looked at once.
+  local parkedAll = redis.call('EXISTS', B .. 'parked_all') == 1
   local function everyAccountParked()
-    if redis.call('EXISTS', B .. 'parked_all') == 1 then return NEVER end
+    if parkedAll then return NEVER end
   end
   local function maxAdmittedWaiting() -- for a worker to start one
     if pass.inAdm >= pass.maxAdm then
@@ -286,38 +321,44 @@ elseif op == 'admit' then
   end
   local stops = {everyAccountParked, maxAdmittedWaiting, nothingScheduled, firstAccountNotDue, tokenSlotNotDue}
 
+  -- The accounts this pass has scheduled: their place in the schedule is
+  -- fresh, and need not be recomputed before it is trusted.
+  local fresh = {}
+
   -- admitHead admits the head update of account a's first organization,
   -- taking a slot of the account's limit and of the token's.
   local function admitHead(a)
-    local o = redis.call('ZRANGE', lkey(a), 0, 0)[1]
-    redis.call('ZREM', lkey(a), o)
-    local id = redis.call('ZRANGE', okey(o), 0, 0)[1]
+    local ak = akey(a)
+    local o = redis.call('ZPOPMIN', lkey(a))[1]
+    local id = o and redis.call('ZRANGE', okey(o), 0, 0)[1]
+    -- The account's record, read once for its slot and its schedule.
+    local st = redis.call('HMGET', ak, 'parked', 'until', 'tat', 'funtil', 'iv')
     if id then
       local uk = ukey(id)
-      local gen = redis.call('HINCRBY', uk, 'gen', 1)
-      redis.call('HSET', uk, 'state', 'admitted', 'owner', pass.owner)
+      local u = redis.call('HMGET', uk, 'gen', 'q', 'pl')
+      local gen = tonumber(u[1]) + 1
+      redis.call('HSET', uk, 'gen', gen, 'state', 'admitted', 'owner', pass.owner)
       redis.call('ZADD', B .. 'admitted', now + pass.lease, id)
       pass.inAdm = pass.inAdm + 1
-      local ak = akey(a)
-      local st = redis.call('HMGET', ak, 'iv', 'tat')
-      local iv = math.max(tonumber(st[1] or '0'), pass.civ)
+      local iv = math.max(tonumber(st[5] or '0'), pass.civ)
       -- An admitter that comes late to a slot makes up to a fraction of an
       -- interval of it (the headroom absorbs the requests that then come
       -- closer than one interval); without this every late wake-up would
       -- push every later slot back.
-      local tat = math.max(tonumber(st[2] or '0'), now - pass.acredit * iv) + iv
+      local tat = math.max(tonumber(st[3] or '0'), now - pass.acredit * iv) + iv
       if iv < SLACK then
         -- No limit: a step of a microsecond, never past the slack, still
         -- makes the accounts with work take turns.
-        tat = math.min(math.max(tonumber(st[2] or '0'), now) + 0.001, now + SLACK / 2)
+        tat = math.min(math.max(tonumber(st[3] or '0'), now) + 0.001, now + SLACK / 2)
       end
-      redis.call('HSET', ak, 'tat', num(tat))
+      st[3] = num(tat)
+      redis.call('HSET', ak, 'tat', st[3])
       if pass.tiv > 0 then pass.ttat = tokenTake(pass.ttat, pass.tiv, pass.tcredit) end
-      local u = redis.call('HMGET', uk, 'q', 'pl')
-      for _, v in ipairs({id, gen, u[1], u[2]}) do pass.out[#pass.out + 1] = v end
+      for _, v in ipairs({id, gen, u[2], u[3]}) do pass.out[#pass.out + 1] = v end
       pass.count = pass.count + 1
     end
-    schedule(a)
+    schedule(a, true, st)
+    fresh[a] = true
   end
 
   local nxt, stopped = nil, nil
@@ -331,7 +372,11 @@ elseif op == 'admit' then
       if nxt then stopped = stop; break end
     end
     if nxt then break end
-    local at = schedule(head.a) -- its score may be stale: recompute before trusting it
+    local at = head.at
+    if not fresh[head.a] then
+      at = schedule(head.a, true) -- its score may be stale: recompute before trusting it
+      fresh[head.a] = true
+    end
     if at ~= nil and at <= now + SLACK then admitHead(head.a) end
   end
   -- The open circuit's probe may go from a lane held for failures in a row
@@ -414,7 +459,10 @@ elseif op == 'finish' then
   -- gen: the finishing run's generation ('' for any: a payload that could
   -- not be read). A run whose update went back and was admitted again since
   -- (its lease ran out) finishes nothing: the newer run decides.
+  -- Then optionally 'ok', account, ceiling_iv, base_iv: the finishing
+  -- run's request was accepted, learned as the learn op's "ok" would.
   local id = ARGV[3]
+  if ARGV[5] == 'ok' then accepted(ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) end
   local uk = ukey(id)
   local h = redis.call('HMGET', uk, 'a', 'o', 'gen')
   if h[1] and ARGV[4] ~= '' and h[3] ~= ARGV[4] then return 0 end
@@ -523,6 +571,7 @@ elseif op == 'learn' then
   -- upstream said its limit: value is the interval it allows).
   local a, kind = ARGV[3], ARGV[4]
   local civ, base, maxIv, value = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  if kind == 'ok' then return accepted(a, civ, base) end
   local ak = akey(a)
   local st = redis.call('HMGET', ak, 'iv', 'known', 'until', 'lcut')
   local iv = math.max(tonumber(st[1] or '0'), civ)
@@ -552,23 +601,6 @@ elseif op == 'learn' then
     redis.call('SADD', B .. 'failing', a)
     schedule(a)
     return math.ceil(hold)
-  elseif kind == 'ok' then
-    -- A success: the account is healthy, so a lane held for its failures
-    -- goes again (the probe that just succeeded may have come from it).
-    redis.call('HDEL', ak, 'fails')
-    if redis.call('SREM', B .. 'failing', a) == 1 and redis.call('HDEL', ak, 'funtil') == 1 then schedule(a) end
-    if st[1] == false or iv <= civ then return 0 end
-    local ceil = 1 / math.max(civ, base / 10)
-    local r = 1 / iv
-    local target = 0
-    if known > 0 then target = 0.85 / known end
-    if r < target then r = math.min(r + ceil / 32, target) else r = r + ceil / 1024 end
-    iv = 1 / r
-    if iv <= civ then
-      redis.call('HDEL', ak, 'iv', 'known')
-    else
-      redis.call('HSET', ak, 'iv', num(iv))
-    end
   end
   return 1
 
