@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,6 +27,7 @@ const (
 	DefaultProbeInterval = 2 * time.Second
 	DefaultRamp          = 5 * time.Second
 	DefaultMaxWait       = 15 * time.Second
+	DefaultSuccessFlush  = 100 * time.Millisecond
 )
 
 // Config configures a Breaker. Zero fields take the defaults.
@@ -40,7 +42,12 @@ type Config struct {
 	ProbeInterval time.Duration // one probe request per interval while open
 	Ramp          time.Duration // after closing, the admitted fraction grows from 10 % to 100 % over this
 	MaxWait       time.Duration // the longest an update is told to wait while open
-	KeyPrefix     string
+	// SuccessFlush is how late a success may reach Redis: successes are
+	// counted in the process and recorded together (Run), since a success
+	// opens nothing. A failure or a probe's answer is recorded at once,
+	// with the successes counted before it.
+	SuccessFlush time.Duration
+	KeyPrefix    string
 	Disabled      bool
 }
 
@@ -49,6 +56,8 @@ type Breaker struct {
 	rdb redis.UniversalClient
 	c   Config
 	key string
+	// successes counted here and not yet recorded in Redis
+	successes atomic.Int64
 }
 
 // New returns a Breaker on rdb.
@@ -75,6 +84,9 @@ func New(rdb redis.UniversalClient, c Config) *Breaker {
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = DefaultMaxWait
+	}
+	if c.SuccessFlush <= 0 {
+		c.SuccessFlush = DefaultSuccessFlush
 	}
 	if c.KeyPrefix == "" {
 		c.KeyPrefix = "orgsync"
@@ -158,8 +170,10 @@ func (b *Breaker) Allow(ctx context.Context) (Decision, error) {
 // recordScript counts an outcome in one-second buckets and opens or closes
 // the breaker. KEYS[1] state hash, KEYS[2] bucket hash (fields f<sec> and
 // n<sec>: failures and requests of that second), KEYS[3] the failing accounts
-// (zset by last failure). ARGV: failed (0/1), probe (0/1), window_s,
-// min_failures, threshold, account, min_accounts.
+// (zset by last failure). ARGV: failed (1, 0, or - for no outcome: only
+// the successes counted before), probe (0/1), window_s,
+// min_failures, threshold, account, min_accounts, successes (counted before
+// this outcome, recorded with it).
 // Returns 1 when this call opened the breaker, -1 when it closed it, else 0.
 var recordScript = redis.NewScript(`
 local t = redis.call('TIME')
@@ -177,11 +191,16 @@ if open then
   end
   return 0
 end
-redis.call('HINCRBY', KEYS[2], 'n' .. sec, 1)
+local count = tonumber(ARGV[8])
+if ARGV[1] ~= '-' then count = count + 1 end
+if count == 0 then return 0 end
+local first = redis.call('HINCRBY', KEYS[2], 'n' .. sec, count) == count
 if failed then redis.call('HINCRBY', KEYS[2], 'f' .. sec, 1) end
+-- A success opens nothing: it is counted, and only a second's first request
+-- keeps the buckets alive and pruned (they hold at most a window of seconds);
+-- a failure prunes, counts the window and may open the circuit.
+if not failed and not first then return 0 end
 redis.call('PEXPIRE', KEYS[2], (window + 2) * 1000)
--- Prune on every call (the hash holds at most a window of seconds), and
--- count only when a failure could open the circuit.
 local all = redis.call('HGETALL', KEYS[2])
 local n, f = 0, 0
 for i = 1, #all, 2 do
@@ -192,13 +211,12 @@ for i = 1, #all, 2 do
     redis.call('HDEL', KEYS[2], all[i])
   end
 end
+if not failed then return 0 end
 -- Failing accounts of the window, by their last failure.
-if failed then
-  redis.call('ZADD', KEYS[3], now, ARGV[6])
-  redis.call('PEXPIRE', KEYS[3], (window + 2) * 1000)
-end
+redis.call('ZADD', KEYS[3], now, ARGV[6])
+redis.call('PEXPIRE', KEYS[3], (window + 2) * 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window * 1000)
-if failed and f >= tonumber(ARGV[4]) and f >= tonumber(ARGV[5]) * n
+if f >= tonumber(ARGV[4]) and f >= tonumber(ARGV[5]) * n
     and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then
   redis.call('HSET', KEYS[1], 'open', '1', 'opened_at', now, 'probe_until', now + 1000, 'reason', f .. ' of ' .. n .. ' requests failed in ' .. window .. 's')
   return 1
@@ -208,22 +226,67 @@ return 0
 
 // Record counts one request's outcome for account: failed means a transient failure
 // (5xx, timeout, connection error); anything else proves the upstream
-// reachable. It reports whether the breaker opened or closed.
+// reachable. It reports whether the breaker opened or closed. A success
+// that is not the probe is only counted here, and reaches Redis with the
+// next failure, probe or flush (Run), at most SuccessFlush later.
 func (b *Breaker) Record(ctx context.Context, account string, failed, probe bool) (opened, closed bool, err error) {
 	if b.c.Disabled {
 		return false, false, nil
 	}
+	if !failed && !probe {
+		b.successes.Add(1)
+		return false, false, nil
+	}
+	return b.record(ctx, account, failed, probe, false)
+}
+
+// record sends an outcome (none: only the successes counted) to Redis with
+// the successes counted before it; on an error they are counted again.
+func (b *Breaker) record(ctx context.Context, account string, failed, probe, none bool) (opened, closed bool, err error) {
 	win := int64(b.c.Window / time.Second)
 	if win < 1 {
 		win = 1
 	}
+	k := b.successes.Swap(0)
+	outcome := boolArg(failed)
+	if none {
+		outcome = "-"
+	}
 	n, err := recordScript.Run(ctx, b.rdb, []string{b.key, b.key + ":buckets", b.key + ":failing"},
-		boolArg(failed), boolArg(probe), win, b.c.MinFailures, strconv.FormatFloat(b.c.Threshold, 'f', -1, 64),
-		account, b.c.MinAccounts).Int64()
+		outcome, boolArg(probe), win, b.c.MinFailures, strconv.FormatFloat(b.c.Threshold, 'f', -1, 64),
+		account, b.c.MinAccounts, k).Int64()
 	if err != nil {
+		b.successes.Add(k)
 		return false, false, fmt.Errorf("circuit breaker: %w", err)
 	}
 	return n == 1, n == -1, nil
+}
+
+// Flush records the successes counted so far.
+func (b *Breaker) Flush(ctx context.Context) error {
+	if b.c.Disabled || b.successes.Load() == 0 {
+		return nil
+	}
+	_, _, err := b.record(ctx, "", false, false, true)
+	return err
+}
+
+// Run records the counted successes every SuccessFlush until ctx ends, then
+// once more.
+func (b *Breaker) Run(ctx context.Context) {
+	t := time.NewTicker(b.c.SuccessFlush)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			_ = b.Flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+			_ = b.Flush(ctx) // Redis trouble: the count waits for the next flush
+		}
+	}
 }
 
 // State reads the breaker's state.

@@ -136,3 +136,76 @@ func TestOneFailingAccountDoesNotOpen(t *testing.T) {
 		t.Error("failures from a second account did not open the circuit")
 	}
 }
+
+// TestSuccessesAreCountedThenRecordedTogether: a success that is not the
+// probe reaches Redis only with the next failure, probe or flush, and counts
+// there all the same: 30 successes keep 20 failures (40 %) from opening the
+// breaker; a flush while open discards them without closing it.
+func TestSuccessesAreCountedThenRecordedTogether(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	b := New(rdb, Config{MinFailures: 5, Threshold: 0.5, Ramp: -1})
+	buckets := b.key + ":buckets"
+	sum := func(prefix string) int {
+		t.Helper()
+		all, err := rdb.HGetAll(ctx, buckets).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for k, v := range all {
+			if k[:1] == prefix {
+				c, _ := strconv.Atoi(v)
+				n += c
+			}
+		}
+		return n
+	}
+	for range 30 {
+		if _, _, err := b.Record(ctx, "a", false, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := sum("n"); n != 0 {
+		t.Fatalf("%d requests in Redis before any flush; want the successes counted in the process", n)
+	}
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := sum("n"); n != 30 {
+		t.Fatalf("%d requests in Redis after a flush; want 30", n)
+	}
+	for range 5 {
+		_, _, _ = b.Record(ctx, "a", false, false)
+	}
+	for i := range 20 {
+		opened, _, err := b.Record(ctx, "acct-"+strconv.Itoa(i%2), true, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if opened {
+			t.Fatalf("opened at failure %d of 55 requests: the counted successes did not go with the failures", i+1)
+		}
+	}
+	if n, f := sum("n"), sum("f"); n != 55 || f != 20 {
+		t.Fatalf("buckets hold %d requests and %d failures; want 55 and 20", n, f)
+	}
+	// Open it, then flush successes counted meanwhile: still open.
+	for i := range 60 {
+		if opened, _, _ := b.Record(ctx, "acct-"+strconv.Itoa(i%2), true, false); opened {
+			break
+		}
+	}
+	if st, _ := b.State(ctx); !st.Open {
+		t.Fatal("did not open after 60 more failures")
+	}
+	_, _, _ = b.Record(ctx, "a", false, false)
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := b.State(ctx); !st.Open {
+		t.Fatal("a flush of successes closed the breaker; only the probe's success may")
+	}
+}

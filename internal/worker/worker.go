@@ -213,6 +213,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopLeases()
 	go w.admitter.Run(admitCtx)
 	go w.leases.Run(leaseCtx, w.logger)
+	// The breaker's counted successes reach Redis until the drain is over.
+	flushCtx, stopFlushing := context.WithCancel(context.WithoutCancel(ctx))
+	flushed := make(chan struct{})
+	go func() { w.breaker.Run(flushCtx); close(flushed) }()
 	adminErr := make(chan error, 1)
 	if w.admin != nil {
 		go func() { adminErr <- w.admin.Serve() }()
@@ -229,6 +233,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.started.Store(false)
 	stopAdmitting()
 	w.server.Shutdown()
+	stopFlushing()
+	<-flushed
 	stopLeases()
 	if w.admin != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
