@@ -48,7 +48,7 @@ type Config struct {
 	// with the successes counted before it.
 	SuccessFlush time.Duration
 	KeyPrefix    string
-	Disabled      bool
+	Disabled     bool
 }
 
 // Breaker is the shared circuit breaker. Safe for concurrent use.
