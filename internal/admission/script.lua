@@ -86,7 +86,8 @@ end
 -- forget lets an account's record expire once it holds no updates and is
 -- not parked: after its next slot and hold have passed, and, when it has a
 -- learned rate, an hour later, so the lesson outlives a short lull.
-local function forget(a)
+local function forget(a, n)
+  if n and n > 0 then return end -- n: its count of updates, when the caller just changed it
   local st = redis.call('HMGET', akey(a), 'n', 'parked', 'until', 'tat', 'iv')
   if tonumber(st[1] or '0') <= 0 and not st[2] then
     local keep = math.max(tonumber(st[3] or '0'), tonumber(st[4] or '0'), now) - now + 1000
@@ -464,16 +465,17 @@ elseif op == 'finish' then
   local id = ARGV[3]
   if ARGV[5] == 'ok' then accepted(ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) end
   local uk = ukey(id)
-  local h = redis.call('HMGET', uk, 'a', 'o', 'gen')
+  local h = redis.call('HMGET', uk, 'a', 'o', 'gen', 'state')
   if h[1] and ARGV[4] ~= '' and h[3] ~= ARGV[4] then return 0 end
-  redis.call('ZREM', B .. 'running', id)
-  redis.call('ZREM', B .. 'admitted', id)
+  -- Out of the leases: the one its state names, or both when it has none.
+  if h[4] ~= 'admitted' then redis.call('ZREM', B .. 'running', id) end
+  if h[4] ~= 'running' then redis.call('ZREM', B .. 'admitted', id) end
   if not h[1] then return 0 end
   local a, o = h[1], h[2]
   local rank = redis.call('ZRANK', okey(o), id)
   redis.call('ZREM', okey(o), id)
   redis.call('DEL', uk)
-  redis.call('HINCRBY', akey(a), 'n', -1)
+  local n = redis.call('HINCRBY', akey(a), 'n', -1)
   if rank == 0 then
     redis.call('ZREM', lkey(a), o)
     local nid = redis.call('ZRANGE', okey(o), 0, 0)[1]
@@ -482,7 +484,7 @@ elseif op == 'finish' then
     end
     schedule(a)
   end
-  forget(a)
+  forget(a, n)
   return 1
 
 elseif op == 'retry' then
