@@ -85,9 +85,16 @@ func run(s settings, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	o, b := pipe.orgsync, pipe.bare
 	rows = append(rows,
-		row{fmt.Sprintf("updates/s, concurrency %d (worker start to last completion)", s.concurrency), fmt.Sprintf("%.0f", pipe.orgsync), fmt.Sprintf("%.0f", pipe.bare), fmt.Sprintf("%.2f", pipe.orgsync/pipe.bare)},
-		row{"Redis commands per applied update, enqueue included", fmt.Sprintf("%.1f", pipe.orgsyncCmds), fmt.Sprintf("%.1f", pipe.bareCmds), fmt.Sprintf("%.1fx", pipe.orgsyncCmds/pipe.bareCmds)})
+		row{fmt.Sprintf("updates/s, concurrency %d (worker start to last completion)", s.concurrency), fmt.Sprintf("%.0f", o.rate), fmt.Sprintf("%.0f", b.rate), fmt.Sprintf("%.2f", o.rate/b.rate)},
+		row{"Redis commands per applied update, enqueue included", fmt.Sprintf("%.1f", o.cmds), fmt.Sprintf("%.1f", b.cmds), fmt.Sprintf("%.1fx", o.cmds/b.cmds)},
+		row{"Redis round trips (read events) per applied update, enqueue included", fmt.Sprintf("%.1f", o.trips), fmt.Sprintf("%.1f", b.trips), fmt.Sprintf("%.1fx", o.trips/b.trips)},
+		row{"Redis CPU per applied update, enqueue included", micros(o.redisCPU), micros(b.redisCPU), fmt.Sprintf("%.1fx", float64(o.redisCPU)/float64(b.redisCPU))})
+	if o.goCPU > 0 && b.goCPU > 0 {
+		rows = append(rows, row{"Go CPU per applied update (producer, worker and fake, in this process), enqueue included",
+			micros(o.goCPU), micros(b.goCPU), fmt.Sprintf("%.1fx", float64(o.goCPU)/float64(b.goCPU))})
+	}
 
 	say("memory: %d updates per side with a %d-byte body", s.memory, s.bodyBytes)
 	mem, err := measureMemory(ctx, s)
@@ -118,6 +125,9 @@ func run(s settings, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// micros renders d in microseconds.
+func micros(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
 
 // newFake starts the fake Truto: 1 ms latency, no limits, no faults, no
 // request log (its counts stay exact).

@@ -103,8 +103,16 @@ func measureEnqueue(ctx context.Context, s settings) (enqueueFigures, error) {
 }
 
 type pipelineFigures struct {
-	orgsync, bare         float64 // updates/s
-	orgsyncCmds, bareCmds float64 // Redis commands per update
+	orgsync, bare pipelineSide
+}
+
+// pipelineSide is one side's figures, per applied update where not a rate.
+type pipelineSide struct {
+	rate     float64       // updates/s, worker start to last completion
+	cmds     float64       // Redis commands, enqueue included
+	trips    float64       // Redis read events (round trips and pipelines), enqueue included
+	redisCPU time.Duration // Redis's CPU, enqueue included
+	goCPU    time.Duration // this process's CPU (producer, worker and fake alike), enqueue included; 0: not measured
 }
 
 // workerConfig is the worker as an operator would run it, told of no limits
@@ -204,21 +212,23 @@ func measurePipeline(ctx context.Context, s settings) (pipelineFigures, error) {
 	for i := range updates {
 		updates[i] = update(s, i, 0)
 	}
-	side := func(run func(r *bench.Redis, fakeURL string) (time.Duration, func(), error)) (rate, cmds float64, err error) {
+	side := func(run func(r *bench.Redis, fakeURL string) (time.Duration, func(), error)) (p pipelineSide, err error) {
 		err = withRedis(func(r *bench.Redis) error {
 			fake := newFake()
 			defer fake.Close()
 			rdb := r.Client()
 			defer rdb.Close()
-			before, err := bench.Calls(ctx, rdb)
+			before, err := bench.LoadOf(ctx, rdb)
 			if err != nil {
 				return err
 			}
+			cpu0, cpuOK := processCPU()
 			took, stop, err := run(r, fake.URL)
 			if err != nil {
 				return err
 			}
-			after, err := bench.Calls(ctx, rdb)
+			cpu1, _ := processCPU()
+			after, err := bench.LoadOf(ctx, rdb)
 			stop()
 			if err != nil {
 				return err
@@ -226,20 +236,23 @@ func measurePipeline(ctx context.Context, s settings) (pipelineFigures, error) {
 			if st := fake.Stats(); st.Effects != len(updates) || st.DuplicateEffects != 0 {
 				return fmt.Errorf("the fake applied %d updates (%d twice); want %d once each", st.Effects, st.DuplicateEffects, len(updates))
 			}
-			rate = float64(len(updates)) / took.Seconds()
-			cmds = float64(bench.CallsSince(before, after)) / float64(len(updates))
+			p.rate = float64(len(updates)) / took.Seconds()
+			p.cmds, p.redisCPU, p.trips = after.Per(before, len(updates))
+			if cpuOK {
+				p.goCPU = (cpu1 - cpu0) / time.Duration(len(updates))
+			}
 			return nil
 		})
-		return rate, cmds, err
+		return p, err
 	}
 	var err error
-	f.orgsync, f.orgsyncCmds, err = side(func(r *bench.Redis, fakeURL string) (time.Duration, func(), error) {
+	f.orgsync, err = side(func(r *bench.Redis, fakeURL string) (time.Duration, func(), error) {
 		return runOrgsync(ctx, r, fakeURL, s, updates)
 	})
 	if err != nil {
 		return f, fmt.Errorf("orgsync: %w", err)
 	}
-	f.bare, f.bareCmds, err = side(func(r *bench.Redis, fakeURL string) (time.Duration, func(), error) {
+	f.bare, err = side(func(r *bench.Redis, fakeURL string) (time.Duration, func(), error) {
 		return runBare(ctx, r, fakeURL, s, updates)
 	})
 	if err != nil {

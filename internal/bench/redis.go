@@ -121,6 +121,46 @@ func CallsSince(before, after map[string]int64) int64 {
 	return n
 }
 
+// Load is what a Redis server has done so far: commands run, CPU spent,
+// and read events processed (one per batch of commands a client sends: a
+// round trip, or a pipeline).
+type Load struct {
+	Calls map[string]int64
+	CPU   time.Duration // used_cpu_user + used_cpu_sys
+	Reads int64         // total_reads_processed
+}
+
+// LoadOf samples rdb's Load.
+func LoadOf(ctx context.Context, rdb redis.UniversalClient) (Load, error) {
+	calls, err := Calls(ctx, rdb)
+	if err != nil {
+		return Load{}, err
+	}
+	info, err := rdb.Info(ctx, "cpu", "stats").Result()
+	if err != nil {
+		return Load{}, fmt.Errorf("INFO cpu stats: %w", err)
+	}
+	l := Load{Calls: calls}
+	for _, f := range []string{"used_cpu_user", "used_cpu_sys"} {
+		v, err := strconv.ParseFloat(infoField(info, f), 64)
+		if err != nil {
+			return Load{}, fmt.Errorf("INFO %s: %w", f, err)
+		}
+		l.CPU += time.Duration(v * float64(time.Second))
+	}
+	if l.Reads, err = strconv.ParseInt(infoField(info, "total_reads_processed"), 10, 64); err != nil {
+		return Load{}, fmt.Errorf("INFO total_reads_processed: %w", err)
+	}
+	return l, nil
+}
+
+// Per is the load between before and l, per unit of work (n of them):
+// commands, CPU and read events each divided by n.
+func (l Load) Per(before Load, n int) (calls float64, cpu time.Duration, reads float64) {
+	return float64(CallsSince(before.Calls, l.Calls)) / float64(n), (l.CPU - before.CPU) / time.Duration(n),
+		float64(l.Reads-before.Reads) / float64(n)
+}
+
 // UsedMemory is Redis's used_memory in bytes.
 func UsedMemory(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
 	info, err := rdb.Info(ctx, "memory").Result()
