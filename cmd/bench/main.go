@@ -127,7 +127,9 @@ func run(s settings, stdout, stderr io.Writer) error {
 }
 
 // micros renders d in microseconds.
-func micros(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+func micros(d time.Duration) string {
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+}
 
 // newFake starts the fake Truto: 1 ms latency, no limits, no faults, no
 // request log (its counts stay exact).
