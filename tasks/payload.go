@@ -102,7 +102,8 @@ func DecodePayload(b []byte) (Payload, error) {
 		return Payload{}, &MalformedError{Reason: fmt.Sprintf(
 			"payload version %d is newer than this worker understands (%d): upgrade the worker, then replay", p.Version, PayloadVersion)}
 	}
-	if err := p.Update.Validate(); err != nil {
+	// decodeStrict walked the body as part of the payload.
+	if err := p.Update.validate(true); err != nil {
 		return Payload{}, &MalformedError{Reason: err.Error()}
 	}
 	if p.IdempotencyKey == "" {
