@@ -78,14 +78,21 @@ type frame struct {
 	index     int // next array element
 }
 
-// checkJSON walks the JSON document b and refuses, as a *ValidationError
+// checkJSON refuses, as a *ValidationError naming the offending field's path,
+// what encoding/json would accept with a meaning other than the text's (see
+// walkJSON).
+func checkJSON(b []byte, prefix, rootName string, sh shape) error {
+	return walkJSON(b, prefix, rootName, sh)
+}
+
+// walkJSON walks the JSON document b and refuses, as a *ValidationError
 // naming the offending field's path, what encoding/json would accept with a
 // meaning other than the text's: invalid UTF-8 or a lone surrogate escape in a
 // string, a key repeated in one object, and at struct levels (sh non-nil) any
 // name that is not exactly one of the struct's fields. prefix starts every
 // path ("" for a whole update); rootName names the document itself in errors
 // that belong to no field.
-func checkJSON(b []byte, prefix, rootName string, sh shape) error {
+func walkJSON(b []byte, prefix, rootName string, sh shape) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var stack []*frame
