@@ -432,3 +432,34 @@ func (g *jsonGen) object(depth int, sh shape) {
 	g.space()
 	g.out = append(g.out, '}')
 }
+
+// BenchmarkCheckJSON measures the strict check of a typical line, of its task
+// payload and of a 2 KB body with non-ASCII text: the fast path, and the
+// walker it falls back to.
+func BenchmarkCheckJSON(b *testing.B) {
+	docs := []struct {
+		name string
+		b    []byte
+		sh   shape
+	}{
+		{"line", []byte(typicalLine), updateShape},
+		{"payload", typicalPayload(b), payloadShape},
+		{"body", unicodeBody(), nil},
+	}
+	for _, d := range docs {
+		for _, c := range []struct {
+			name  string
+			check func([]byte, string, string, shape) error
+		}{{"check", checkJSON}, {"walk", walkJSON}} {
+			b.Run(d.name+"/"+c.name, func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(int64(len(d.b)))
+				for b.Loop() {
+					if err := c.check(d.b, "", "doc", d.sh); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
