@@ -96,7 +96,9 @@ func fromRequestError(err error) error {
 // validateBody checks the body's presence, size and kind, then (unless
 // walked says checkJSON walked it already) its JSON.
 func validateBody(b json.RawMessage, walked bool) error {
-	trimmed := bytes.TrimSpace(b)
+	// JSON's own whitespace only: bytes.TrimSpace would also take Unicode
+	// spaces, which are not JSON, and leave json.Marshal to refuse them later.
+	trimmed := bytes.Trim(b, " \t\r\n")
 	switch {
 	case len(trimmed) == 0:
 		return &ValidationError{Field: "body", Reason: "is required (a JSON object, e.g. {\"remote_data\": {...}})"}
