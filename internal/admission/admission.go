@@ -772,18 +772,7 @@ func (s *Scheduler) Extend(ctx context.Context, shard int, owner string, ids []s
 // update was taken out. An empty account (a payload that could not be read)
 // finishes the update in whichever shard holds it.
 func (s *Scheduler) Finish(ctx context.Context, account, id string, gen int64) (bool, error) {
-	if account == "" {
-		n, err := s.sum(ctx, "finish", id, genArg(gen))
-		if err != nil {
-			return false, fmt.Errorf("admission: finish %s: %w", id, err)
-		}
-		return n > 0, nil
-	}
-	n, err := s.run(ctx, account, "finish", id, genArg(gen)).Int64()
-	if err != nil {
-		return false, fmt.Errorf("admission: finish %s: %w", id, err)
-	}
-	return n == 1, nil
+	return s.finish(ctx, account, id, gen)
 }
 
 // FinishAccepted is Finish for an update of account whose request was
@@ -791,12 +780,23 @@ func (s *Scheduler) Finish(ctx context.Context, account, id string, gen int64) (
 // success path of every update, one script call instead of two.
 func (s *Scheduler) FinishAccepted(ctx context.Context, account, id string, gen int64) (bool, error) {
 	ceiling, base := s.learnRates(account)
-	n, err := s.run(ctx, account, "finish", id, genArg(gen), Accepted.kind(), account,
-		s.intervalMS(ceiling), s.intervalMS(base)).Int64()
+	return s.finish(ctx, account, id, gen, Accepted.kind(), account, s.intervalMS(ceiling), s.intervalMS(base))
+}
+
+// finish runs the finish op, with learn after its id and generation.
+func (s *Scheduler) finish(ctx context.Context, account, id string, gen int64, learn ...any) (bool, error) {
+	args := append([]any{id, genArg(gen)}, learn...)
+	var n int64
+	var err error
+	if account == "" {
+		n, err = s.sum(ctx, "finish", args...)
+	} else {
+		n, err = s.run(ctx, account, "finish", args...).Int64()
+	}
 	if err != nil {
 		return false, fmt.Errorf("admission: finish %s: %w", id, err)
 	}
-	return n == 1, nil
+	return n > 0, nil
 }
 
 func genArg(gen int64) string {

@@ -237,21 +237,20 @@ func (b *Breaker) Record(ctx context.Context, account string, failed, probe bool
 		b.successes.Add(1)
 		return false, false, nil
 	}
-	return b.record(ctx, account, failed, probe, false)
+	return b.record(ctx, account, boolArg(failed), probe)
 }
 
-// record sends an outcome (none: only the successes counted) to Redis with
-// the successes counted before it; on an error they are counted again.
-func (b *Breaker) record(ctx context.Context, account string, failed, probe, none bool) (opened, closed bool, err error) {
+// noOutcome is record's outcome for a flush: only the successes counted.
+const noOutcome = "-"
+
+// record sends an outcome (the script's first argument) to Redis with the
+// successes counted before it; on an error they are counted again.
+func (b *Breaker) record(ctx context.Context, account, outcome string, probe bool) (opened, closed bool, err error) {
 	win := int64(b.c.Window / time.Second)
 	if win < 1 {
 		win = 1
 	}
 	k := b.successes.Swap(0)
-	outcome := boolArg(failed)
-	if none {
-		outcome = "-"
-	}
 	n, err := recordScript.Run(ctx, b.rdb, []string{b.key, b.key + ":buckets", b.key + ":failing"},
 		outcome, boolArg(probe), win, b.c.MinFailures, strconv.FormatFloat(b.c.Threshold, 'f', -1, 64),
 		account, b.c.MinAccounts, k).Int64()
@@ -267,7 +266,7 @@ func (b *Breaker) Flush(ctx context.Context) error {
 	if b.c.Disabled || b.successes.Load() == 0 {
 		return nil
 	}
-	_, _, err := b.record(ctx, "", false, false, true)
+	_, _, err := b.record(ctx, "", noOutcome, false)
 	return err
 }
 
