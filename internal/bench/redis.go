@@ -86,7 +86,7 @@ func (r *Redis) Stop() {
 // Version is the server's redis_version.
 func Version(ctx context.Context, rdb redis.UniversalClient) string {
 	info, _ := rdb.Info(ctx, "server").Result()
-	return infoField(info, "redis_version")
+	return InfoFields(info)["redis_version"]
 }
 
 // Calls is Redis's count of calls of every command (INFO commandstats),
@@ -141,14 +141,15 @@ func LoadOf(ctx context.Context, rdb redis.UniversalClient) (Load, error) {
 		return Load{}, fmt.Errorf("INFO cpu stats: %w", err)
 	}
 	l := Load{Calls: calls}
+	fields := InfoFields(info)
 	for _, f := range []string{"used_cpu_user", "used_cpu_sys"} {
-		v, err := strconv.ParseFloat(infoField(info, f), 64)
+		v, err := strconv.ParseFloat(fields[f], 64)
 		if err != nil {
 			return Load{}, fmt.Errorf("INFO %s: %w", f, err)
 		}
 		l.CPU += time.Duration(v * float64(time.Second))
 	}
-	if l.Reads, err = strconv.ParseInt(infoField(info, "total_reads_processed"), 10, 64); err != nil {
+	if l.Reads, err = strconv.ParseInt(fields["total_reads_processed"], 10, 64); err != nil {
 		return Load{}, fmt.Errorf("INFO total_reads_processed: %w", err)
 	}
 	return l, nil
@@ -167,14 +168,16 @@ func UsedMemory(ctx context.Context, rdb redis.UniversalClient) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("INFO memory: %w", err)
 	}
-	return strconv.ParseInt(infoField(info, "used_memory"), 10, 64)
+	return strconv.ParseInt(InfoFields(info)["used_memory"], 10, 64)
 }
 
-func infoField(info, name string) string {
-	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(line, name+":"); ok {
-			return strings.TrimSpace(v)
+// InfoFields reads the key:value lines of an INFO (or CLUSTER INFO) answer.
+func InfoFields(info string) map[string]string {
+	f := map[string]string{}
+	for _, l := range strings.Split(info, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), ":"); ok && !strings.HasPrefix(k, "#") {
+			f[k] = v
 		}
 	}
-	return ""
+	return f
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/bench"
 	"github.com/orgsync/orgsync/internal/redistest"
 	"github.com/orgsync/orgsync/tasks"
 )
@@ -364,7 +365,7 @@ func info(t *testing.T, c *redis.Client, section string) map[string]string {
 	if err != nil {
 		t.Fatalf("INFO %s: %v", section, err)
 	}
-	return redistest.InfoFields(text)
+	return bench.InfoFields(text)
 }
 
 // infoInt reads one numeric field of an INFO section.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/bench"
+
 	"github.com/orgsync/orgsync/internal/testrig"
 )
 
@@ -90,7 +92,7 @@ func (c *Cluster) formed() (bool, string) {
 		if err != nil {
 			return false, fmt.Sprintf("%s: CLUSTER INFO: %v", s.Addr, err)
 		}
-		f := InfoFields(info)
+		f := bench.InfoFields(info)
 		want := map[string]string{"cluster_state": "ok", "cluster_slots_ok": strconv.Itoa(clusterSlots),
 			"cluster_known_nodes": strconv.Itoa(len(c.nodes)), "cluster_size": strconv.Itoa(len(c.nodes))}
 		for k, v := range want {

@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/orgsync/orgsync/internal/bench"
+
 	"github.com/orgsync/orgsync/internal/testrig"
 )
 
@@ -112,7 +114,7 @@ func StartSentinel(t testing.TB, opts ...SentinelOption) *Sentinel {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		info, err := s.replica.result(ctx, "INFO", "replication")
-		f := InfoFields(info)
+		f := bench.InfoFields(info)
 		return err == nil && f["master_link_status"] == "up" && f["master_sync_in_progress"] == "0", fmt.Sprintf("%v %v", f, err)
 	})
 	testrig.WaitFor(t, "every sentinel to know the master, its replica and the two other sentinels", 30*time.Second, s.known)
@@ -237,7 +239,7 @@ func (s *Sentinel) WaitForPromotion(timeout time.Duration) *Server {
 			}
 		}
 		info, err := s.replica.result(ctx, "INFO", "replication")
-		if role := InfoFields(info)["role"]; err != nil || role != "master" {
+		if role := bench.InfoFields(info)["role"]; err != nil || role != "master" {
 			return false, fmt.Sprintf("the replica's role is %q (%v)", role, err)
 		}
 		return true, ""

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -35,7 +34,7 @@ func (s *Server) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return st, fmt.Errorf("%s: INFO: %w", s.Addr, err)
 	}
-	f := InfoFields(info)
+	f := bench.InfoFields(info)
 	if st.UsedMemory, err = strconv.ParseInt(f["used_memory"], 10, 64); err != nil {
 		return st, fmt.Errorf("%s: used_memory %q", s.Addr, f["used_memory"])
 	}
@@ -49,17 +48,6 @@ func (s *Server) Stats(ctx context.Context) (Stats, error) {
 		return st, fmt.Errorf("%s: DBSIZE: %w", s.Addr, err)
 	}
 	return st, nil
-}
-
-// InfoFields reads the key:value lines of an INFO (or CLUSTER INFO) answer.
-func InfoFields(info string) map[string]string {
-	f := map[string]string{}
-	for _, l := range strings.Split(info, "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), ":"); ok && !strings.HasPrefix(k, "#") {
-			f[k] = v
-		}
-	}
-	return f
 }
 
 // do sends one command to the server alone (not through a Cluster) and
