@@ -114,6 +114,21 @@ func (s *DeadLetters) deadIn(ctx context.Context, pipe redis.Pipeliner, taskID s
 	return c
 }
 
+// getIn queues in pipe the read of taskID's dead letter, for deadOf.
+func (s *DeadLetters) getIn(ctx context.Context, pipe redis.Pipeliner, taskID string) *redis.StringCmd {
+	return pipe.Get(ctx, s.deadKey(taskID))
+}
+
+// deadOf is the dead letter a getIn read, or false when there was none to
+// read (removed since its id was found, or never there) or it is unreadable.
+func deadOf(c *redis.StringCmd) (DeadLetter, bool) {
+	var d DeadLetter
+	if c.Err() != nil || json.Unmarshal([]byte(c.Val()), &d) != nil {
+		return DeadLetter{}, false
+	}
+	return d, true
+}
+
 // Put writes (or overwrites) the dead letter of d.TaskID.
 func (s *DeadLetters) Put(ctx context.Context, d DeadLetter) error {
 	_, err := s.put(ctx, d, false)
@@ -268,14 +283,14 @@ func (s *DeadLetters) each(ctx context.Context, f Filter, indexPage int, fn func
 		pipe := s.rdb.Pipeline()
 		gets := make([]*redis.StringCmd, len(ids))
 		for i, id := range ids {
-			gets[i] = pipe.Get(ctx, s.deadKey(id))
+			gets[i] = s.getIn(ctx, pipe, id)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return false, fmt.Errorf("read dead letters: %w", err)
 		}
 		for _, g := range gets {
-			var d DeadLetter
-			if g.Err() != nil || json.Unmarshal([]byte(g.Val()), &d) != nil || !f.Match(d) {
+			d, ok := deadOf(g)
+			if !ok || !f.Match(d) {
 				continue // removed since the index was read, an unknown id, or not a match
 			}
 			if err := fn(d); err != nil {

@@ -319,14 +319,13 @@ func (s *Runs) DeadLetters(ctx context.Context, st *RunStatus) error {
 		pipe := s.rdb.Pipeline()
 		raws := make([]*redis.StringCmd, len(dead))
 		for i, id := range dead {
-			raws[i] = pipe.Get(ctx, s.dead.deadKey(id))
+			raws[i] = s.dead.getIn(ctx, pipe, id)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return fmt.Errorf("read the dead letters of run %q: %w", st.Run, err)
 		}
 		for _, raw := range raws {
-			var d DeadLetter
-			if raw.Err() == nil && json.Unmarshal([]byte(raw.Val()), &d) == nil {
+			if d, ok := deadOf(raw); ok {
 				st.DeadByStatus[strconv.Itoa(d.StatusCode)]++
 				st.DeadByClass[string(d.Class)]++
 			}
@@ -558,7 +557,7 @@ func (s *Runs) runResultPage(ctx context.Context, keys, lines []string) ([]RunRe
 			results[i] = pipe.HGet(ctx, s.ledger.recKey(out[i].TaskID), "result")
 		case runDead:
 			out[i].State = StatusDead
-			deads[i] = pipe.Get(ctx, s.dead.deadKey(out[i].TaskID))
+			deads[i] = s.dead.getIn(ctx, pipe, out[i].TaskID)
 		case runPurged:
 			out[i].State = StatusPurged
 		default:
@@ -583,8 +582,8 @@ func (s *Runs) runResultPage(ctx context.Context, keys, lines []string) ([]RunRe
 		}
 	}
 	for i, c := range deads {
-		var d DeadLetter
-		if json.Unmarshal([]byte(c.Val()), &d) != nil {
+		d, ok := deadOf(c)
+		if !ok {
 			out[i].Error = &RunError{Reason: "its dead letter is gone"}
 			continue
 		}
