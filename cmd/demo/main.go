@@ -277,7 +277,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool)
 	if s.outage > 0 {
 		time.AfterFunc(s.outageAfter, func() {
 			fake.StartOutage(trutotest.Outage503, s.outage)
-			say("\n   !! upstream outage: the fake answers 503 for %s; the circuit opens and admission holds the updates back (no run, no budget spent) until a probe succeeds", s.outage)
+			say("\n   !! upstream outage: the fake answers 503 for %s; after 5 failures in a row an account's lane is held (and the\n      circuit opens if failures are most of the last 10 s of requests), so updates wait with no run and no budget spent", s.outage)
 		})
 	}
 	p1start := time.Now()
